@@ -1,0 +1,27 @@
+# The two commands of the README. Both set up .venv by themselves and reuse it the second time.
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= tiny-cpu
+# The CPU build of torch must be installed before anything that depends on torch, or pip pulls the CUDA one.
+TORCH   ?= torch==2.13.0
+
+.PHONY: reproduce test setup clean-notebooks
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+reproduce: setup
+	$(PY) -m fcdpo.pipeline --profile $(PROFILE)
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q
+
+clean-notebooks:
+	$(PY) -m fcdpo.notebooks --strip notebooks/*.ipynb

@@ -1,0 +1,87 @@
+"""Run the numbered notebooks in order with papermill: the whole experiment as one command.
+
+    python -m fcdpo.pipeline --profile tiny-cpu            # what `make reproduce` runs
+    python -m fcdpo.pipeline --profile tiny-cpu --only 01  # one stage
+
+Each notebook gets the same `profile` parameter (plus any `-p key=value`); the executed copies go to the
+run folder (`runs/<profile>/notebooks/`), never back into `notebooks/`, which stay without outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fcdpo.config import CONFIG_DIR, load_profile
+
+NOTEBOOK_DIR = CONFIG_DIR.parent / "notebooks"
+
+
+def stages(only: list[str] | None = None) -> list[Path]:
+    """The numbered notebooks in order (`01_…` to `05_…`), or those whose number is in `only`."""
+    found = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if p.name[:2] in only]
+    return found
+
+
+def reproduce(
+    profile: str = "tiny-cpu",
+    parameters: dict[str, Any] | None = None,
+    only: list[str] | None = None,
+    output_dir: str | Path | None = None,
+) -> list[Path]:
+    """Execute the notebooks for `profile`; returns the paths of the executed copies.
+
+    A failing notebook stops the run with papermill's error, and its partly executed copy is kept in
+    the output folder so the failing cell can be read there.
+    """
+    import papermill
+
+    run_path = load_profile(profile).run_path
+    output_dir = Path(output_dir) if output_dir else run_path / "notebooks"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    executed = []
+    for notebook in stages(only):
+        started = time.perf_counter()
+        target = output_dir / notebook.name
+        print(f"▶ {notebook.name} (profile {profile})", flush=True)
+        papermill.execute_notebook(
+            str(notebook),
+            str(target),
+            parameters={"profile": profile, **(parameters or {})},
+            kernel_name="python3",
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=False,
+        )
+        print(f"  done in {time.perf_counter() - started:.0f} s → {target}", flush=True)
+        executed.append(target)
+    return executed
+
+
+def _parse_parameter(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="tiny-cpu", help="a name from configs/ (default: tiny-cpu)")
+    parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 01 02")
+    parser.add_argument("-p", "--parameter", action="append", type=_parse_parameter, default=[],
+                        help="notebook parameter key=value (YAML value), repeatable")
+    parser.add_argument("--output-dir", help="where executed notebooks go (default: the run folder)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    executed = reproduce(args.profile, dict(args.parameter), args.only, args.output_dir)
+    print(f"{len(executed)} notebook(s) executed in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""What every task looks like to the agent and to later stages.
+
+A task is a source of problems (generated from a seed or loaded from a benchmark file), a set of
+functions the model may call while solving them, a system prompt that injects those functions'
+descriptions and example calls, and an answer check.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported lazily: the engine is not needed to describe a problem
+    from fcdpo.functions import FunctionSet
+
+
+@dataclass
+class Problem:
+    """One problem with its gold answer and a gold chain of calls that reaches it.
+
+    `gold_chain` is a list of `{"name": str, "arguments": dict}` executed in order on a fresh
+    `task.functions()`; the last call's result is the answer (math) or the label (fol).
+    `meta` holds what later stages break results down by: `steps` for math, `hops` for fol,
+    `source` ("generated", "gsm8k", "folio") everywhere.
+    """
+
+    id: str
+    task: str
+    question: str
+    answer: str
+    gold_chain: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "Problem":
+        return cls(**row)
+
+
+class Task(abc.ABC):
+    """The interface shared by `MathTask` and `FolTask`."""
+
+    name: str
+    instructions: str  # task-specific guidance placed before the function descriptions
+
+    @abc.abstractmethod
+    def functions(self) -> "FunctionSet":
+        """A fresh function set for one chain (FOL functions keep a knowledge base per chain)."""
+
+    @abc.abstractmethod
+    def generate(self, n: int, seed: int = 0, **difficulty: Any) -> list[Problem]:
+        """`n` problems, the same for the same seed and difficulty settings."""
+
+    @abc.abstractmethod
+    def check(self, predicted: str | None, gold: str) -> bool:
+        """Whether a model's final answer text matches the gold answer."""
+
+    @abc.abstractmethod
+    def load(self, path: str | Path, limit: int | None = None) -> list[Problem]:
+        """Problems from a benchmark file in its official format."""
+
+    def system_prompt(self, syntax: str = "python") -> str:
+        """The prompt that tells the model what it can call and how to answer.
+
+        `syntax` is "python" (the paper's `multiply(a=3, b=4)`) or "json" (`<tool_call>` blocks,
+        where the chat template usually injects the schemas itself).
+        """
+        functions = self.functions()
+        if syntax == "python":
+            how = (
+                "Solve the problem step by step. In each turn write exactly one function call in "
+                "Python syntax with keyword arguments, for example `" + functions.example_call() + "`, "
+                "and wait for its result. When you know the answer, write `Final answer: <answer>`."
+            )
+            return f"{self.instructions}\n\n{how}\n\nFunctions:\n{functions.describe()}"
+        if syntax == "json":
+            how = (
+                "Solve the problem step by step. In each turn call exactly one function and wait for "
+                "its result. When you know the answer, write `Final answer: <answer>`."
+            )
+            return f"{self.instructions}\n\n{how}"
+        raise ValueError(f"unknown call syntax {syntax!r}; expected 'python' or 'json'")
+
+
+def save_problems(problems: list[Problem], path: str | Path) -> None:
+    """Write problems as JSONL, one per line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for p in problems:
+            f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+
+
+def load_problems(path: str | Path) -> list[Problem]:
+    """Read problems written by `save_problems`; a bad line is reported with its number."""
+    problems = []
+    with Path(path).open() as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                problems.append(Problem.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise ValueError(f"{path}:{number}: not a problem record ({exc})") from exc
+    return problems
