@@ -16,4 +16,35 @@ def get_task(name: str) -> Task:
     raise ValueError(f"unknown task {name!r}; expected 'math' or 'fol'")
 
 
-__all__ = ["Problem", "Task", "get_task", "load_problems", "save_problems"]
+def split_problems(task: Task, sizes: dict[str, int], seed: int = 0, **difficulty) -> dict[str, list[Problem]]:
+    """Disjoint problem sets, e.g. `{"eval": 200, "train": 400}`, for one task.
+
+    Splits are drawn in the order given, each from its own seed, and a problem whose question already
+    appears in an earlier split is skipped, so no held-out question is ever trained on. Put the
+    held-out split first: its problems then do not depend on the sizes of the others.
+    """
+    seen: set[str] = set()
+    splits = {}
+    for index, (split, size) in enumerate(sizes.items()):
+        draw = size
+        while True:
+            candidates = task.generate(draw, seed=seed * 1000 + index, **difficulty)
+            fresh = [p for p in candidates if p.question not in seen]
+            unique = list({p.question: p for p in fresh}.values())
+            if len(unique) >= size or draw > 50 * size + 100:
+                break
+            draw *= 2
+        if len(unique) < size:
+            raise ValueError(
+                f"{task.name}: only {len(unique)} distinct new problems for split {split!r} (wanted {size}); "
+                "the difficulty settings allow too few different problems"
+            )
+        chosen = sorted(unique, key=candidates.index)[:size]
+        for problem in chosen:
+            problem.id = f"{task.name}-{split}-{problem.id.rsplit('-', 1)[-1]}"
+        seen.update(p.question for p in chosen)
+        splits[split] = chosen
+    return splits
+
+
+__all__ = ["Problem", "Task", "get_task", "load_problems", "save_problems", "split_problems"]
