@@ -1,0 +1,327 @@
+"""The single-model agent: the paper's step-by-step chain of function calls.
+
+Given a problem and its task's functions, the agent builds the prompt (a system prompt with the
+function descriptions and example calls injected, optional few-shot chains), then loops:
+
+    model turn → a call, a thought or the final answer
+               → call: execute it, append the observation (or the error) as a `tool` message
+               → parse error: tell the model what was wrong in a `user` message (bounded retries)
+               → thought: keep it and ask for the next turn
+               → final answer: grade it and stop
+
+A chain also stops at `max_steps` model turns, at `max_errors` errors, or when it has spent its
+`token_budget` of generated tokens. All unfinished chains advance together: each step is one
+batched call to the backend, so many problems cost far less than one at a time.
+
+Every chain is recorded as standard chat messages plus the tools' JSON schemas, the answer, the gold
+answer, correctness and counts (see `Trajectory`), so any chat template can render it and TRL can
+take it unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from fcdpo.functions import Call, FunctionSet, ParseError, calls_from_tool_calls
+
+if TYPE_CHECKING:
+    from fcdpo.backends import Backend, Completion
+    from fcdpo.tasks import Problem, Task
+
+FINAL_ANSWER = re.compile(r"final answer\s*:\s*(.*)", re.IGNORECASE | re.DOTALL)
+# Text that was meant as a call: a name followed by "(", or a JSON tool call.
+_CALL_ATTEMPT = re.compile(r"[A-Za-z_]\w*\s*\(|<tool_call>|^\s*\{", re.MULTILINE)
+
+SYNTAXES = ("python", "json")
+ERROR_KINDS = ("parse_error", "unknown_function", "bad_arguments", "execution_error", "timeout")
+STOP_REASONS = ("answer", "max_steps", "max_errors", "token_budget")
+
+
+@dataclass
+class AgentConfig:
+    """How the agent runs a chain; one per profile (the `agent` section)."""
+
+    syntax: str = "python"  # "python": the paper's `multiply(a=3, b=4)`; "json": native tool calls
+    max_steps: int = 8  # model turns per chain
+    max_errors: int = 3  # parse and execution errors before the chain is abandoned
+    max_new_tokens: int = 96  # per model turn
+    token_budget: int = 1024  # generated tokens per chain
+    few_shot: int = 0  # gold chains of other problems shown in the system prompt
+
+    def __post_init__(self) -> None:
+        if self.syntax not in SYNTAXES:
+            raise ValueError(f"agent.syntax must be one of {SYNTAXES}, got {self.syntax!r}")
+
+
+@dataclass
+class Trajectory:
+    """One chain, as written to JSONL (one line per chain)."""
+
+    id: str
+    task: str
+    problem_id: str
+    sample: int
+    model: str
+    agent: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    answer: str | None
+    gold: str
+    correct: bool
+    steps: int  # model turns
+    calls: int  # function calls executed (valid or not)
+    errors: dict[str, int]  # counts per kind in ERROR_KINDS
+    stop: str  # one of STOP_REASONS
+    tokens: dict[str, int]  # prompt / completion tokens over the chain
+    seconds: float
+    meta: dict[str, Any] = field(default_factory=dict)  # the problem's meta (steps, hops, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "Trajectory":
+        return cls(**row)
+
+
+@dataclass
+class Turn:
+    """A model turn, classified."""
+
+    kind: str  # "call", "answer", "thought" or "parse_error"
+    calls: list[Call] = field(default_factory=list)
+    answer: str | None = None
+    error: str | None = None
+
+
+def read_turn(text: str, tool_calls: list[dict] | None, functions: FunctionSet, syntax: str) -> Turn:
+    """Classify one model turn: native tool calls, else `Final answer:`, else a call, else a thought.
+
+    Text that looks like an attempted call but does not parse is a parse error (the model is told
+    why); any other text is a thought.
+    """
+    if tool_calls:
+        try:
+            return Turn("call", calls=calls_from_tool_calls(tool_calls))
+        except ParseError as exc:
+            return Turn("parse_error", error=str(exc))
+    final = FINAL_ANSWER.search(text or "")
+    if final:
+        return Turn("answer", answer=final.group(1).strip())
+    try:
+        return Turn("call", calls=[functions.parse(text, "json" if syntax == "json" else "auto")])
+    except ParseError as exc:
+        if _CALL_ATTEMPT.search(text or "") or exc.kind in ("too_long", "too_deep"):
+            return Turn("parse_error", error=str(exc))
+        return Turn("thought")
+
+
+def assistant_message(call: Call, syntax: str) -> dict[str, Any]:
+    """The assistant turn that makes `call`, in the given surface syntax."""
+    if syntax == "python":
+        return {"role": "assistant", "content": call.to_python()}
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": call.name, "arguments": dict(call.arguments)}}],
+    }
+
+
+def tool_message(call: Call, content: str) -> dict[str, Any]:
+    return {"role": "tool", "name": call.name, "content": content}
+
+
+def few_shot_text(examples: list["Problem"], task: "Task") -> str:
+    """Solved examples for the system prompt: question, calls with results, final answer."""
+    blocks = []
+    for problem in examples:
+        functions = task.functions()
+        lines = [f"Question: {problem.question}"]
+        for step in problem.gold_chain:
+            call = Call.from_dict(step)
+            lines.append(f"{call.to_python()}\nResult: {functions.execute(call).content}")
+        lines.append(f"Final answer: {problem.answer}")
+        blocks.append("\n".join(lines))
+    return "\n\nExamples:\n\n" + "\n\n".join(blocks) if blocks else ""
+
+
+def prompt_messages(problem: "Problem", task: "Task", config: AgentConfig, shots: str = "") -> list[dict[str, Any]]:
+    """The opening of a chain: the system prompt with the functions injected, then the question."""
+    return [
+        {"role": "system", "content": task.system_prompt(config.syntax) + shots},
+        {"role": "user", "content": problem.question},
+    ]
+
+
+def gold_messages(problem: "Problem", task: "Task", syntax: str = "python", shots: str = "") -> list[dict[str, Any]]:
+    """The problem's gold chain as a whole conversation (prompt, calls, observations, answer)."""
+    messages = prompt_messages(problem, task, AgentConfig(syntax=syntax), shots)
+    functions = task.functions()
+    for step in problem.gold_chain:
+        call = Call.from_dict(step)
+        messages.append(assistant_message(call, syntax))
+        messages.append(tool_message(call, functions.execute(call).content))
+    messages.append({"role": "assistant", "content": f"Final answer: {problem.answer}"})
+    return messages
+
+
+class _Chain:
+    """The state of one chain while the agent runs it."""
+
+    def __init__(self, problem: "Problem", task: "Task", config: AgentConfig, sample: int, shots: str):
+        self.problem = problem
+        self.functions = task.functions()
+        self.messages = prompt_messages(problem, task, config, shots)
+        self.sample = sample
+        self.answer: str | None = None
+        self.stop: str | None = None
+        self.steps = 0
+        self.calls = 0
+        self.errors: Counter[str] = Counter()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.started = time.perf_counter()
+        self.seconds = 0.0
+        self.trajectory: Trajectory | None = None
+
+    def finish(self, reason: str) -> None:
+        self.stop = reason
+        self.seconds = time.perf_counter() - self.started
+
+
+class Agent:
+    """Runs chains for a task with a backend; `run` advances a whole batch together."""
+
+    def __init__(self, task: "Task", backend: "Backend", config: AgentConfig | None = None, name: str = "single"):
+        self.task = task
+        self.backend = backend
+        self.config = config or AgentConfig()
+        self.name = name
+        self._schemas: list[dict[str, Any]] | None = None
+        self._shots = ""
+        if self.config.few_shot:
+            # Shot problems come from a seed no split uses, so they never repeat a train or eval problem.
+            self._shots = few_shot_text(task.generate(self.config.few_shot, seed=-1), task)
+
+    @property
+    def schemas(self) -> list[dict[str, Any]]:
+        if self._schemas is None:
+            self._schemas = self.task.functions().schemas()
+        return self._schemas
+
+    def run(
+        self,
+        problems: list["Problem"],
+        samples: list[int] | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        on_finish: Callable[[Trajectory], None] | None = None,
+    ) -> list[Trajectory]:
+        """One chain per problem (`samples[i]` numbers the i-th chain), all advanced in lockstep.
+
+        `on_finish` is called with each trajectory as soon as its chain stops, so a caller can write
+        it to disk before the slower chains of the batch are done.
+        """
+        samples = samples if samples is not None else [0] * len(problems)
+        chains = [_Chain(p, self.task, self.config, s, self._shots) for p, s in zip(problems, samples)]
+        tools = self.schemas if self.config.syntax == "json" else None
+        step = 0
+        while active := [c for c in chains if c.stop is None]:
+            completions = self.backend.complete(
+                [c.messages for c in active],
+                tools=tools,
+                max_new_tokens=self.config.max_new_tokens,
+                temperature=temperature,
+                seed=None if seed is None else seed + step,
+            )
+            for chain, completion in zip(active, completions, strict=True):
+                self._advance(chain, completion)
+                if chain.stop is not None:
+                    chain.trajectory = self._record(chain)
+                    if on_finish is not None:
+                        on_finish(chain.trajectory)
+            step += 1
+        return [c.trajectory for c in chains]
+
+    def _advance(self, chain: _Chain, completion: "Completion") -> None:
+        config = self.config
+        chain.steps += 1
+        chain.prompt_tokens += completion.prompt_tokens
+        chain.completion_tokens += completion.completion_tokens
+        turn = read_turn(completion.text, completion.tool_calls, chain.functions, config.syntax)
+        if turn.kind == "answer":
+            chain.messages.append({"role": "assistant", "content": completion.text.strip()})
+            chain.answer = turn.answer
+            chain.finish("answer")
+            return
+        if turn.kind == "call":
+            for call in turn.calls:
+                chain.messages.append(assistant_message(call, config.syntax))
+                observation = chain.functions.execute(call)
+                chain.calls += 1
+                if observation.error:
+                    chain.errors[observation.error] += 1
+                chain.messages.append(tool_message(call, observation.content))
+        elif turn.kind == "parse_error":
+            chain.messages.append({"role": "assistant", "content": completion.text.strip()})
+            chain.errors["parse_error"] += 1
+            chain.messages.append({
+                "role": "user",
+                "content": f"Error: {turn.error}. Write one function call, for example "
+                f"`{chain.functions.example_call()}`, or `Final answer: <answer>`.",
+            })
+        else:  # a thought: keep it, the next turn continues the chain
+            chain.messages.append({"role": "assistant", "content": completion.text.strip()})
+        if sum(chain.errors.values()) >= config.max_errors:
+            chain.finish("max_errors")
+        elif chain.steps >= config.max_steps:
+            chain.finish("max_steps")
+        elif chain.completion_tokens >= config.token_budget:
+            chain.finish("token_budget")
+
+    def _record(self, chain: _Chain) -> Trajectory:
+        problem = chain.problem
+        return Trajectory(
+            id=f"{problem.id}/{chain.sample}",
+            task=problem.task,
+            problem_id=problem.id,
+            sample=chain.sample,
+            model=self.backend.name,
+            agent=self.name,
+            messages=chain.messages,
+            tools=self.schemas,
+            answer=chain.answer,
+            gold=problem.answer,
+            correct=chain.answer is not None and self.task.check(chain.answer, problem.answer),
+            steps=chain.steps,
+            calls=chain.calls,
+            errors={kind: chain.errors.get(kind, 0) for kind in ERROR_KINDS},
+            stop=chain.stop or "max_steps",
+            tokens={"prompt": chain.prompt_tokens, "completion": chain.completion_tokens},
+            seconds=round(chain.seconds, 4),
+            meta=dict(problem.meta),
+        )
+
+
+def format_chain(messages: list[dict[str, Any]], system: bool = False) -> str:
+    """A chain as readable text: the question, each call with its result, the answer."""
+    lines = []
+    for message in messages:
+        role, content = message["role"], (message.get("content") or "").strip()
+        if role == "system":
+            if system:
+                lines.append(content + "\n")
+        elif role == "user":
+            lines.append(("Question: " if len(lines) <= 1 else "(feedback) ") + content)
+        elif role == "tool":
+            lines[-1] += f"  → {content}"
+        elif message.get("tool_calls"):
+            for call in calls_from_tool_calls(message["tool_calls"]):
+                lines.append("  " + call.to_python())
+        else:
+            lines.append("  " + content if not FINAL_ANSWER.match(content) else content)
+    return "\n".join(lines)
