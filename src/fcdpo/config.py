@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from fcdpo.agent import AgentConfig
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -33,6 +35,16 @@ class TaskConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """How the teacher is sampled for preference data."""
+
+    k: int = 4  # chains per problem
+    temperature: float = 1.0
+    batch_size: int = 32  # chains advanced together
+    seed: int = 0
+
+
+@dataclass
 class Profile:
     """Everything a run needs to know; one YAML file per profile."""
 
@@ -40,6 +52,14 @@ class Profile:
     seed: int = 0
     run_dir: str = "runs/{name}"  # where every stage writes; relative to the repository root
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    rollouts: RolloutConfig = field(default_factory=RolloutConfig)
+    # Backend specs (see fcdpo.backends.load_backend); a relative `model` or `adapter` path is
+    # resolved in the run folder, where the tiny lab writes its models.
+    teacher: dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
+    # tiny-cpu only: how the tiny lab builds its tokenizer, teacher and student (fcdpo.tinylab).
+    lab: dict[str, Any] | None = None
 
     @property
     def run_path(self) -> Path:

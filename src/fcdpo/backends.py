@@ -1,0 +1,563 @@
+"""Backends: one interface that completes many chats at once, with a local model or over HTTP.
+
+    backend = load_backend({"kind": "hf", "model": "runs/tiny-cpu/student", "adapter": "runs/tiny-cpu/dpo"})
+    backend = load_backend({"kind": "openai", "model": "Qwen/Qwen2.5-7B-Instruct",
+                            "base_url": "http://127.0.0.1:8000/v1"})
+    completions = backend.complete(chats, tools=schemas, max_new_tokens=96, temperature=0.0)
+
+A chat is a list of OpenAI / Hugging Face chat messages (see the project README); `complete` returns
+one `Completion` per chat, in the order of the chats.
+
+- `HFBackend` runs a causal LM in this process (a local folder, a hub id, an optional PEFT adapter,
+  optional 4-bit NF4 quantisation). Chats are left-padded and advance together in one batched
+  `generate`, one token step for all rows at a time.
+- `OpenAIBackend` sends each chat as one request to an OpenAI-compatible server (vLLM, Ollama,
+  `transformers serve`, OpenAI) with many requests in flight, and retries transient failures.
+
+Completion text is untrusted model output: it is returned as written (tool-call markup such as
+`<tool_call>` included) and parsed by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+END_OF_TURN = "<|im_end|>"  # ChatML's end of an assistant turn (Qwen2 and the tiny lab)
+MAX_BACKOFF_S = 30.0  # longest wait between two attempts of one request
+
+
+class BackendError(RuntimeError):
+    """A model that cannot be loaded or a server that cannot answer; the message says which and why."""
+
+
+@dataclass
+class Completion:
+    """One assistant turn."""
+
+    text: str  # the assistant turn's text, end-of-turn token removed
+    tool_calls: list[dict] | None  # native tool calls when the server/model returned them
+    prompt_tokens: int
+    completion_tokens: int  # generated tokens, the end-of-turn token included when one was generated
+    finish_reason: str  # "stop" (end of turn) or "length" (hit max_new_tokens)
+
+
+class Backend(Protocol):
+    """Anything that completes a batch of chats; `HFBackend` and `OpenAIBackend` are two."""
+
+    name: str  # model id or path, for trajectories
+
+    def complete(
+        self,
+        chats: list[list[dict]],
+        *,
+        tools: list[dict] | None = None,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[Completion]: ...
+
+
+# --------------------------------------------------------------------------- local models
+
+
+class HFBackend:
+    """A Hugging Face causal LM in this process; all chats of a call advance in one batched `generate`.
+
+    Args:
+        model: A local folder or a hub id. With `HF_HUB_OFFLINE=1` a hub id must already be in the
+            Hugging Face cache, else loading fails at once with a `BackendError` naming it.
+        adapter: A PEFT adapter (folder or hub id) applied on top of `model`. Its folder's tokenizer
+            is used when it has one (training may have changed the chat template).
+        load_in_4bit: Quantise the linear layers to 4-bit NF4 with double quantisation (bitsandbytes),
+            computing in `dtype`. On CPUs with AVX512-BF16, bitsandbytes' CPU kernel needs every
+            quantised layer's input size to be a multiple of 64 and its output size a multiple of 32;
+            other shapes are refused here with the layer named.
+        device: "cuda", "cuda:1", "cpu", ...; default: CUDA when available, else CPU.
+        dtype: A torch dtype or its name ("bfloat16", "float16", "float32"); default: bfloat16 on GPUs
+            that support it, float16 on other GPUs, float32 on CPU.
+        batch_size: At most this many chats per `generate`; chats of similar prompt length share one.
+            Default: all chats of a call at once.
+
+    Greedy decoding at temperature 0; otherwise plain temperature sampling over the whole vocabulary
+    (no top-k, top-p or repetition penalty from the model's generation config), seeded with
+    `torch.manual_seed(seed)` when a seed is given: the same chats with the same seed give the same
+    completions. Generation stops at the end-of-turn token: the tokenizer's EOS, `<|im_end|>` when
+    the vocabulary has it, and the model generation config's EOS ids.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        adapter: str | Path | None = None,
+        load_in_4bit: bool = False,
+        device: str | None = None,
+        dtype: "str | torch.dtype | None" = None,
+        batch_size: int | None = None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+        model_ref = _checked_reference(model, "model")
+        adapter_ref = _checked_reference(adapter, "adapter") if adapter is not None else None
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = _resolve_dtype(dtype, device)
+        kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": device}}
+        if load_in_4bit:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+            )
+        try:
+            loaded = AutoModelForCausalLM.from_pretrained(model_ref, **kwargs)
+            tokenizer_ref = adapter_ref if adapter_ref and _has_tokenizer(adapter_ref) else model_ref
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref)
+            if adapter_ref is not None:
+                from peft import PeftModel
+
+                loaded = PeftModel.from_pretrained(loaded, adapter_ref)
+        except (OSError, ValueError) as exc:
+            with_adapter = f" with adapter {adapter_ref!r}" if adapter_ref else ""
+            raise BackendError(f"cannot load model {model_ref!r}{with_adapter}: {exc}") from exc
+        if load_in_4bit and device.startswith("cpu"):
+            _check_cpu_4bit_shapes(loaded, model_ref)
+        loaded.eval()
+        name = str(model) if adapter is None else f"{model}+{adapter}"
+        self._setup(loaded, tokenizer, name, batch_size)
+
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, *, name: str | None = None,
+                    batch_size: int | None = None) -> "HFBackend":
+        """A backend around a model and tokenizer already in memory (e.g. one being trained).
+
+        Neither is modified: padding is done here, not through the tokenizer's settings, and a model
+        in training mode is put in eval mode only for the duration of each `complete` call.
+        """
+        backend = cls.__new__(cls)
+        backend._setup(model, tokenizer, name or str(getattr(model, "name_or_path", "") or "in-memory"), batch_size)
+        return backend
+
+    def _setup(self, model: Any, tokenizer: Any, name: str, batch_size: int | None) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.stop_ids = _end_of_turn_ids(model, tokenizer)
+        # Padding sits only under a zero attention mask, so any id that is not a stop id works; the
+        # tokenizer's own pad token is preferred, and an EOS id is avoided so a padded row never
+        # looks finished.
+        candidates = [tokenizer.pad_token_id, *tokenizer.all_special_ids, *range(len(tokenizer))]
+        self.pad_token_id = next(i for i in candidates if i is not None and i not in self.stop_ids)
+        # Decoding keeps special tokens (`<tool_call>` may be one) and removes only these.
+        self._strip_ids = self.stop_ids | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
+
+    def complete(
+        self,
+        chats: list[list[dict]],
+        *,
+        tools: list[dict] | None = None,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[Completion]:
+        """Complete every chat with one assistant turn, in input order (see the class docstring)."""
+        import torch
+
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not chats:
+            return []
+        prompts = [self.encode(chat, tools) for chat in chats]
+        order = sorted(range(len(chats)), key=lambda i: len(prompts[i]))  # less padding per batch
+        size = self.batch_size or len(chats)
+        results: list[Completion | None] = [None] * len(chats)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if seed is not None:
+                torch.manual_seed(seed)
+            for start in range(0, len(order), size):
+                rows = order[start:start + size]
+                batch = self._generate([prompts[i] for i in rows], max_new_tokens, temperature)
+                for i, completion in zip(rows, batch):
+                    results[i] = completion
+        finally:
+            self.model.train(was_training)
+        return results  # type: ignore[return-value]
+
+    def encode(self, chat: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """The prompt token ids of `chat`: its chat-template rendering with the generation prompt."""
+        text = self.tokenizer.apply_chat_template(chat, tools=tools, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float) -> list[Completion]:
+        import torch
+        from transformers import GenerationConfig
+
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding: every row continues from its last token
+            input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            attention_mask[row, width - len(prompt):] = 1
+        # Explicit values, so that the model's own generation config (top_k=20, ...) does not apply.
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
+            else {"do_sample": False}
+        config = GenerationConfig(max_new_tokens=max_new_tokens, repetition_penalty=1.0,
+                                  eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_token_id, **sampling)
+        device = self.model.device
+        with torch.inference_mode():
+            output = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                         generation_config=config)
+        completions = []
+        for prompt, row in zip(prompts, output[:, width:].tolist()):
+            end = next((k for k, token in enumerate(row) if token in self.stop_ids), None)
+            # A row without a stop id ran the full max_new_tokens: generate only ends early when every
+            # row has stopped, so an unfinished row holds no padding.
+            generated = row if end is None else row[:end]
+            kept = [token for token in generated if token not in self._strip_ids]
+            completions.append(Completion(
+                text=self.tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False),
+                tool_calls=None,
+                prompt_tokens=len(prompt),
+                completion_tokens=len(row) if end is None else end + 1,
+                finish_reason="length" if end is None else "stop",
+            ))
+        return completions
+
+
+def _checked_reference(reference: str | Path, what: str) -> str:
+    """A local folder as given, or a hub id that can be loaded now; else a BackendError naming it."""
+    text = str(reference)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise BackendError(f"{what} {text!r} is a file, not a model folder")
+    if path.is_absolute() or text.startswith((".", "~")):
+        raise BackendError(f"{what} {text!r}: no such folder")
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = any(isinstance(try_to_load_from_cache(text, name), str)
+                     for name in ("config.json", "adapter_config.json"))
+        if not cached:
+            raise BackendError(
+                f"{what} {text!r} is not a local folder and not in the Hugging Face cache, and "
+                "HF_HUB_OFFLINE=1 forbids downloading it: pass a local folder, or unset HF_HUB_OFFLINE"
+            )
+    return text
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _has_tokenizer(reference: str) -> bool:
+    return (Path(reference) / "tokenizer_config.json").is_file()
+
+
+def _resolve_dtype(dtype: "str | torch.dtype | None", device: str) -> "torch.dtype":
+    import torch
+
+    if dtype is None:
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"dtype {dtype!r} is not a torch dtype (e.g. 'bfloat16', 'float16', 'float32')")
+    return resolved
+
+
+def _end_of_turn_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if END_OF_TURN in tokenizer.get_vocab():
+        ids.add(tokenizer.convert_tokens_to_ids(END_OF_TURN))
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids.update([configured] if isinstance(configured, int) else configured)
+    if not ids:
+        raise BackendError(f"tokenizer {tokenizer.name_or_path!r} has no EOS and no {END_OF_TURN} token: "
+                           "there is no way to tell where an assistant turn ends")
+    return ids
+
+
+def _check_cpu_4bit_shapes(model: Any, name: str) -> None:
+    """Refuse layer shapes that bitsandbytes' AVX512-BF16 CPU kernel cannot repack (it would fail later,
+    in the middle of `generate`, with a bare reshape error)."""
+    for layer_name, module in model.named_modules():
+        if not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        blocksize = module.weight.quant_state.blocksize
+        if module.in_features % blocksize or module.out_features % 32:
+            raise BackendError(
+                f"model {name!r}: layer {layer_name} ({module.in_features} → {module.out_features}) cannot run "
+                f"in 4-bit on this CPU: bitsandbytes' AVX512-BF16 kernel needs input sizes that are multiples "
+                f"of {blocksize} and output sizes that are multiples of 32; load it without load_in_4bit"
+            )
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible servers
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible chat completions server: one request per chat, many in flight.
+
+    Args:
+        model: The model name the server knows (for `transformers serve <folder>`, the folder as given).
+        base_url: e.g. "http://127.0.0.1:8000/v1".
+        api_key_env: Environment variable holding the API key. When it is unset the key "EMPTY" is
+            sent, which local servers (vLLM, Ollama, transformers serve) accept.
+        max_concurrency: Requests in flight at once.
+        timeout: Seconds one attempt may take (connecting and answering).
+        max_retries: Further attempts after a timeout, a refused or dropped connection, HTTP 429 or
+            HTTP 5xx, waiting `backoff`, 2·`backoff`, 4·`backoff`, ... seconds (at most 30) before
+            each. Any other error (400, 404, 422, ...) raises a `BackendError` at once.
+        native_tools: Pass `tools` to the server and return its parsed `message.tool_calls` as
+            `{"type": "function", "function": {"name": ..., "arguments": dict}}` (`arguments` stays the
+            server's string when it is not a JSON object). When False, tools are not sent and any tool
+            calls the server parsed anyway are written back into the text as
+            `<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`, so the caller reads text only.
+        backoff: Seconds before the first retry.
+
+    With a seed, request i of a call gets `seed + i`, so copies of one chat sample different turns.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        native_tools: bool = True,
+        backoff: float = 0.5,
+    ):
+        import openai
+
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.name = model
+        self.base_url = base_url
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.native_tools = native_tools
+        self.retry_delays = [min(backoff * 2**attempt, MAX_BACKOFF_S) for attempt in range(max_retries)]
+        self.sleep: Callable[[float], None] = time.sleep  # how retries wait; replaceable in tests
+        # The client's own retries are off: every retry is the loop in `_request`, with the delays above.
+        self._client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
+                                     timeout=timeout, max_retries=0)
+
+    def complete(
+        self,
+        chats: list[list[dict]],
+        *,
+        tools: list[dict] | None = None,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[Completion]:
+        """Complete every chat with one assistant turn, in input order; raises BackendError on failure."""
+        if not chats:
+            return []
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(chats)), thread_name_prefix="openai")
+        try:
+            futures = [
+                pool.submit(self._complete_one, chat, tools, max_new_tokens, temperature,
+                            None if seed is None else seed + index)
+                for index, chat in enumerate(chats)
+            ]
+            return [future.result() for future in futures]
+        finally:
+            # On an error the requests still queued are dropped; those in flight end within `timeout`.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _complete_one(self, chat: list[dict], tools: list[dict] | None, max_new_tokens: int,
+                      temperature: float, seed: int | None) -> Completion:
+        request: dict[str, Any] = {
+            "model": self.name,
+            "messages": to_openai_messages(chat),
+            "max_tokens": max_new_tokens,
+            "temperature": temperature,
+        }
+        if seed is not None:
+            request["seed"] = seed
+        if self.native_tools and tools:
+            request["tools"] = tools
+        response = self._request(request)
+        if not response.choices:
+            raise BackendError(f"{self.base_url} (model {self.name!r}) answered with no choices")
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        tool_calls = [_tool_call_dict(call) for call in choice.message.tool_calls or []] or None
+        if tool_calls and not self.native_tools:
+            text += "".join(_tool_call_markup(call) for call in tool_calls)
+            tool_calls = None
+        usage = response.usage
+        return Completion(
+            text=text,
+            tool_calls=tool_calls,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason="length" if choice.finish_reason == "length" else "stop",
+        )
+
+    def _request(self, request: dict[str, Any]) -> Any:
+        import openai
+
+        failures: dict[str, int] = {}  # what went wrong, in order of first occurrence, with counts
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._client.chat.completions.create(**request)
+            except openai.APIStatusError as exc:
+                transient = exc.status_code == 429 or exc.status_code >= 500
+                failure = f"HTTP {exc.status_code}: {_server_message(exc)}"
+            except openai.APITimeoutError:
+                transient, failure = True, f"no answer within {self.timeout} s"
+            except openai.APIConnectionError as exc:
+                transient, failure = True, f"connection failed ({exc.__cause__ or exc})"
+            except openai.APIError as exc:  # e.g. an answer that is not a chat completion
+                transient, failure = False, str(exc)
+            if not transient:
+                raise BackendError(f"{self.base_url} (model {self.name!r}) refused the request: {failure}")
+            failures[failure] = failures.get(failure, 0) + 1
+            if attempt < self.max_retries:
+                self.sleep(self.retry_delays[attempt])
+        summary = "; ".join(f"{failure} ({count}×)" for failure, count in failures.items())
+        raise BackendError(f"{self.base_url} (model {self.name!r}) failed {self.max_retries + 1} attempt(s): {summary}")
+
+
+def to_openai_messages(chat: list[dict]) -> list[dict]:
+    """Our chat messages in the form OpenAI's API requires; the input is not modified.
+
+    Tool-call `arguments` dicts become JSON strings. Each tool call gets an id (`call_<turn>_<i>`: the
+    assistant message's index and the call's index in it, unless it already has one) and each `tool`
+    message the id of the call it answers: the first unanswered call of the latest assistant turn
+    with the same function name, else its first unanswered call. A `tool` message with no such call
+    (python syntax, where the call is the assistant's text) gets `call_<turn>_0` of the latest
+    assistant turn.
+    """
+    converted: list[dict] = []
+    unanswered: list[tuple[str, str | None]] = []  # (id, function name) of the latest turn's calls
+    last_assistant = 0
+    for turn, message in enumerate(chat):
+        message = dict(message)
+        role = message.get("role")
+        if role == "assistant":
+            last_assistant = turn
+            unanswered = []
+            if message.get("tool_calls"):
+                calls = []
+                for index, call in enumerate(message["tool_calls"]):
+                    function = call.get("function", call)
+                    arguments = function.get("arguments", {})
+                    call_id = call.get("id") or f"call_{turn}_{index}"
+                    calls.append({
+                        "id": call_id,
+                        "type": "function",
+                        "function": {
+                            "name": function.get("name"),
+                            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                        },
+                    })
+                    unanswered.append((call_id, function.get("name")))
+                message["tool_calls"] = calls
+        elif role == "tool" and "tool_call_id" not in message:
+            same_name = [c for c in unanswered if c[1] == message.get("name")]
+            match = (same_name or unanswered or [None])[0]
+            if match is not None:
+                unanswered.remove(match)
+                message["tool_call_id"] = match[0]
+            else:
+                message["tool_call_id"] = f"call_{last_assistant}_0"
+        converted.append(message)
+    return converted
+
+
+def _tool_call_dict(call: Any) -> dict:
+    arguments = call.function.arguments
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except json.JSONDecodeError:
+        parsed = arguments
+    return {"type": "function",
+            "function": {"name": call.function.name, "arguments": parsed if isinstance(parsed, dict) else arguments}}
+
+
+def _tool_call_markup(call: dict) -> str:
+    function = call["function"]
+    arguments = function["arguments"]
+    arguments = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return f'\n<tool_call>\n{{"name": {json.dumps(function["name"])}, "arguments": {arguments}}}\n</tool_call>'
+
+
+def _server_message(exc: Any) -> str:
+    """The server's own words from an error response (`{"error": ...}`, `{"detail": ...}`, ...)."""
+    body = getattr(exc, "body", None)  # the client has already unwrapped a top-level "error" key
+    if isinstance(body, dict):
+        body = body.get("message") or body.get("detail") or body.get("error") or body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        body = body["message"]
+    return str(body) if body else str(getattr(exc, "message", exc))
+
+
+# --------------------------------------------------------------------------- configuration
+
+_KINDS: dict[str, tuple[type, set[str], set[str]]] = {
+    # kind: (class, required keys, optional keys)
+    "hf": (HFBackend, {"model"}, {"adapter", "load_in_4bit", "device", "dtype", "batch_size"}),
+    "openai": (OpenAIBackend, {"model", "base_url"},
+               {"api_key_env", "max_concurrency", "timeout", "max_retries", "native_tools", "backoff"}),
+}
+
+
+def load_backend(spec: dict, root: str | Path | None = None) -> Backend:
+    """A backend from a profile's spec: `kind` ("hf" or "openai") plus that class's arguments.
+
+    hf: model (required), adapter, load_in_4bit, device, dtype, batch_size.
+    openai: model and base_url (required), api_key_env, max_concurrency, timeout, max_retries,
+    native_tools, backoff. With `root`, an hf `model` or `adapter` that names an existing folder under
+    `root` (the run folder) is read from there. A missing `kind`, an unknown kind, a missing required key or an unknown
+    key is a ValueError naming the valid keys.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"backend spec must be a mapping, got {spec!r}")
+    kind = spec.get("kind")
+    if kind not in _KINDS:
+        raise ValueError(f"backend spec: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    cls, required, optional = _KINDS[kind]
+    arguments = {key: value for key, value in spec.items() if key != "kind"}
+    unknown = sorted(set(arguments) - required - optional)
+    if unknown:
+        raise ValueError(f"backend spec: unknown key(s) {unknown} for kind {kind!r}; "
+                         f"valid keys are {sorted(required | optional | {'kind'})}")
+    missing = sorted(required - set(arguments))
+    if missing:
+        raise ValueError(f"backend spec: kind {kind!r} needs {missing}")
+    if root is not None:  # a relative local path names a folder inside the run (the tiny lab's models)
+        for key in ("model", "adapter"):
+            value = arguments.get(key)
+            if kind == "hf" and isinstance(value, str) and (Path(root) / value).exists():
+                arguments[key] = str(Path(root) / value)
+    return cls(**arguments)
