@@ -38,3 +38,11 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "make test" in readme and "make reproduce" in readme
     commands = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
     assert "make test" in commands
+
+
+def test_readme_examples_are_what_the_generators_produce():
+    from fcdpo.tasks.__main__ import examples_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- examples:start -->")[1].split("<!-- examples:end -->")[0]
+    assert section.strip() == examples_markdown().strip(), "regenerate with: python -m fcdpo.tasks"
