@@ -1,0 +1,62 @@
+"""Batched against one-at-a-time rollouts with the tiny lab's teacher on this machine's CPU.
+
+    python benchmarks/rollout_throughput.py                  # 32 concurrent chains per task
+    python benchmarks/rollout_throughput.py --chains 64 --threads 2
+
+Both modes run the same greedy chains through the same agent: "batched" advances all chains together,
+one batched `generate` per step (what `rollout` does); "sequential" runs them one chain at a time.
+Greedy decoding makes both produce the same chains, which the script checks, so the comparison is of
+speed alone. Needs the tiny lab's teacher: run notebook 01 (`make reproduce`) first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from fcdpo.agent import Agent
+from fcdpo.backends import load_backend
+from fcdpo.config import load_profile
+from fcdpo.tasks import get_task, split_problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="tiny-cpu")
+    parser.add_argument("--model", default="lab/teacher", help="model folder, relative to the run folder")
+    parser.add_argument("--chains", type=int, default=32, help="concurrent chains per task")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    cfg = load_profile(args.profile)
+    backend = load_backend({"kind": "hf", "model": args.model}, root=cfg.run_path)
+    print(f"model {backend.name}, {args.chains} chains per task, {args.threads} threads\n")
+    print(f"{'task':6} {'mode':10} {'seconds':>8} {'chains/s':>9} {'tokens/s':>9}")
+    totals = {"batched": 0.0, "sequential": 0.0}
+    for name, settings in cfg.tasks.items():
+        task = get_task(name)
+        problems = split_problems(task, {"eval": args.chains}, cfg.seed, **settings.difficulty)["eval"]
+        agent = Agent(task, backend, cfg.agent)
+        agent.run(problems[:2])  # warm-up: first-call overheads out of the timing
+        results = {}
+        for mode in ("batched", "sequential"):
+            started = time.perf_counter()
+            if mode == "batched":
+                chains = agent.run(problems)
+            else:
+                chains = [agent.run([p])[0] for p in problems]
+            seconds = time.perf_counter() - started
+            totals[mode] += seconds
+            tokens = sum(t.tokens["completion"] for t in chains)
+            results[mode] = [t.messages for t in chains]
+            print(f"{name:6} {mode:10} {seconds:8.1f} {len(chains) / seconds:9.2f} {tokens / seconds:9.0f}")
+        same = sum(a == b for a, b in zip(results["batched"], results["sequential"]))
+        print(f"{name:6} identical chains in both modes: {same}/{len(problems)}")
+    print(f"\nspeed-up of batched over sequential: {totals['sequential'] / totals['batched']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,584 @@
+"""The tiny lab: a tokenizer and small Qwen2-architecture models trained from scratch on the tasks.
+
+The offline `tiny-cpu` profile cannot download weights, so it builds its own teacher and student
+from a seed: a byte-level BPE tokenizer trained on the task corpus (one token per digit), a
+Qwen2-style chat template that the rest of the pipeline uses like any hub model's, and
+`Qwen2ForCausalLM` models trained with TRL's `SFTTrainer` on gold chains (loss on assistant turns
+only). The results are ordinary Hugging Face folders (`from_pretrained` works on them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import DynamicCache, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"  # end of every turn; the chat EOS
+END_OF_TEXT = "<|endoftext|>"
+PAD = "<|pad|>"  # distinct from EOS so padding never teaches or hides the end of a turn
+TOOL_CALL_START = "<tool_call>"
+TOOL_CALL_END = "</tool_call>"
+SPECIAL_TOKENS = [END_OF_TEXT, IM_START, IM_END, PAD, TOOL_CALL_START, TOOL_CALL_END]
+QWEN2_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+# Qwen2-style ChatML. Differences from Qwen2.5's template, on purpose: tool results are a short
+# `tool` turn (`<|im_start|>tool\n12<|im_end|>`), tool schemas are rendered in a compact block, and
+# `{% generation %}` marks each assistant turn's content and its end-of-turn token, so
+# `return_assistant_tokens_mask` (TRL's `assistant_only_loss`) trains on the model's own turns and
+# teaches it to stop. Tool-call arguments may be a dict or an already serialised JSON string.
+CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
+    "{{- 'Tools:\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\\n</tools>\\nCall a tool as <tool_call>\\n{\"name\": <name>, \"arguments\": <arguments>}\\n</tool_call><|im_end|>\\n' }}"
+    "{%- elif messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' %}"
+    "{%- if not loop.first %}"
+    "{{- '<|im_start|>system\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- generation %}"
+    "{%- if message.content %}{{- message.content }}{%- endif %}"
+    "{%- if message.tool_calls %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{{- '<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
+    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
+    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{%- endif %}"
+    "{{- '<|im_end|>' }}"
+    "{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def build_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2, model_max_length: int = 2048
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts`, with the chat template and special tokens.
+
+    Every digit is its own token: tiny models copy and compute numbers far better that way. Byte-level coverage means any text encodes and
+    decodes back unchanged, with no unknown token. Training is deterministic: the same texts give
+    the same vocabulary, so no seed is needed.
+
+    Args:
+        texts: Training text, e.g. the system prompts, questions and turns of gold chains.
+        vocab_size: Upper bound on the vocabulary, special tokens and the 256 bytes included.
+        min_frequency: A merge must occur at least this often in `texts`.
+        model_max_length: The longest sequence callers may ask for.
+    """
+    tokenizer = Tokenizer(models.BPE())
+    # Exactly the pipeline `Qwen2Tokenizer` rebuilds when a saved Qwen2 model folder is loaded with
+    # `AutoTokenizer`, so the tokenizer trained here and the one loaded later split text the same way.
+    # Its pattern isolates every digit (`\p{N}`), like a `Digits(individual_digits=True)` step.
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=IM_END,
+        pad_token=PAD,
+        unk_token=None,
+        bos_token=None,
+        additional_special_tokens=[IM_START, END_OF_TEXT, TOOL_CALL_START, TOOL_CALL_END],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=model_max_length,
+        padding_side="left",  # batched generation continues every row from its last token
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_model(
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 2048,
+    rope_theta: float = 10000.0,
+    seed: int = 0,
+) -> Qwen2ForCausalLM:
+    """A freshly initialised Qwen2-architecture model sized for `tokenizer`, the same for the same seed.
+
+    Embeddings are tied to the output layer (as in small Qwen2 models); `intermediate_size`
+    defaults to 4 × `hidden_size` and `num_kv_heads` to `num_heads`. The model's config and
+    generation config know the tokenizer's EOS (`<|im_end|>`, plus `<|endoftext|>`) and pad ids.
+    """
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
+    num_kv_heads = num_kv_heads or num_heads
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+    eos_id = tokenizer.convert_tokens_to_ids(IM_END)
+    end_of_text_id = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        rope_theta=rope_theta,
+        tie_word_embeddings=True,
+        bos_token_id=end_of_text_id,
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state untouched
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[eos_id, end_of_text_id],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=end_of_text_id,
+    )
+    return model
+
+
+@dataclass
+class SFTSettings:
+    """How `train_sft` trains: a fixed number of optimizer steps, so a build is reproducible.
+
+    The defaults are the tiny lab's recipe: AdamW with betas (0.9, 0.95) and no weight decay, a
+    short warmup then cosine decay to `min_lr_ratio` × `learning_rate`, gradient clipping at 1.0,
+    fp32 (CPUs without bf16 units run bf16 autocast slower), loss on assistant turns only.
+    """
+
+    steps: int = 1000
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 1024
+    threads: int = 2  # torch CPU threads while training
+    seed: int = 0
+
+
+def train_sft(
+    model: Qwen2ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    conversations: Sequence[list[dict[str, Any]]],
+    settings: SFTSettings | None = None,
+    output_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train `model` in place on chat conversations with TRL's `SFTTrainer`; returns training stats.
+
+    Rows are used in the order given, cycling when `steps × batch_size` exceeds them, so a caller
+    controls the curriculum (see `curriculum_order`). Only assistant turns (their content and
+    end-of-turn token) carry loss; system, user and tool turns are context.
+
+    Returns:
+        `{"seconds", "steps", "examples", "tokens", "tokens_per_second", "loss"}` where `tokens`
+        counts every non-pad token the model processed and `loss` is the mean over the last 10%
+        of steps.
+    """
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    settings = settings or SFTSettings()
+    if not conversations:
+        raise ValueError("train_sft needs at least one conversation")
+    needed = settings.steps * settings.batch_size
+    rows = [{"messages": _arrow_safe(conversations[i % len(conversations)])} for i in range(needed)]
+    dataset = Dataset.from_list(rows)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    with tempfile.TemporaryDirectory() as scratch:
+        config = SFTConfig(
+            output_dir=str(output_dir or scratch),
+            max_steps=settings.steps,
+            per_device_train_batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            lr_scheduler_type="cosine_with_min_lr",
+            lr_scheduler_kwargs={"min_lr_rate": settings.min_lr_ratio},
+            warmup_steps=settings.warmup_steps,
+            weight_decay=settings.weight_decay,
+            adam_beta1=0.9,
+            adam_beta2=0.95,
+            max_grad_norm=settings.max_grad_norm,
+            max_length=settings.max_length,
+            assistant_only_loss=True,
+            train_sampling_strategy="sequential",  # the caller's order is the curriculum
+            seed=settings.seed,
+            data_seed=settings.seed,
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
+            use_cpu=not torch.cuda.is_available(),
+            save_strategy="no",
+            report_to=[],
+            logging_steps=max(1, settings.steps // 20),
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = _shared_prefix_trainer_class()(
+            model=model, args=config, train_dataset=dataset, processing_class=tokenizer
+        )
+        tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    torch.set_num_threads(previous_threads)
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
+    model.eval()
+    return {
+        "seconds": round(seconds, 1),
+        "steps": settings.steps,
+        "examples": needed,
+        "tokens": tokens,
+        "tokens_per_second": round(tokens / seconds) if seconds else 0,
+        "loss": round(sum(tail) / len(tail), 4),
+    }
+
+
+def _arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages whose tool-call arguments are JSON strings.
+
+    Arrow stores a column of dicts as one struct type, so `{"a": 3}` beside `{"percent": 25}` would
+    come back as `{"a": 3, "percent": None}`; a JSON string survives unchanged and the chat
+    template writes it as it is.
+    """
+    safe = []
+    for message in messages:
+        message = dict(message)
+        if message.get("tool_calls"):
+            calls = []
+            for call in message["tool_calls"]:
+                call = json.loads(json.dumps(call))
+                function = call.get("function", call)
+                if not isinstance(function.get("arguments"), str):
+                    function["arguments"] = json.dumps(function.get("arguments", {}), ensure_ascii=False)
+                calls.append(call)
+            message["tool_calls"] = calls
+        safe.append(message)
+    return safe
+
+
+def shared_prefix_loss(
+    model: Qwen2ForCausalLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    turn_end_id: int,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """The causal-LM loss of a right-padded batch, running each distinct first turn only once.
+
+    Every tiny-lab conversation opens with its task's system prompt (hundreds of tokens, the bulk of
+    each row), and those tokens carry no loss. Causal attention means a prefix's keys and values do
+    not depend on what follows, so the distinct first turns (up to and including the first
+    `turn_end_id`) are run once, their key/value cache is shared by every row that starts with
+    them, and only the rest of each row is run per row. Gradients flow through the shared cache,
+    so loss and gradients equal those of the plain forward pass while a batch of 16 rows of one
+    task costs about a quarter of the compute.
+
+    Returns None when the batch does not fit the pattern (a row without `turn_end_id`, or a
+    labelled token inside a first turn or right after it); the caller then uses the plain pass.
+    """
+    lengths = attention_mask.sum(dim=1).tolist()
+    splits = []
+    for row, length in zip(input_ids.tolist(), lengths):
+        try:
+            split = row.index(turn_end_id, 0, length) + 1
+        except ValueError:
+            return None
+        splits.append(split)
+    for r, split in enumerate(splits):
+        if (labels[r, : min(split + 1, labels.shape[1])] != -100).any():
+            return None
+    prefixes: dict[tuple[int, ...], int] = {}
+    owner = [prefixes.setdefault(tuple(input_ids[r, :split].tolist()), len(prefixes)) for r, split in enumerate(splits)]
+    width = max(len(p) for p in prefixes)
+    pad_id = 0  # any id: padded positions are masked out
+    prefix_ids = torch.full((len(prefixes), width), pad_id, dtype=input_ids.dtype)
+    prefix_mask = torch.zeros((len(prefixes), width), dtype=attention_mask.dtype)
+    for prefix, i in prefixes.items():  # left-padded, so every prefix ends where the rows continue
+        prefix_ids[i, width - len(prefix):] = torch.tensor(prefix, dtype=input_ids.dtype)
+        prefix_mask[i, width - len(prefix):] = 1
+    prefix_positions = (prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
+    prefix_out = model.model(
+        input_ids=prefix_ids.to(input_ids.device),
+        attention_mask=prefix_mask.to(input_ids.device),
+        position_ids=prefix_positions.to(input_ids.device),
+        use_cache=True,
+    )
+    index = torch.tensor(owner, device=input_ids.device)
+    cache = DynamicCache(
+        ddp_cache_data=[(keys[index], values[index]) for keys, values, *_ in prefix_out.past_key_values]
+    )
+    suffix_width = max(length - split for length, split in zip(lengths, splits))
+    batch = input_ids.shape[0]
+    suffix_ids = torch.full((batch, suffix_width), pad_id, dtype=input_ids.dtype, device=input_ids.device)
+    suffix_labels = torch.full((batch, suffix_width), -100, dtype=labels.dtype, device=labels.device)
+    suffix_mask = torch.zeros((batch, suffix_width), dtype=attention_mask.dtype, device=input_ids.device)
+    for r, (length, split) in enumerate(zip(lengths, splits)):
+        suffix_ids[r, : length - split] = input_ids[r, split:length]
+        suffix_labels[r, : length - split] = labels[r, split:length]
+        suffix_mask[r, : length - split] = 1
+    prefix_lengths = prefix_mask.sum(dim=1).to(input_ids.device)[index]
+    positions = prefix_lengths[:, None] + torch.arange(suffix_width, device=input_ids.device)[None, :]
+    out = model(
+        input_ids=suffix_ids,
+        attention_mask=torch.cat([prefix_mask.to(input_ids.device)[index], suffix_mask], dim=1),
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    logits = out.logits[:, :-1].float()
+    targets = suffix_labels[:, 1:]
+    total = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    count = (targets != -100).sum() if num_items_in_batch is None else num_items_in_batch
+    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
+
+
+def _shared_prefix_trainer_class() -> type:
+    """`SFTTrainer` whose training loss runs shared first turns once (see `shared_prefix_loss`)."""
+    from trl import SFTTrainer
+
+    class SharedPrefixSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not return_outputs and model.training and "attention_mask" in inputs:
+                loss = shared_prefix_loss(
+                    model,
+                    inputs["input_ids"],
+                    inputs["attention_mask"],
+                    inputs["labels"],
+                    self.processing_class.convert_tokens_to_ids(IM_END),
+                    num_items_in_batch,
+                )
+                if loss is not None:
+                    return loss
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return SharedPrefixSFTTrainer
+
+
+# ------------------------------------------------------------------------------------------------
+# The lab: tokenizer + teacher + student, built once per configuration and cached
+
+LAB_FORMAT = 1  # bump when a change here changes what a build produces for the same config
+
+
+@dataclass
+class ModelRecipe:
+    """One tiny-lab model: its size, how many gold chains per task it learns from, how it trains."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int | None = None  # default 4 × hidden_size
+    problems_per_task: int = 5000  # distinct gold chains per task (cycled if the steps need more)
+    sft: SFTSettings = field(default_factory=SFTSettings)
+    seed: int = 0  # weight initialisation
+
+
+@dataclass
+class LabConfig:
+    """Everything that determines a tiny-lab build; its hash names the cache folder.
+
+    `difficulty` maps each task name to its `Task.generate` keyword arguments: the lab trains on
+    the same kind of problems the profile evaluates. Training problems come from `data_seed`, a
+    seed the profile's own splits do not use, and any whose question is in `build_lab`'s
+    `held_out` are skipped.
+    """
+
+    difficulty: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "math": {"min_steps": 2, "max_steps": 3, "max_number": 20, "distractor_rate": 0.0},
+            "fol": {"min_hops": 1, "max_hops": 3},
+        }
+    )
+    syntax: str = "python"
+    vocab_size: int = 1024
+    data_seed: int = 1000
+    teacher: ModelRecipe = field(default_factory=ModelRecipe)
+    student: ModelRecipe = field(
+        default_factory=lambda: ModelRecipe(
+            hidden_size=128, num_layers=2, num_heads=2, problems_per_task=500, sft=SFTSettings(steps=150)
+        )
+    )
+
+
+@dataclass
+class Lab:
+    """A built lab: Hugging Face folders loadable with `from_pretrained` (each holds its tokenizer)."""
+
+    path: Path
+    teacher_path: Path
+    student_path: Path
+    report: dict[str, Any]  # config, data counts, per-model training stats, build seconds
+    reused: bool  # True when the cache already held this configuration
+
+
+def lab_key(config: LabConfig, conversations: dict[str, list[list[dict[str, Any]]]]) -> str:
+    """The cache key: a hash of the config, the training conversations and the library versions.
+
+    Hashing the conversations (not only the config) means a change in a task's generator or prompt
+    rebuilds the lab instead of silently reusing models trained on different data.
+    """
+    import tokenizers
+    import transformers
+    import trl
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(asdict(config), sort_keys=True).encode())
+    versions = [LAB_FORMAT, torch.__version__, transformers.__version__, trl.__version__, tokenizers.__version__]
+    digest.update(json.dumps(versions).encode())
+    for name in sorted(conversations):
+        digest.update(name.encode())
+        for rows in conversations[name]:
+            digest.update(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode())
+    return digest.hexdigest()[:16]
+
+
+def lab_conversations(
+    config: LabConfig, tasks: dict[str, Any] | None = None, held_out: Iterable[str] = ()
+) -> dict[str, list[list[dict[str, Any]]]]:
+    """Gold-chain conversations per task for the lab, as many as the larger recipe needs.
+
+    `tasks` maps names to `Task` objects (default: `fcdpo.tasks.get_task` for every name in
+    `config.difficulty`). Questions in `held_out` are skipped so no evaluation problem is trained on.
+    """
+    from fcdpo.agent import gold_messages
+    from fcdpo.tasks import get_task
+
+    excluded = set(held_out)
+    wanted = max(config.teacher.problems_per_task, config.student.problems_per_task)
+    result = {}
+    for name, difficulty in sorted(config.difficulty.items()):
+        task = (tasks or {}).get(name) or get_task(name)
+        problems = task.generate(wanted + len(excluded), seed=config.data_seed, **difficulty)
+        kept = [p for p in problems if p.question not in excluded][:wanted]
+        result[name] = [gold_messages(p, task, config.syntax) for p in kept]
+    return result
+
+
+def build_lab(
+    config: LabConfig,
+    cache_dir: str | Path,
+    tasks: dict[str, Any] | None = None,
+    held_out: Iterable[str] = (),
+    log: Any = print,
+) -> Lab:
+    """Build (or reuse) the tokenizer, teacher and student for `config` under `cache_dir/<key>/`.
+
+    The build is deterministic for a given config, data and library versions, and is written to a
+    temporary folder that is renamed into place only when complete, so an interrupted build never
+    leaves a half-written cache. `report.json` in the folder records the config, the data counts,
+    and per model its size, training steps, seconds and tokens per second.
+    """
+    conversations = lab_conversations(config, tasks, held_out)
+    key = lab_key(config, conversations)
+    root = Path(cache_dir)
+    path = root / key
+    if (path / "report.json").exists():
+        report = json.loads((path / "report.json").read_text())
+        log(f"tiny lab {key}: reusing {path}")
+        return Lab(path, path / "teacher", path / "student", report, reused=True)
+
+    started = time.perf_counter()
+    root.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    try:
+        texts = [m.get("content") or "" for rows in conversations.values() for chat in rows for m in chat]
+        tokenizer = build_tokenizer(texts, vocab_size=config.vocab_size)
+        report: dict[str, Any] = {
+            "key": key,
+            "config": asdict(config),
+            "conversations": {name: len(rows) for name, rows in conversations.items()},
+            "vocab_size": len(tokenizer),
+            "models": {},
+        }
+        for role in ("teacher", "student"):
+            recipe: ModelRecipe = getattr(config, role)
+            rows = _interleave(conversations, recipe.problems_per_task, seed=recipe.sft.seed)
+            model = build_model(
+                tokenizer,
+                hidden_size=recipe.hidden_size,
+                num_layers=recipe.num_layers,
+                num_heads=recipe.num_heads,
+                intermediate_size=recipe.intermediate_size,
+                seed=recipe.seed,
+            )
+            log(f"tiny lab {key}: training the {role} ({_count_parameters(model):,} parameters, "
+                f"{recipe.sft.steps} steps of {recipe.sft.batch_size})")
+            stats = train_sft(model, tokenizer, rows, recipe.sft)
+            stats["parameters"] = _count_parameters(model)
+            report["models"][role] = stats
+            log(f"tiny lab {key}: {role} trained in {stats['seconds']:.0f} s "
+                f"({stats['tokens_per_second']} tokens/s, final loss {stats['loss']})")
+            model.save_pretrained(building / role)
+            tokenizer.save_pretrained(building / role)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        (building / "report.json").write_text(json.dumps(report, indent=2))
+        if path.exists():  # a concurrent or interrupted build left it; ours is complete
+            shutil.rmtree(path)
+        building.rename(path)
+    finally:
+        if building.exists():
+            shutil.rmtree(building, ignore_errors=True)
+    return Lab(path, path / "teacher", path / "student", report, reused=False)
+
+
+def _interleave(
+    conversations: dict[str, list[list[dict[str, Any]]]], per_task: int, seed: int
+) -> list[list[dict[str, Any]]]:
+    """The first `per_task` conversations of every task, shuffled together with `seed`.
+
+    Mixing tasks row by row keeps every batch from being a single template, which stalls training.
+    """
+    rows = [chat for name in sorted(conversations) for chat in conversations[name][:per_task]]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def _count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
