@@ -38,3 +38,11 @@ def test_overrides_are_checked_like_the_file():
 def test_unknown_profile_lists_the_known_ones():
     with pytest.raises(ConfigError, match="tiny-cpu"):
         load_profile("no-such-profile")
+
+
+def test_a_profile_can_offer_a_subset_of_a_tasks_functions():
+    profile = load_profile("tiny-cpu", {"tasks.math.functions": ["add", "subtract"]})
+    assert profile.task("math").functions().names == ["add", "subtract"]
+    assert "multiply(" not in profile.task("math").system_prompt()
+    with pytest.raises(ValueError, match="unknown function"):
+        load_profile("tiny-cpu", {"tasks.math.functions": ["add", "plus"]}).task("math")

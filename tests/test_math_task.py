@@ -535,3 +535,11 @@ def test_gsm8k_from_the_hub_offline_fails_fast_and_says_to_pass_a_path(monkeypat
     with pytest.raises(GSM8KUnavailableError, match=r"load_gsm8k\(path=\.\.\.\)"):
         load_gsm8k(split="test")
     assert time.perf_counter() - start < 20
+
+
+def test_step_kinds_limit_the_functions_gold_chains_use():
+    problems = MathTask().generate(300, seed=5, step_kinds=["gain", "lose", "scale", "split", "gain_groups"])
+    used = {step["name"] for p in problems for step in p.gold_chain}
+    assert used <= {"add", "subtract", "multiply", "divide"}
+    with pytest.raises(ValueError, match="gain"):
+        MathTask().generate(1, step_kinds=["scale"])

@@ -32,6 +32,7 @@ class TaskConfig:
     train: int = 200  # problems the teacher is rolled out on
     eval: int = 200  # held-out problems, never seen in training
     difficulty: dict[str, Any] = field(default_factory=dict)  # keyword arguments of Task.generate
+    functions: list[str] | None = None  # the functions offered to the model (None: all of the task's)
 
 
 @dataclass
@@ -60,6 +61,12 @@ class Profile:
     student: dict[str, Any] = field(default_factory=dict)
     # tiny-cpu only: how the tiny lab builds its tokenizer, teacher and student (fcdpo.tinylab).
     lab: dict[str, Any] | None = None
+
+    def task(self, name: str):
+        """The task `name` as this profile configures it (its offered functions)."""
+        from fcdpo.tasks import get_task
+
+        return get_task(name, self.tasks[name].functions if name in self.tasks else None)
 
     @property
     def run_path(self) -> Path:

@@ -3,17 +3,22 @@
 from fcdpo.tasks.base import Problem, Task, load_problems, save_problems
 
 
-def get_task(name: str) -> Task:
-    """The task called `name` ("math" or "fol")."""
+def get_task(name: str, functions: list[str] | None = None) -> Task:
+    """The task called `name` ("math" or "fol"), offering only `functions` if given."""
     if name == "math":
         from fcdpo.tasks.math import MathTask
 
-        return MathTask()
-    if name == "fol":
+        task: Task = MathTask()
+    elif name == "fol":
         from fcdpo.tasks.fol import FolTask
 
-        return FolTask()
-    raise ValueError(f"unknown task {name!r}; expected 'math' or 'fol'")
+        task = FolTask()
+    else:
+        raise ValueError(f"unknown task {name!r}; expected 'math' or 'fol'")
+    if functions is not None:
+        task.function_names = tuple(functions)
+        task.functions()  # fail now on an unknown name, not mid-run
+    return task
 
 
 def split_problems(task: Task, sizes: dict[str, int], seed: int = 0, **difficulty) -> dict[str, list[Problem]]:
@@ -47,4 +52,27 @@ def split_problems(task: Task, sizes: dict[str, int], seed: int = 0, **difficult
     return splits
 
 
-__all__ = ["Problem", "Task", "get_task", "load_problems", "save_problems", "split_problems"]
+def problem_sets(profile, splits: tuple[str, ...] = ("eval", "train")) -> dict[str, dict[str, list[Problem]]]:
+    """Every task's problem splits for a profile, written to `<run>/problems/<task>-<split>.jsonl`.
+
+    Sizes and difficulty come from the profile's `tasks` section; returns `{task: {split: problems}}`.
+    """
+    out: dict[str, dict[str, list[Problem]]] = {}
+    for name, settings in profile.tasks.items():
+        task = get_task(name, settings.functions)
+        sizes = {split: getattr(settings, split) for split in splits}
+        out[name] = split_problems(task, sizes, profile.seed, **settings.difficulty)
+        offered = set(task.functions().names)
+        for split, problems in out[name].items():
+            for problem in problems:
+                missing = {step["name"] for step in problem.gold_chain} - offered
+                if missing:
+                    raise ValueError(
+                        f"{name}: problem {problem.id}'s gold chain calls {sorted(missing)}, which the profile's "
+                        f"tasks.{name}.functions leaves out"
+                    )
+            save_problems(problems, profile.run_path / "problems" / f"{name}-{split}.jsonl")
+    return out
+
+
+__all__ = ["Problem", "Task", "get_task", "load_problems", "problem_sets", "save_problems", "split_problems"]

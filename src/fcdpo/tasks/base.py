@@ -11,7 +11,7 @@ import abc
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # imported lazily: the engine is not needed to describe a problem
     from fcdpo.functions import FunctionSet
@@ -47,6 +47,19 @@ class Task(abc.ABC):
 
     name: str
     instructions: str  # task-specific guidance placed before the function descriptions
+    # The subset of the task's functions offered to the model, in this order (None: all of them).
+    # A profile can trim the prompt this way, e.g. for the tiny lab's small models.
+    function_names: tuple[str, ...] | None = None
+
+    def offered(self, functions: list[Callable[..., Any]]) -> list[Callable[..., Any]]:
+        """`functions` narrowed to `function_names`; an unknown name is an error listing the valid ones."""
+        if self.function_names is None:
+            return functions
+        by_name = {f.__name__: f for f in functions}
+        unknown = [n for n in self.function_names if n not in by_name]
+        if unknown:
+            raise ValueError(f"{self.name}: unknown function(s) {unknown}; the task has {list(by_name)}")
+        return [by_name[n] for n in self.function_names]
 
     @abc.abstractmethod
     def functions(self) -> "FunctionSet":

@@ -518,7 +518,7 @@ class FolTask(Task):
 
         kb = KnowledgeBase(timeout_ms=self.prover_timeout_ms)
         limit = max(CALL_TIME_LIMIT_S, 2 * self.prover_timeout_ms / 1000)
-        return FunctionSet(_make_functions(kb), time_limit=limit)
+        return FunctionSet(self.offered(list(_make_functions(kb))), time_limit=limit)
 
     def generate(
         self,

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import sympy
 
@@ -301,6 +301,7 @@ _STEP_COST = {
     "lose_groups": 2,
     "lose_percent": 2,
 }
+STEP_KINDS = tuple(_STEP_COST)
 _PERCENTS = (10, 20, 25, 50, 75)
 _GROWTH_WORDS = {2: "doubles", 3: "triples"}
 
@@ -726,7 +727,7 @@ class MathTask(Task):
 
     def functions(self) -> FunctionSet:
         """A fresh set of the arithmetic functions (they keep no state, but the API asks for one)."""
-        return FunctionSet(list(MATH_FUNCTIONS))
+        return FunctionSet(self.offered(list(MATH_FUNCTIONS)))
 
     def generate(
         self,
@@ -737,6 +738,7 @@ class MathTask(Task):
         max_steps: int = 4,
         max_number: int = 20,
         distractor_rate: float = 0.3,
+        step_kinds: Sequence[str] | None = None,
     ) -> list[Problem]:
         """`n` generated word problems with gold chains and whole-number answers.
 
@@ -756,6 +758,10 @@ class MathTask(Task):
             distractor_rate: the chance, from 0 to 1, that each story sentence is followed by an
                 irrelevant sentence with a number (`meta["distractors"]` counts them).
 
+            step_kinds: the kinds of story step to use (None: all of them, see `STEP_KINDS`); must
+                include "gain" and "lose", which fit any quantity. Leaving out "lose_percent"
+                keeps `percent_of` out of the gold chains.
+
         The same seed and settings give identical problems; ids are `math-<seed>-<index>`, and a
         shorter run is a prefix of a longer one.
         """
@@ -769,10 +775,16 @@ class MathTask(Task):
             raise ValueError(f"max_number must be at least 5, got {max_number}")
         if not 0.0 <= distractor_rate <= 1.0:
             raise ValueError(f"distractor_rate must be between 0 and 1, got {distractor_rate}")
+        kinds = tuple(STEP_KINDS if step_kinds is None else step_kinds)
+        unknown = sorted(set(kinds) - set(STEP_KINDS))
+        if unknown or not {"gain", "lose"} <= set(kinds):
+            raise ValueError(
+                f"step_kinds must be drawn from {list(STEP_KINDS)} and include 'gain' and 'lose', got {list(kinds)}"
+            )
         rng = random.Random(seed)
         builder = _ProblemBuilder(rng, max_number)
         return [
-            self._generate_one(rng, builder, f"math-{seed}-{index}", min_steps, max_steps, distractor_rate)
+            self._generate_one(rng, builder, f"math-{seed}-{index}", min_steps, max_steps, distractor_rate, kinds)
             for index in range(n)
         ]
 
@@ -784,6 +796,7 @@ class MathTask(Task):
         min_steps: int,
         max_steps: int,
         distractor_rate: float,
+        step_kinds: tuple[str, ...] = (),
     ) -> Problem:
         theme = rng.choice(_THEMES)
         name = rng.choice(_NAMES)
@@ -796,7 +809,7 @@ class MathTask(Task):
         kinds: list[str] = []
         while len(chain) < target:
             remaining = target - len(chain)
-            candidates = [k for k in theme.steps if _STEP_COST[k] <= remaining]
+            candidates = [k for k in theme.steps if _STEP_COST[k] <= remaining and k in step_kinds]
             # Prefer a different kind from the previous step so stories vary.
             rng.shuffle(candidates)
             candidates.sort(key=lambda k: bool(kinds) and k == kinds[-1])
