@@ -24,4 +24,4 @@ test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q
 
 clean-notebooks:
-	$(PY) -m fcdpo.notebooks --strip notebooks/*.ipynb
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
