@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from fcdpo.agent import AgentConfig
+from fcdpo.glpft import GLPFTConfig
+from fcdpo.multi_agent import MultiAgentConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -46,6 +48,70 @@ class RolloutConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """How teacher chains become preference pairs (`fcdpo.preferences`, notebook 02)."""
+
+    pairs_per_prompt: int = 4  # at most this many (correct, incorrect) pairs per problem
+    drop_identical: bool = True  # collapse chains with the same assistant turns; never pair a chain with its twin
+    balance_tasks: bool = False  # cut every task to the pair count of the task with the fewest pairs
+    validation: float = 0.1  # fraction of problems (never of pairs) held out for validation, per task
+    seed: int = 0
+
+
+@dataclass
+class TrainingConfig:
+    """How the student is fine-tuned on the pairs: DPO, and the SFT baseline on the same budget (`fcdpo.training`)."""
+
+    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 with double quantisation (bitsandbytes)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    beta: float = 0.1  # DPO: how far the policy may drift from the reference (higher: less)
+    learning_rate: float = 5e-6  # DPO
+    sft_learning_rate: float = 1e-4  # the SFT baseline
+    max_steps: int = 0  # optimizer steps of both methods; 0: `epochs` passes over the training pairs
+    epochs: float = 1.0
+    batch_size: int = 4  # pairs (DPO) or chains (SFT) per device and micro-batch
+    grad_accumulation: int = 1
+    max_length: int = 1024  # tokens of prompt + chain; longer pairs are dropped and counted, never truncated
+    warmup: float = 0.1  # learning-rate warmup: a fraction of the steps when < 1, else a number of steps
+    gradient_checkpointing: bool | None = None  # None: on for GPUs, off on CPU
+    # None: the student's own chat template; a name in fcdpo.training.CHAT_TEMPLATES or a .jinja file (one
+    # that can render tool turns: Mistral-7B-Instruct-v0.2's own template refuses them).
+    chat_template: str | None = None
+    logging_steps: int = 5
+    eval_steps: int = 0  # evaluate on the validation pairs every this many steps; 0: once, at the end
+    seed: int = 0
+
+
+@dataclass
+class EvaluationConfig:
+    """How every model of the run is evaluated on held-out problems (`fcdpo.evaluation`, notebook 04)."""
+
+    samples: int = 1  # chains per problem; 1 with temperature 0 is greedy decoding, more gives pass@k
+    temperature: float = 0.0
+    batch_size: int = 32  # chains advanced together
+    seed: int = 0  # sampling and bootstrap seed
+    resamples: int = 1000  # bootstrap resamples of the 95% accuracy intervals
+    gsm8k_path: str | None = None  # GSM8K test.jsonl (relative: to the repository root); None skips it
+    folio_path: str | None = None  # FOLIO validation jsonl; None skips it
+    benchmark_limit: int | None = None  # evaluate only the first problems of each benchmark
+    # Parameter counts by model label ("teacher", ...) for models that are not local (an endpoint).
+    parameters: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MultiAgentSection:
+    """alpha-UMi's multi-LLM agent: how it runs (`agent`) and how GLPFT trains its adapters (`glpft`)."""
+
+    agent: MultiAgentConfig = field(default_factory=MultiAgentConfig)
+    glpft: GLPFTConfig = field(default_factory=GLPFTConfig)
+
+
+@dataclass
 class Profile:
     """Everything a run needs to know; one YAML file per profile."""
 
@@ -61,6 +127,10 @@ class Profile:
     student: dict[str, Any] = field(default_factory=dict)
     # tiny-cpu only: how the tiny lab builds its tokenizer, teacher and student (fcdpo.tinylab).
     lab: dict[str, Any] | None = None
+    preferences: PreferenceConfig = field(default_factory=PreferenceConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    multi_agent: MultiAgentSection = field(default_factory=MultiAgentSection)
 
     def task(self, name: str):
         """The task `name` as this profile configures it (its offered functions)."""

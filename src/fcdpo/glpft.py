@@ -1,0 +1,441 @@
+"""GLPFT: alpha-UMi's two-stage fine-tuning of the planner, caller and summarizer (TRL SFT + PEFT LoRA).
+
+    report = run_glpft(profile)                       # teacher rollouts → <run>/training/glpft/*
+    team = glpft_role_backends(profile)               # the student, loaded once, with the three adapters
+    agent = MultiAgent(profile.task("math"), team, profile.multi_agent.agent)
+
+    # the same, step by step
+    data = glpft_data(teacher_trajectories(profile), profile_tasks(profile))
+    report = train_glpft(student_model(profile), data, profile.run_path / "training" / "glpft", GLPFTConfig())
+
+The data are the teacher's single-agent rollouts, the same ones the single agent's preference pairs
+come from. Each correct, clean chain becomes a multi-agent chain (`fcdpo.multi_agent.role_chain`):
+before each call a planner turn `I will call <name> next.` / `Next: caller`, the caller's call (written
+the canonical way), the observation; after the last one `I have the answer.` / `Next: conclusion` and
+the summarizer's `Final answer: X`. Identical converted chains are kept once.
+
+- Stage 1 (`backbone`): one LoRA adapter on the base, trained on whole multi-agent chains under the
+  team's system prompt, loss on every role's turns (TRL `assistant_only_loss`).
+- Stage 2 (`planner`, `caller`, `summarizer`): each role adapter starts as a copy of the backbone
+  adapter and is trained on its role's samples only: the prompt is exactly what the agent sends the
+  role (its own system prompt, the history as context), the completion is the role's turn, and only
+  the completion carries loss (TRL prompt-completion data, `completion_only_loss`).
+
+The base model is loaded once (4-bit NF4 on GPU when asked) and never changes; each stage adds its
+adapter, trains it, saves it and removes it again (`PeftModel.unload`). Outputs:
+`<output_dir>/{backbone,planner,caller,summarizer}` (PEFT adapter folders, each with the tokenizer
+training used) and `report.json`.
+
+Trainable parameters: a LoRA adapter of rank r on linear layers W (d_in → d_out) adds r·(d_in + d_out)
+per layer, so one adapter has r · Σ (d_in + d_out) over the targeted layers (`lora_parameter_count`).
+The multi-LLM agent runs three such adapters (3× one adapter) where the single agent runs one.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+from fcdpo.multi_agent import ROLES, MultiAgent, MultiAgentConfig, RoleBackends, load_adapter_role_backends, \
+    role_chain, role_samples
+
+if TYPE_CHECKING:
+    import torch
+
+    from fcdpo.agent import Trajectory
+    from fcdpo.tasks import Task
+
+STAGES = ("backbone", *ROLES)
+
+
+@dataclass
+class GLPFTConfig:
+    """How GLPFT trains: LoRA shape, steps per stage, optimizer, lengths, seed."""
+
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    # The single agent's DPO / SFT adapters' targets (`training.target_modules`), so one role adapter
+    # has as many trainable parameters as the single agent's one adapter.
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    backbone_steps: int = 200  # stage 1 optimizer steps
+    role_steps: int = 100  # stage 2 optimizer steps, per role
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 2048  # tokens per training row; longer rows are cut (dropped if no trained token is left)
+    seed: int = 0
+    load_in_4bit: bool = False  # QLoRA: the base in 4-bit NF4 (needs a CUDA GPU for training)
+    gradient_checkpointing: bool = False  # saves GPU memory on long rows; no use on tiny CPU models
+    # None: the student's own chat template; else as `training.chat_template` (a name in
+    # fcdpo.training.CHAT_TEMPLATES or a .jinja file). It must render consecutive assistant turns.
+    chat_template: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("lora_r", "backbone_steps", "role_steps", "batch_size", "gradient_accumulation_steps",
+                     "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"glpft.{name} must be at least 1, got {getattr(self, name)}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class GLPFTData:
+    """Training rows for both stages, built from single-agent trajectories by `glpft_data`."""
+
+    chains: list[list[dict[str, Any]]]  # stage 1: whole multi-agent chains (TRL conversational rows)
+    samples: dict[str, list[dict[str, Any]]]  # stage 2: per role, TRL prompt-completion rows
+    counts: dict[str, int]  # trajectories, correct, unclean and duplicates (skipped), chains, samples per role
+    chain_tools: list[str | None] = field(default_factory=list)  # per chain: tool schemas (JSON) in json syntax
+
+
+def glpft_data(trajectories: Iterable["Trajectory"], tasks: Mapping[str, "Task"]) -> GLPFTData:
+    """Multi-agent chains and role samples from single-agent trajectories, deterministically.
+
+    Correct chains are converted with `role_chain` in the order given; chains it refuses (thoughts,
+    errors, several calls per turn) are counted as `unclean`, repeats of an already converted chain
+    as `duplicates`. `tasks` maps each trajectory's task name to its `Task` (the profile's configured
+    tasks, so prompts list the same functions the agent offers). Chains in json syntax carry their
+    tools' schemas (a `tools` column, which TRL passes to the chat template).
+    """
+    counts = {"trajectories": 0, "correct": 0, "unclean": 0, "duplicates": 0, "chains": 0}
+    chains: list[list[dict[str, Any]]] = []
+    chain_tools: list[str | None] = []
+    samples: dict[str, list[dict[str, Any]]] = {role: [] for role in ROLES}
+    seen: set[str] = set()
+    for trajectory in trajectories:
+        counts["trajectories"] += 1
+        if not trajectory.correct:
+            continue
+        counts["correct"] += 1
+        task = tasks.get(trajectory.task)
+        if task is None:
+            raise ValueError(f"trajectory {trajectory.id} is of task {trajectory.task!r}, which is not among "
+                             f"the tasks given ({sorted(tasks)})")
+        chain = role_chain(trajectory, task)
+        if chain is None:
+            counts["unclean"] += 1
+            continue
+        key = json.dumps(chain, sort_keys=True, ensure_ascii=False)
+        if key in seen:
+            counts["duplicates"] += 1
+            continue
+        seen.add(key)
+        tools = json.dumps(task.functions().schemas()) if any(m.get("tool_calls") for m in chain) else None
+        chains.append(chain)
+        chain_tools.append(tools)
+        for role, rows in role_samples(chain, task).items():
+            samples[role].extend(rows if tools is None else [{**row, "tools": tools} for row in rows])
+    counts["chains"] = len(chains)
+    for role in ROLES:
+        counts[f"{role}_samples"] = len(samples[role])
+    return GLPFTData(chains, samples, counts, chain_tools)
+
+
+def _arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages without role names and with tool-call arguments as JSON strings.
+
+    Arrow stores a column of dicts as one struct type, so `{"a": 3}` beside `{"percent": 25}` would
+    come back as `{"a": 3, "percent": None}`; a JSON string survives and chat templates write it as is.
+    """
+    safe = []
+    for message in messages:
+        message = {k: v for k, v in message.items() if not (k == "name" and message["role"] == "assistant")}
+        if message.get("tool_calls"):
+            calls = []
+            for call in message["tool_calls"]:
+                call = json.loads(json.dumps(call))
+                function = call.get("function", call)
+                if not isinstance(function.get("arguments"), str):
+                    function["arguments"] = json.dumps(function.get("arguments", {}), ensure_ascii=False)
+                calls.append(call)
+            message["tool_calls"] = calls
+        safe.append(message)
+    return safe
+
+
+def _rows(data: GLPFTData, stage: str) -> list[dict[str, Any]]:
+    if stage == "backbone":
+        rows = [{"messages": _arrow_safe(chain), "tools": tools} for chain, tools in zip(data.chains, data.chain_tools)]
+    else:
+        rows = [{"prompt": _arrow_safe(s["prompt"]), "completion": _arrow_safe(s["completion"]),
+                 "tools": s.get("tools")} for s in data.samples[stage]]
+    if all(row["tools"] is None for row in rows):  # python syntax: the functions are in the prompt text
+        for row in rows:
+            del row["tools"]
+    return rows
+
+
+# --------------------------------------------------------------------------- training
+
+
+def lora_parameter_count(model: "torch.nn.Module", r: int, target_modules: Iterable[str]) -> int:
+    """r · Σ (d_in + d_out) over the linear layers whose name ends in one of `target_modules`.
+
+    This is the number of parameters one LoRA adapter of rank `r` on those layers trains (A is
+    r × d_in, B is d_out × r), computed from the model before any adapter is added.
+    """
+    import torch
+
+    targets = set(target_modules)
+    return sum(
+        r * (module.in_features + module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    )
+
+
+def _trainable(model: "torch.nn.Module") -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _load_base(model_ref: str, config: GLPFTConfig) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    cuda = torch.cuda.is_available()
+    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if config.load_in_4bit:
+        if not cuda:
+            raise ValueError("glpft.load_in_4bit needs a CUDA GPU (bitsandbytes cannot train 4-bit layers on CPU); "
+                             "set load_in_4bit: false")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(model_ref, **kwargs)
+    if config.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    return model
+
+
+def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, config: GLPFTConfig,
+                  output_dir: str | Path) -> Any:
+    """The TRL `SFTTrainer` of one stage, its dataset tokenized and labelled, ready to `train()`.
+
+    `stage` is "backbone" (whole chains, loss on every assistant turn) or a role (prompt-completion
+    rows, loss on the completion only); `model` is the PEFT model whose active adapter trains. Rows
+    whose trained tokens all lie beyond `max_length` are dropped by TRL; none left is a ValueError.
+    """
+    import datasets
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    if stage not in STAGES:
+        raise ValueError(f"unknown GLPFT stage {stage!r}; expected one of {STAGES}")
+    rows = _rows(data, stage)
+    if not rows:
+        raise ValueError(f"no {stage} rows: the teacher rollouts hold no clean correct chain to learn from")
+    steps = config.backbone_steps if stage == "backbone" else config.role_steps
+    whole_chains = stage == "backbone"
+    cuda = torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(10, steps // 10),
+        max_length=config.max_length,
+        # Stage 1 learns every role's turns of a whole chain; stage 2 only its role's turn.
+        assistant_only_loss=whole_chains,
+        completion_only_loss=not whole_chains,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        activation_checkpointing=config.gradient_checkpointing,
+        use_cpu=not cuda,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=max(1, steps // 10),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    bars_were_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # one bar per preprocessing pass would flood notebook output
+    try:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                             processing_class=tokenizer)
+    finally:
+        if bars_were_enabled:
+            datasets.enable_progress_bars()
+    if not len(trainer.train_dataset):
+        raise ValueError(f"every one of the {len(rows)} {stage} rows has its trained turns beyond "
+                         f"max_length={config.max_length} tokens; raise glpft.max_length")
+    return trainer
+
+
+def _train_stage(stage: str, model: Any, tokenizer: Any, data: GLPFTData, config: GLPFTConfig) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = stage_trainer(stage, model, tokenizer, data, config, scratch)
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return {
+        "steps": trainer.args.max_steps,
+        "rows": len(data.chains) if stage == "backbone" else len(data.samples[stage]),
+        "rows_kept": len(trainer.train_dataset),
+        "seconds": round(seconds, 1),
+        "first_loss": round(losses[0], 4) if losses else None,
+        "loss": round(losses[-1], 4) if losses else None,
+    }
+
+
+def train_glpft(
+    model: str | Path,
+    data: GLPFTData,
+    output_dir: str | Path,
+    config: GLPFTConfig | None = None,
+    *,
+    on_stage_start: Callable[[str, Any], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Both GLPFT stages on the base `model` (a folder or hub id); writes the four adapters.
+
+    `on_stage_start(stage, peft_model)` is called before each stage trains (stage in `STAGES`), with
+    the adapter in its initial state: a fresh LoRA for the backbone, a copy of the trained backbone
+    for each role.
+
+    Returns (and writes to `<output_dir>/report.json`) the config, the data counts, per stage its
+    trainable parameters, rows, steps, seconds and losses, and `trainable_parameters`: one adapter's
+    count and the multi-LLM agent's total (three role adapters).
+    """
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from fcdpo.config import TrainingConfig
+    from fcdpo.training import load_tokenizer
+
+    config = config or GLPFTConfig()
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    model_ref = str(model)
+    # The single agent's training loads it the same way: the configured template, a pad token.
+    tokenizer = load_tokenizer(model_ref, TrainingConfig(chat_template=config.chat_template))
+    base = _load_base(model_ref, config)
+    expected = lora_parameter_count(base, config.lora_r, config.target_modules)
+    report: dict[str, Any] = {"base": model_ref, "config": asdict(config), "data": dict(data.counts), "stages": {}}
+    started = time.perf_counter()
+    for stage in STAGES:
+        torch.manual_seed(config.seed)  # the same LoRA initialisation for the same seed
+        if stage == "backbone":
+            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
+            peft_model = get_peft_model(base, lora)
+        else:
+            peft_model = PeftModel.from_pretrained(base, str(output / "backbone"), is_trainable=True)
+        trainable = _trainable(peft_model)
+        if on_stage_start is not None:
+            on_stage_start(stage, peft_model)
+        stats = _train_stage(stage, peft_model, tokenizer, data, config)
+        stats["trainable_parameters"] = trainable
+        report["stages"][stage] = stats
+        log(f"glpft {stage}: {stats['rows_kept']} rows, {stats['steps']} steps, {trainable:,} trainable "
+            f"parameters, loss {stats['first_loss']} → {stats['loss']} in {stats['seconds']:.0f} s")
+        peft_model.save_pretrained(str(output / stage))
+        tokenizer.save_pretrained(str(output / stage))  # with its chat template, read back at inference
+        base = peft_model.unload()  # the base without LoRA layers, for the next stage
+    one = report["stages"]["backbone"]["trainable_parameters"]
+    report["trainable_parameters"] = {
+        "per_adapter": one,
+        "formula": f"r · Σ(d_in + d_out) over {list(config.target_modules)} = {expected}",
+        "multi_agent": sum(report["stages"][role]["trainable_parameters"] for role in ROLES),
+        "base": base.num_parameters(),  # counts 4-bit packed weights at their full size
+    }
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    (output / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def glpft_adapters(output_dir: str | Path) -> dict[str, Path]:
+    """The role adapter folders `train_glpft` writes under `output_dir`."""
+    return {role: Path(output_dir) / role for role in ROLES}
+
+
+# --------------------------------------------------------------------------- profile level
+
+
+def teacher_trajectories(profile: Any) -> list["Trajectory"]:
+    """The teacher's rollouts of every task of the profile (`<run>/rollouts/teacher-<task>.jsonl`)."""
+    from fcdpo.rollouts import read_trajectories
+
+    trajectories = []
+    for name in profile.tasks:
+        path = profile.run_path / "rollouts" / f"teacher-{name}.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no teacher rollouts for task {name!r}; run notebook 01 first")
+        trajectories.extend(read_trajectories(path))
+    return trajectories
+
+
+def profile_tasks(profile: Any) -> dict[str, "Task"]:
+    """The profile's tasks as configured (its function subsets when it sets them)."""
+    from fcdpo.tasks import get_task
+
+    return {name: profile.task(name) if hasattr(profile, "task") else get_task(name) for name in profile.tasks}
+
+
+def student_model(profile: Any) -> str:
+    """The student's base model: a folder in the run (the tiny lab's) or as written (a hub id)."""
+    model = profile.student.get("model")
+    if not model:
+        raise ValueError("the profile's `student` section names no model")
+    local = profile.run_path / model
+    return str(local) if local.exists() else str(model)
+
+
+def run_glpft(profile: Any, config: GLPFTConfig | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """GLPFT for a profile: teacher rollouts → role data → `<run>/training/glpft/*` adapters + report.
+
+    `config` defaults to the profile's `multi_agent.glpft` section when it has one; the student
+    spec's `load_in_4bit` and the profile's `training.chat_template` apply unless the config sets them.
+    """
+    if config is None:
+        section = getattr(profile, "multi_agent", None)
+        config = getattr(section, "glpft", None) or GLPFTConfig()
+    if profile.student.get("load_in_4bit") and not config.load_in_4bit:
+        config = GLPFTConfig(**{**asdict(config), "load_in_4bit": True})
+    training = getattr(profile, "training", None)
+    if config.chat_template is None and getattr(training, "chat_template", None):
+        config = GLPFTConfig(**{**asdict(config), "chat_template": training.chat_template})
+    data = glpft_data(teacher_trajectories(profile), profile_tasks(profile))
+    log(f"glpft data: {data.counts}")
+    return train_glpft(student_model(profile), data, profile.run_path / "training" / "glpft", config, log=log)
+
+
+def glpft_role_backends(profile: Any, output_dir: str | Path | None = None) -> RoleBackends:
+    """The student base loaded once with the three GLPFT role adapters (for every task's agent).
+
+    The student spec's hf options (load_in_4bit, device, dtype, batch_size) apply; adapters are read
+    from `output_dir` (default `<run>/training/glpft`).
+    """
+    options = {k: v for k, v in profile.student.items() if k in ("load_in_4bit", "device", "dtype", "batch_size")}
+    adapters = glpft_adapters(output_dir or profile.run_path / "training" / "glpft")
+    return load_adapter_role_backends(student_model(profile), adapters, **options)
+
+
+def glpft_agent(profile: Any, task: "Task", config: MultiAgentConfig | None = None,
+                output_dir: str | Path | None = None, backends: RoleBackends | None = None) -> MultiAgent:
+    """The trained multi-LLM agent for `task` (`backends` default: `glpft_role_backends(profile, output_dir)`).
+
+    `config` defaults to the profile's `multi_agent.agent` section, or the defaults when it has none.
+    Pass `backends` to share one loaded base between the agents of several tasks.
+    """
+    if config is None:
+        config = getattr(getattr(profile, "multi_agent", None), "agent", None) or MultiAgentConfig()
+    return MultiAgent(task, backends or glpft_role_backends(profile, output_dir), config)

@@ -1,0 +1,748 @@
+"""The multi-LLM agent of alpha-UMi (Shen et al. 2024, arXiv 2401.07324): planner, caller, summarizer.
+
+One chain is a conversation between three role models:
+
+    planner    → a short thought ending in a decision: `Next: caller`, `Next: conclusion` or `Next: give up`
+    caller     → exactly one function call (the same syntax and parser as the single agent)
+               → executed; the observation (or the error) is appended and the planner speaks again
+    summarizer → `Final answer: X`, written once the planner concludes
+
+    planner → (caller → execute → observation → planner)* → summarizer
+
+Rules, each applied the same way everywhere (agent, training data, step metrics):
+
+- **Missing decision**: a planner turn without a `Next:` marker counts as `Next: caller`. The caller reads
+  the thought and makes the call it suggests; the chain's `meta["multi_agent"]["missing_decisions"]`
+  counts such turns. When several markers appear, the last one decides.
+- **Give up** ends the chain at once with no answer (`stop="give_up"`, not correct), as in alpha-UMi:
+  the summarizer is not asked to guess.
+- **Step bound**: at most `max_steps` planner turns per chain. A `Next: caller` on the last allowed
+  planner turn ends the chain (`stop="max_steps"`): no planner turn would remain to read the result.
+- **Caller errors**: text that is not one call (a parse error, a final answer, several native tool
+  calls) gets the single agent's feedback as a `user` message and goes back to the planner; a call
+  to an unknown function or with bad arguments gets the engine's error observation, as usual. Both
+  count towards `max_errors`.
+- **Summarizer**: its answer is the text after `Final answer:`, or its whole turn when the marker is
+  missing (answering is the only thing it does).
+- **Token budget**: generated tokens of all roles together; a chain over budget stops after the turn
+  that crossed it (`stop="token_budget"`), unless that turn finished the chain.
+
+Trajectories use the single agent's `Trajectory` record and message format, so evaluation and
+preference-pair code apply unchanged. `agent` is "multi"; `steps` counts the model turns of all
+roles; every assistant message carries `"name": "planner" | "caller" | "summarizer"`;
+`messages[0]` is the team's system prompt (`backbone_prompt`). Each role model sees the same chat
+with its own system prompt (`role_prompt`) and without the `name` keys (`role_view`), so any chat
+template and OpenAI-compatible server takes it.
+
+Role models come from a `RoleBackends`: three backends, one backend for all roles, or one base model
+with three LoRA adapters switched per role (`load_adapter_role_backends`). All chains waiting for the
+same role advance in one backend call.
+
+`role_chain` and `role_samples` turn single-agent chains into role turns (the GLPFT training data,
+`fcdpo.glpft`), and `step_metrics` scores each role's next turn given the gold history.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from fcdpo.agent import (
+    ERROR_KINDS,
+    FINAL_ANSWER,
+    SYNTAXES,
+    Agent,
+    Trajectory,
+    assistant_message,
+    gold_messages,
+    read_turn,
+    tool_message,
+)
+from fcdpo.functions import Call, FunctionSet, ParseError, calls_from_tool_calls
+
+if TYPE_CHECKING:
+    from fcdpo.backends import Backend, Completion, HFBackend
+    from fcdpo.tasks import Problem, Task
+
+ROLES = ("planner", "caller", "summarizer")
+DECISIONS = ("caller", "conclusion", "give_up")
+STOP_REASONS = ("answer", "give_up", "max_steps", "max_errors", "token_budget")
+_DECISION = re.compile(r"next\s*:\s*(caller|conclusion|give[\s_-]*up)", re.IGNORECASE)
+
+# Deterministic planner thoughts for chains that have none (single-agent chains, gold chains).
+CONCLUSION_THOUGHT = "I have the answer.\nNext: conclusion"
+
+
+def call_thought(name: str) -> str:
+    """The planner turn that asks for a call to `name`, e.g. "I will call add next.\\nNext: caller"."""
+    return f"I will call {name} next.\nNext: caller"
+
+
+def read_decision(text: str | None) -> str | None:
+    """The planner's decision in `text`: "caller", "conclusion", "give_up", or None without a marker.
+
+    The last `Next: ...` marker wins (case and spacing are free: `next: Give up` counts).
+    """
+    found = _DECISION.findall(text or "")
+    if not found:
+        return None
+    last = found[-1].lower()
+    return "give_up" if last.startswith("give") else last
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+_TEAM = (
+    "A team of three solves each problem: a planner decides what to do next, a caller writes each "
+    "function call, and a summarizer writes the final answer."
+)
+_ROLE_HOW = {
+    "planner": (
+        "You are the planner. You never write function calls yourself. In each turn, read the question "
+        "and the results so far, say in one short sentence what to do next, then end the turn with one "
+        "line: `Next: caller` when a function should be called next (name it), `Next: conclusion` when "
+        "the results answer the question, or `Next: give up` when the functions cannot solve it."
+    ),
+    "caller": (
+        "You are the caller. The planner's last turn says what to do next. Write exactly one function "
+        "call{syntax_hint} and nothing else."
+    ),
+    "summarizer": (
+        "You are the summarizer. The planner has decided that the results so far answer the question. "
+        "Write `Final answer: <answer>` and nothing else."
+    ),
+}
+
+
+def _syntax_hint(task: "Task", syntax: str) -> str:
+    if syntax == "python":
+        return f" in Python syntax with keyword arguments, for example `{task.functions().example_call()}`,"
+    return ""
+
+
+def _functions_block(task: "Task", syntax: str) -> str:
+    # With native tool calls the chat template injects the schemas (the single agent's convention).
+    return f"\n\nFunctions:\n{task.functions().describe()}" if syntax == "python" else ""
+
+
+def role_prompt(task: "Task", role: str, syntax: str = "python") -> str:
+    """The system prompt of one role: the task's instructions, the team, the role's job, the functions."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+    how = _ROLE_HOW[role].format(syntax_hint=_syntax_hint(task, syntax))
+    return f"{task.instructions}\n\n{_TEAM} {how}{_functions_block(task, syntax)}"
+
+
+def backbone_prompt(task: "Task", syntax: str = "python") -> str:
+    """The team's system prompt: `messages[0]` of a multi-agent chain and GLPFT stage 1's prompt."""
+    how = (
+        "Each planner turn says what to do next and ends with `Next: caller`, `Next: conclusion` or "
+        f"`Next: give up`; each caller turn is exactly one function call{_syntax_hint(task, syntax).rstrip(',')}; "
+        "the summarizer writes `Final answer: <answer>`."
+    )
+    return f"{task.instructions}\n\n{_TEAM} {how}{_functions_block(task, syntax)}"
+
+
+def role_view(messages: list[dict[str, Any]], system_prompt: str) -> list[dict[str, Any]]:
+    """What a role model is sent: `messages` with `system_prompt` first and no `name` on assistant turns.
+
+    Tool messages keep their `name` (the function's, as in single-agent chains).
+    """
+    view = [{"role": "system", "content": system_prompt}]
+    for message in messages[1:]:
+        if message["role"] == "assistant" and "name" in message:
+            message = {k: v for k, v in message.items() if k != "name"}
+        view.append(message)
+    return view
+
+
+def _turn(role: str, content: str) -> dict[str, Any]:
+    return {"role": "assistant", "name": role, "content": content}
+
+
+# --------------------------------------------------------------------------- role backends
+
+
+class RoleBackends:
+    """Which backend plays each role.
+
+    `RoleBackends({"planner": a, "caller": b, "summarizer": c})`, or `RoleBackends.shared(backend)`
+    for one model (prompted, or trained on all roles) in every role.
+    """
+
+    def __init__(self, backends: Mapping[str, "Backend"], name: str | None = None):
+        missing = [role for role in ROLES if role not in backends]
+        unknown = sorted(set(backends) - set(ROLES))
+        if missing or unknown:
+            raise ValueError(f"RoleBackends needs exactly the roles {ROLES}; missing {missing}, unknown {unknown}")
+        self.backends = {role: backends[role] for role in ROLES}
+        names = [self.backends[role].name for role in ROLES]
+        self.name = name or (names[0] if len(set(names)) == 1 else " ".join(f"{r}={n}" for r, n in zip(ROLES, names)))
+
+    @classmethod
+    def shared(cls, backend: "Backend") -> "RoleBackends":
+        return cls({role: backend for role in ROLES}, name=backend.name)
+
+    def __getitem__(self, role: str) -> "Backend":
+        return self.backends[role]
+
+
+class AdapterBackend:
+    """One role's side of a PEFT model with several LoRA adapters: activates `adapter` before each batch.
+
+    `backend` wraps the `PeftModel` (e.g. `HFBackend.from_loaded(peft_model, tokenizer)`); every
+    `AdapterBackend` on the same `backend` shares its weights, so one base model in memory serves all
+    roles. Calls must not overlap in time (each sets the active adapter of the shared model).
+    """
+
+    def __init__(self, backend: "HFBackend", adapter: str):
+        if adapter not in backend.model.peft_config:
+            raise ValueError(f"the model has no adapter {adapter!r}; it has {sorted(backend.model.peft_config)}")
+        self.backend = backend
+        self.adapter = adapter
+        self.name = f"{backend.name}:{adapter}"
+
+    def complete(self, chats: list[list[dict]], **kwargs: Any) -> list["Completion"]:
+        self.backend.model.set_adapter(self.adapter)
+        return self.backend.complete(chats, **kwargs)
+
+
+def load_adapter_role_backends(
+    model: str | Path,
+    adapters: Mapping[str, str | Path],
+    *,
+    name: str | None = None,
+    **hf_options: Any,
+) -> RoleBackends:
+    """One base model, loaded once, with one LoRA adapter per role, switched before each role's batch.
+
+    Args:
+        model: The base model (folder or hub id), as for `HFBackend`.
+        adapters: A PEFT adapter folder per role (all three roles), e.g. the GLPFT outputs
+            `runs/<profile>/training/glpft/{planner,caller,summarizer}`.
+        name: The model name written into trajectories; default `"<model>+<adapters' common folder>"`.
+        hf_options: `HFBackend` options: load_in_4bit, device, dtype, batch_size.
+
+    Each adapter is loaded with `PeftModel.load_adapter(path, adapter_name=role)`, and each role's
+    backend calls `set_adapter(role)` before generating: the same outputs as loading each adapter
+    on its own copy of the base, for one copy of the base weights. The planner adapter's folder
+    tokenizer is used when it has one (GLPFT saves the tokenizer it trained with), else the base's.
+    """
+    from peft import PeftModel
+
+    from fcdpo.backends import BackendError, HFBackend
+
+    missing = [role for role in ROLES if role not in adapters]
+    if missing:
+        raise ValueError(f"adapters needs a folder for every role {ROLES}; missing {missing}")
+    batch_size = hf_options.pop("batch_size", None)
+    base = HFBackend(model, **hf_options)
+    try:
+        peft_model = PeftModel.from_pretrained(base.model, str(adapters[ROLES[0]]), adapter_name=ROLES[0])
+        for role in ROLES[1:]:
+            peft_model.load_adapter(str(adapters[role]), adapter_name=role)
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"cannot load the role adapters {dict(adapters)} on {model!r}: {exc}") from exc
+    peft_model.eval()
+    tokenizer = base.tokenizer
+    first = Path(adapters[ROLES[0]])
+    if (first / "tokenizer_config.json").is_file():  # training may have set the chat template (as HFBackend)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(first))
+    if name is None:
+        folders = {str(Path(adapters[role]).parent) for role in ROLES}
+        name = f"{model}+{folders.pop()}" if len(folders) == 1 else f"{model}+" + ",".join(
+            f"{role}={adapters[role]}" for role in ROLES)
+    shared = HFBackend.from_loaded(peft_model, tokenizer, name=name, batch_size=batch_size)
+    return RoleBackends({role: AdapterBackend(shared, role) for role in ROLES}, name=name)
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+@dataclass
+class MultiAgentConfig:
+    """How the multi-LLM agent runs a chain (see the module docstring for the rules)."""
+
+    syntax: str = "python"  # the caller's call syntax: "python" or "json" (native tool calls)
+    max_steps: int = 8  # planner turns per chain
+    max_errors: int = 3  # parse and execution errors before the chain is abandoned
+    max_new_tokens: int = 96  # per model turn, every role
+    token_budget: int = 2048  # generated tokens per chain, all roles together
+
+    def __post_init__(self) -> None:
+        if self.syntax not in SYNTAXES:
+            raise ValueError(f"multi_agent.syntax must be one of {SYNTAXES}, got {self.syntax!r}")
+        if self.max_steps < 1:
+            raise ValueError(f"multi_agent.max_steps must be at least 1, got {self.max_steps}")
+
+
+class _Chain:
+    """The state of one chain while the team runs it."""
+
+    def __init__(self, problem: "Problem", functions: FunctionSet, system_prompt: str, sample: int):
+        self.problem = problem
+        self.functions = functions
+        self.messages: list[dict[str, Any]] = [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": problem.question},
+        ]
+        self.sample = sample
+        self.waiting: str | None = "planner"  # the role that speaks next; None once finished
+        self.answer: str | None = None
+        self.stop: str | None = None
+        self.turns: Counter[str] = Counter()
+        self.missing_decisions = 0
+        self.calls = 0
+        self.errors: Counter[str] = Counter()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.started = time.perf_counter()
+        self.seconds = 0.0
+        self.trajectory: Trajectory | None = None
+
+    def finish(self, reason: str) -> None:
+        self.stop = reason
+        self.waiting = None
+        self.seconds = time.perf_counter() - self.started
+
+
+class MultiAgent:
+    """alpha-UMi's planner / caller / summarizer team; `run` mirrors `fcdpo.agent.Agent.run`.
+
+    Args:
+        task: The task (its functions, instructions and answer check).
+        backends: A `RoleBackends`, or one backend used for every role.
+        config: How chains run (`MultiAgentConfig`).
+        name: The trajectories' `agent` field.
+    """
+
+    def __init__(self, task: "Task", backends: "RoleBackends | Backend", config: MultiAgentConfig | None = None,
+                 name: str = "multi"):
+        self.task = task
+        self.backends = backends if isinstance(backends, RoleBackends) else RoleBackends.shared(backends)
+        self.config = config or MultiAgentConfig()
+        self.name = name
+        self.system_prompt = backbone_prompt(task, self.config.syntax)
+        self.role_prompts = {role: role_prompt(task, role, self.config.syntax) for role in ROLES}
+        self._schemas: list[dict[str, Any]] | None = None
+
+    @property
+    def schemas(self) -> list[dict[str, Any]]:
+        if self._schemas is None:
+            self._schemas = self.task.functions().schemas()
+        return self._schemas
+
+    def run(
+        self,
+        problems: list["Problem"],
+        samples: list[int] | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        on_finish: Callable[[Trajectory], None] | None = None,
+    ) -> list[Trajectory]:
+        """One chain per problem (`samples[i]` numbers the i-th chain); returns them in input order.
+
+        Each round asks every chain waiting for the planner in one batched call, then every chain
+        waiting for the caller, then every chain waiting for the summarizer. With a seed, the n-th
+        backend call of the run gets `seed + n`. `on_finish` gets each trajectory as its chain stops.
+        """
+        samples = samples if samples is not None else [0] * len(problems)
+        chains = [_Chain(problem, self.task.functions(), self.system_prompt, sample)
+                  for problem, sample in zip(problems, samples, strict=True)]
+        tools = self.schemas if self.config.syntax == "json" else None
+        backend_calls = 0
+        while any(c.waiting for c in chains):
+            for role in ROLES:
+                waiting = [c for c in chains if c.waiting == role]
+                if not waiting:
+                    continue
+                completions = self.backends[role].complete(
+                    [role_view(c.messages, self.role_prompts[role]) for c in waiting],
+                    tools=tools,
+                    max_new_tokens=self.config.max_new_tokens,
+                    temperature=temperature,
+                    seed=None if seed is None else seed + backend_calls,
+                )
+                backend_calls += 1
+                for chain, completion in zip(waiting, completions, strict=True):
+                    self._advance(chain, role, completion)
+                    if chain.stop is not None:
+                        chain.trajectory = self._record(chain)
+                        if on_finish is not None:
+                            on_finish(chain.trajectory)
+        return [c.trajectory for c in chains]
+
+    def _advance(self, chain: _Chain, role: str, completion: "Completion") -> None:
+        chain.turns[role] += 1
+        chain.prompt_tokens += completion.prompt_tokens
+        chain.completion_tokens += completion.completion_tokens
+        if role == "planner":
+            self._plan(chain, completion.text.strip())
+        elif role == "caller":
+            self._call(chain, completion)
+        else:
+            text = completion.text.strip()
+            chain.messages.append(_turn("summarizer", text))
+            chain.answer = summary_answer(text)
+            chain.finish("answer")
+        if chain.stop is None and chain.completion_tokens >= self.config.token_budget:
+            chain.finish("token_budget")
+
+    def _plan(self, chain: _Chain, text: str) -> None:
+        chain.messages.append(_turn("planner", text))
+        decision = read_decision(text)
+        if decision is None:
+            chain.missing_decisions += 1
+            decision = "caller"
+        if decision == "give_up":
+            chain.finish("give_up")
+        elif decision == "conclusion":
+            chain.waiting = "summarizer"
+        elif chain.turns["planner"] >= self.config.max_steps:
+            chain.finish("max_steps")
+        else:
+            chain.waiting = "caller"
+
+    def _call(self, chain: _Chain, completion: "Completion") -> None:
+        text = completion.text.strip()
+        try:
+            call = read_call(text, completion.tool_calls, chain.functions, self.config.syntax)
+        except ParseError as exc:
+            chain.messages.append(_turn("caller", text))
+            chain.errors["parse_error"] += 1
+            chain.messages.append({
+                "role": "user",
+                "content": f"Error: {exc}. Write one function call, for example `{chain.functions.example_call()}`.",
+            })
+        else:
+            chain.messages.append({**assistant_message(call, self.config.syntax), "name": "caller"})
+            observation = chain.functions.execute(call)
+            chain.calls += 1
+            if observation.error:
+                chain.errors[observation.error] += 1
+            chain.messages.append(tool_message(call, observation.content))
+        if sum(chain.errors.values()) >= self.config.max_errors:
+            chain.finish("max_errors")
+        else:
+            chain.waiting = "planner"
+
+    def _record(self, chain: _Chain) -> Trajectory:
+        problem = chain.problem
+        meta = dict(problem.meta)
+        meta["multi_agent"] = {
+            "turns": {role: chain.turns.get(role, 0) for role in ROLES},
+            "missing_decisions": chain.missing_decisions,
+        }
+        return Trajectory(
+            id=f"{problem.id}/{chain.sample}",
+            task=problem.task,
+            problem_id=problem.id,
+            sample=chain.sample,
+            model=self.backends.name,
+            agent=self.name,
+            messages=chain.messages,
+            tools=self.schemas,
+            answer=chain.answer,
+            gold=problem.answer,
+            correct=chain.answer is not None and self.task.check(chain.answer, problem.answer),
+            steps=sum(chain.turns.values()),
+            calls=chain.calls,
+            errors={kind: chain.errors.get(kind, 0) for kind in ERROR_KINDS},
+            stop=chain.stop or "max_steps",
+            tokens={"prompt": chain.prompt_tokens, "completion": chain.completion_tokens},
+            seconds=round(chain.seconds, 4),
+            meta=meta,
+        )
+
+
+def summary_answer(text: str) -> str | None:
+    """The summarizer's answer: the text after `Final answer:`, else its whole turn (None if empty)."""
+    final = FINAL_ANSWER.search(text or "")
+    return (final.group(1).strip() if final else (text or "").strip()) or None
+
+
+def read_call(text: str, tool_calls: list[dict] | None, functions: FunctionSet, syntax: str) -> Call:
+    """The caller's one call: native tool calls (exactly one), else the call in the text.
+
+    Raises ParseError for anything else, including a final answer or several tool calls. The
+    function name is not checked here (an unknown name becomes an error observation).
+    """
+    if tool_calls:
+        calls = calls_from_tool_calls(tool_calls)
+        if len(calls) != 1:
+            raise ParseError("not_a_call", f"expected exactly one tool call, got {len(calls)}")
+        return calls[0]
+    return functions.parse(text, "json" if syntax == "json" else "auto")
+
+
+# --------------------------------------------------------------------------- role data from chains
+
+
+def _chain_syntax(messages: list[dict[str, Any]]) -> str:
+    return "json" if any(m.get("tool_calls") for m in messages) else "python"
+
+
+def role_messages(
+    task: "Task", question: str, steps: list[tuple[dict[str, Any], dict[str, Any]]], answer_turn: str,
+    syntax: str = "python",
+) -> list[dict[str, Any]]:
+    """A multi-agent chain from solved steps: for each (call message, tool message) a planner turn
+    `call_thought(name)`, the caller's turn and the observation; then `CONCLUSION_THOUGHT` and the
+    summarizer's `answer_turn`."""
+    messages = [{"role": "system", "content": backbone_prompt(task, syntax)}, {"role": "user", "content": question}]
+    for call_message, observation in steps:
+        messages.append(_turn("planner", call_thought(observation["name"])))
+        messages.append({**call_message, "name": "caller"})
+        messages.append(dict(observation))
+    messages.append(_turn("planner", CONCLUSION_THOUGHT))
+    messages.append(_turn("summarizer", answer_turn))
+    return messages
+
+
+def role_chain(trajectory: Trajectory, task: "Task") -> list[dict[str, Any]] | None:
+    """A correct single-agent chain as a multi-agent chain with templated planner thoughts, or None.
+
+    Only clean chains convert: correct, and every assistant turn either one call whose observation is
+    not an error, or the final answer last. Chains with thoughts, parse errors, error observations or
+    several calls in one turn give None (they would need planner thoughts that say why, which the
+    chain does not hold). The answer turn is kept as written.
+    """
+    if not trajectory.correct:
+        return None
+    messages = trajectory.messages
+    body = messages[2:]
+    if len(messages) < 3 or messages[1].get("role") != "user" or len(body) % 2 != 1:
+        return None
+    *pairs, last = body
+    if last.get("role") != "assistant" or not FINAL_ANSWER.search(last.get("content") or ""):
+        return None
+    steps = []
+    functions = task.functions()
+    syntax = _chain_syntax(messages)
+    for call_message, observation in zip(pairs[0::2], pairs[1::2]):
+        if call_message.get("role") != "assistant" or observation.get("role") != "tool":
+            return None
+        if (observation.get("content") or "").startswith("Error"):
+            return None
+        try:
+            call = read_call(call_message.get("content") or "", call_message.get("tool_calls"), functions, syntax)
+        except ParseError:
+            return None
+        if call.name != observation.get("name") or call.name not in functions:
+            return None
+        steps.append((assistant_message(call, syntax), observation))
+    return role_messages(task, messages[1]["content"], steps, last["content"].strip(), syntax)
+
+
+def gold_role_messages(problem: "Problem", task: "Task", syntax: str = "python") -> list[dict[str, Any]]:
+    """A problem's gold chain as a multi-agent chain (templated thoughts, `Final answer: <gold>`)."""
+    gold = gold_messages(problem, task, syntax)
+    steps = list(zip(gold[2:-1:2], gold[3:-1:2]))
+    return role_messages(task, problem.question, steps, gold[-1]["content"], syntax)
+
+
+def role_samples(messages: list[dict[str, Any]], task: "Task", syntax: str | None = None) -> dict[str, list[dict]]:
+    """Per role, one TRL prompt-completion sample for each of that role's turns in a multi-agent chain.
+
+    A sample is `{"prompt": role_view(messages before the turn, role_prompt(role)), "completion":
+    [the turn without its name]}`: exactly what the agent sends the role and what it should answer.
+    """
+    syntax = syntax or _chain_syntax(messages)
+    prompts = {role: role_prompt(task, role, syntax) for role in ROLES}
+    samples: dict[str, list[dict]] = {role: [] for role in ROLES}
+    for index, message in enumerate(messages):
+        role = message.get("name") if message["role"] == "assistant" else None
+        if role in samples:
+            completion = {k: v for k, v in message.items() if k != "name"}
+            samples[role].append({"prompt": role_view(messages[:index], prompts[role]), "completion": [completion]})
+    return samples
+
+
+# --------------------------------------------------------------------------- step-level metrics
+
+
+def argument_f1(predicted: Mapping[str, Any], gold: Mapping[str, Any]) -> float:
+    """F1 of the (key, value) pairs of two argument dicts; 1.0 when both are empty.
+
+    Numbers compare by value (3 == 3.0), booleans only with booleans, lists element by element.
+    """
+    def pairs(arguments: Mapping[str, Any]) -> set[tuple[str, Any]]:
+        return {(str(k), _hashable(v)) for k, v in arguments.items()}
+
+    p, g = pairs(predicted), pairs(gold)
+    if not p and not g:
+        return 1.0
+    return 2 * len(p & g) / (len(p) + len(g))
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, bool):  # True == 1 in Python, but `negated=True` is not `negated=1`
+        return ("bool", value)
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
+    return value
+
+
+@dataclass
+class _Query:
+    """One scored step: whom to ask, with which chat, and what the right next turn holds."""
+
+    problem: "Problem"
+    role: str  # planner | caller | summarizer; "single" for a single-agent turn
+    step: int
+    chat: list[dict[str, Any]]
+    gold_decision: str | None = None  # scored by plan_acc
+    gold_call: Call | None = None  # scored by act_em, hallucination, arg_f1, parse_error_rate
+    scores_answer: bool = False  # scored by answer_acc
+
+
+@dataclass
+class _Reading:
+    """What one turn says, read the way the agent reads it."""
+
+    decision: str | None = None
+    call: Call | None = None
+    parse_error: bool = False
+    answer: str | None = None
+
+
+def _multi_agent_queries(agent: "MultiAgent", problem: "Problem") -> list[_Query]:
+    chain = gold_role_messages(problem, agent.task, agent.config.syntax)
+    queries = []
+    for role, samples in role_samples(chain, agent.task, agent.config.syntax).items():
+        for step, sample in enumerate(samples):
+            target = sample["completion"][0]
+            query = _Query(problem, role, step, sample["prompt"], scores_answer=role == "summarizer")
+            if role == "planner":
+                query.gold_decision = read_decision(target["content"])
+            elif role == "caller":
+                query.gold_call = read_call(target.get("content") or "", target.get("tool_calls"),
+                                            agent.task.functions(), agent.config.syntax)
+            queries.append(query)
+    return queries
+
+
+def _single_agent_queries(agent: "Agent", problem: "Problem") -> list[_Query]:
+    # The single agent's own prompt: its few-shot block, when it has one, is part of it.
+    gold = gold_messages(problem, agent.task, agent.config.syntax, getattr(agent, "_shots", ""))
+    n = len(problem.gold_chain)
+    return [
+        _Query(problem, "single", step, gold[: 2 + 2 * step],
+               gold_decision="caller" if step < n else "conclusion",
+               gold_call=Call.from_dict(problem.gold_chain[step]) if step < n else None,
+               scores_answer=step == n)
+        for step in range(n + 1)
+    ]
+
+
+def _read(role: str, completion: "Completion", functions: FunctionSet, syntax: str) -> _Reading:
+    text = completion.text.strip()
+    if role == "planner":
+        return _Reading(decision=read_decision(text) or "caller")  # the missing-decision rule
+    if role == "caller":
+        try:
+            return _Reading(call=read_call(text, completion.tool_calls, functions, syntax))
+        except ParseError:
+            return _Reading(parse_error=True)
+    if role == "summarizer":
+        return _Reading(answer=summary_answer(text))
+    turn = read_turn(text, completion.tool_calls, functions, syntax)  # a single-agent turn
+    return _Reading(
+        decision={"call": "caller", "parse_error": "caller", "answer": "conclusion"}.get(turn.kind),
+        call=turn.calls[0] if turn.kind == "call" and len(turn.calls) == 1 else None,
+        parse_error=turn.kind == "parse_error",
+        answer=turn.answer,
+    )
+
+
+def step_metrics(
+    agent: "MultiAgent | Agent",
+    problems: list["Problem"],
+    temperature: float = 0.0,
+    seed: int | None = None,
+    records: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """alpha-UMi's step-level metrics, each role's next turn scored given the gold history.
+
+    For every problem's gold chain of n calls (rendered as `gold_role_messages`): the planner is
+    asked n + 1 times (before each call, the gold decision is `caller`; after the last, `conclusion`),
+    the caller n times (given the gold planner thought `call_thought(name)`), and the summarizer once
+    (given the whole gold chain). All queries of one role go in one backend call.
+
+    - `plan_acc`: planner decisions equal to the gold one (a missing marker counts as `caller`).
+    - `act_em`: caller steps whose parsed call names the gold function.
+    - `hallucination`: caller steps whose parsed call names no function of the task.
+    - `arg_f1`: mean over caller steps of `argument_f1(predicted, gold)`, 0 when the text does not
+      parse or names another function (those arguments belong to a different call).
+    - `parse_error_rate`: caller steps whose text is not one call.
+    - `answer_acc`: summarizer answers that pass the task's check.
+
+    A single-agent `Agent` is scored the same way on `gold_messages` prefixes: its turn before call i
+    gives the decision (a call or a parse error → `caller`, an answer → `conclusion`, a thought →
+    none) and, when it is a call, the caller metrics; its turn after the last call gives the decision
+    and the answer.
+
+    Each scored step is appended to `records` when given (`problem_id`, `role`, `step`, `text`, and
+    that step's scores), for inspection.
+    """
+    multi = isinstance(agent, MultiAgent)
+    syntax = agent.config.syntax
+    make_queries = _multi_agent_queries if multi else _single_agent_queries
+    queries = [query for problem in problems for query in make_queries(agent, problem)]  # type: ignore[arg-type]
+    names = set(agent.task.functions().names)
+    tools = agent.schemas if syntax == "json" else None
+    scores: dict[str, list[float]] = {k: [] for k in ("plan", "act_em", "hallucination", "arg_f1", "parse", "answer")}
+    for index, role in enumerate(ROLES if multi else ("single",)):
+        group = [q for q in queries if q.role == role]
+        if not group:
+            continue
+        backend = agent.backends[role] if multi else agent.backend  # type: ignore[union-attr]
+        completions = backend.complete([q.chat for q in group], tools=tools, max_new_tokens=agent.config.max_new_tokens,
+                                       temperature=temperature, seed=None if seed is None else seed + index)
+        for query, completion in zip(group, completions, strict=True):
+            reading = _read(role, completion, agent.task.functions(), syntax)
+            result: dict[str, Any] = {"problem_id": query.problem.id, "role": role, "step": query.step,
+                                      "text": completion.text.strip()}
+            if query.gold_decision is not None:
+                result["plan_correct"] = reading.decision == query.gold_decision
+                scores["plan"].append(result["plan_correct"])
+            if query.gold_call is not None:
+                call = reading.call
+                result["act_em"] = call is not None and call.name == query.gold_call.name
+                result["hallucination"] = call is not None and call.name not in names
+                result["arg_f1"] = argument_f1(call.arguments, query.gold_call.arguments) if result["act_em"] else 0.0
+                result["parse_error"] = reading.parse_error
+                for key in ("act_em", "hallucination", "arg_f1"):
+                    scores[key].append(float(result[key]))
+                scores["parse"].append(reading.parse_error)
+            if query.scores_answer:
+                answer = reading.answer
+                result["correct"] = answer is not None and agent.task.check(answer, query.problem.answer)
+                scores["answer"].append(result["correct"])
+            if records is not None:
+                records.append(result)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    return {
+        "agent": agent.name,
+        "problems": len(problems),
+        "plan_steps": len(scores["plan"]),
+        "call_steps": len(scores["act_em"]),
+        "plan_acc": mean(scores["plan"]),
+        "act_em": mean(scores["act_em"]),
+        "hallucination": mean(scores["hallucination"]),
+        "arg_f1": mean(scores["arg_f1"]),
+        "parse_error_rate": mean(scores["parse"]),
+        "answer_acc": mean(scores["answer"]),
+    }

@@ -1,0 +1,441 @@
+"""Preference pairs from teacher chains: a correct chain (chosen) against an incorrect one (rejected).
+
+    trajectories = read_trajectories(run / "rollouts" / "teacher-math.jsonl")
+    pairs, report = build_pairs(trajectories, syntax="python", pairs_per_prompt=4)
+    splits = split_by_problem(pairs, validation=0.1, seed=0)
+    dataset = save_preferences(splits, run / "preferences", report)
+
+Pairs are only ever made between chains of the same prompt (the same problem, rendered the same way).
+A prompt whose chains are all correct or all incorrect gives no pair: it is dropped and counted in the
+report. The train / validation split is drawn by problem, never by pair, so no problem's chains are on
+both sides.
+
+Rows follow TRL's conversational preference format:
+
+- `prompt`: the opening messages (system prompt with the functions, the question);
+- `chosen` / `rejected`: the rest of each chain, assistant turns with the tool results (and any
+  feedback turns) between them, up to the final answer;
+- `tools`: a JSON string, the tool schemas passed to the chat template, or `"null"` when the chain
+  was written in Python-call syntax (the agent then passes no schemas: the system prompt describes the
+  functions), so training renders every prompt exactly as the agent did;
+- `task`, `problem_id`, `chosen_id`, `rejected_id`: where the pair comes from.
+
+Arrow stores a list of dicts as one struct type shared by every row, so tool-call `arguments` would
+gain the keys of every other function's arguments (as nulls). They are therefore stored as JSON strings,
+and messages lose the keys they do not have; `restore_messages` gives back the agent's messages exactly
+(arguments as dicts), which is what a chat template expects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+
+    from fcdpo.agent import Trajectory
+
+SPLITS = ("train", "validation")
+MESSAGE_KEYS = ("role", "content", "name", "tool_calls")
+
+
+class PreferenceError(ValueError):
+    """Trajectories or settings that cannot be turned into preference pairs; the message says which and why."""
+
+
+def assistant_turns(messages: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The model's own turns of a chain (content and native tool calls), as comparable text.
+
+    Two chains with the same assistant turns made the same calls in the same order; since functions are
+    deterministic, the observations between them are the same too.
+    """
+    turns = []
+    for message in messages:
+        if message["role"] == "assistant":
+            calls = json.dumps(message.get("tool_calls") or [], sort_keys=True, ensure_ascii=False)
+            turns.append(f"{(message.get('content') or '').strip()}\u0000{calls}")
+    return tuple(turns)
+
+
+def split_prompt(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A chain cut where the model starts: (prompt messages, completion messages).
+
+    Raises PreferenceError when the chain has no assistant turn, or no user turn before the first one.
+    """
+    start = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
+    if start is None:
+        raise PreferenceError("a chain without any assistant turn cannot be a preference completion")
+    if not any(m["role"] == "user" for m in messages[:start]):
+        raise PreferenceError("a chain must open with a user turn (the question) before the first assistant turn")
+    return messages[:start], messages[start:]
+
+
+def build_pairs(
+    trajectories: Iterable["Trajectory"],
+    syntax: str,
+    pairs_per_prompt: int = 4,
+    drop_identical: bool = True,
+    balance_tasks: bool = False,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Pair correct with incorrect chains of the same prompt; returns (rows, report).
+
+    Args:
+        trajectories: Graded chains, typically `k` per problem (several tasks may be mixed).
+        syntax: The agent's syntax when the chains were sampled ("python" or "json"); with "json" the
+            tool schemas were given to the chat template and are kept in the `tools` column.
+        pairs_per_prompt: At most this many pairs per prompt. They are drawn (seeded) so that the
+            chosen and the rejected chains are as varied as the prompt allows: a chain is reused only
+            when every other chain of its side has been used as often.
+        drop_identical: Collapse chains with the same assistant turns into one (k samples often
+            repeat), and never pair two chains with the same assistant turns.
+        balance_tasks: Keep the same number of pairs for every task (the smallest task's count),
+            dropping whole prompts first, in a seeded order.
+        seed: Seed of every random choice; the same inputs give the same rows.
+
+    Returns:
+        Rows in TRL's conversational preference format (see the module docstring), ordered by task
+        and problem, and a report: per task, the problems seen, the prompts dropped for having no
+        correct chain (`no_correct`) or no incorrect chain (`no_incorrect`), duplicate chains
+        collapsed, identical pairs skipped, pairs kept and pairs cut for balance.
+    """
+    if syntax not in ("python", "json"):
+        raise PreferenceError(f"syntax must be 'python' or 'json', got {syntax!r}")
+    if pairs_per_prompt < 1:
+        raise PreferenceError(f"pairs_per_prompt must be at least 1, got {pairs_per_prompt}")
+    groups: dict[tuple[str, str, str], list["Trajectory"]] = defaultdict(list)
+    for trajectory in trajectories:
+        prompt, _ = split_prompt(trajectory.messages)
+        key = (trajectory.task, trajectory.problem_id, json.dumps(prompt, sort_keys=True, ensure_ascii=False))
+        groups[key].append(trajectory)
+
+    rng = random.Random(seed)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    problems: dict[str, set[str]] = defaultdict(set)
+    by_task: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)  # rows grouped by prompt
+    for (task, problem_id, _), chains in sorted(groups.items()):
+        tally = counts[task]
+        problems[task].add(problem_id)
+        tally["prompts"] += 1
+        tally["chains"] += len(chains)
+        chains = sorted(chains, key=lambda t: (t.sample, t.id))
+        correct = [t for t in chains if t.correct]
+        incorrect = [t for t in chains if not t.correct]
+        tally["correct_chains"] += len(correct)
+        if drop_identical:
+            correct, incorrect = _distinct(correct), _distinct(incorrect)
+            tally["duplicate_chains"] += len(chains) - len(correct) - len(incorrect)
+        if not correct:
+            tally["no_correct"] += 1
+            continue
+        if not incorrect:
+            tally["no_incorrect"] += 1
+            continue
+        candidates = [(c, r) for c in correct for r in incorrect]
+        if drop_identical:
+            kept = [(c, r) for c, r in candidates if assistant_turns(c.messages) != assistant_turns(r.messages)]
+            tally["identical_pairs"] += len(candidates) - len(kept)
+            candidates = kept
+        if not candidates:
+            tally["no_distinct_pair"] += 1
+            continue
+        chosen_pairs = _varied_pairs(candidates, pairs_per_prompt, rng)
+        by_task[task].append([_row(c, r, syntax) for c, r in chosen_pairs])
+
+    if balance_tasks and len(by_task) > 1:
+        cap = min(sum(len(rows) for rows in prompts) for prompts in by_task.values())
+        for task, prompts in by_task.items():
+            by_task[task], counts[task]["balanced_away"] = _cut_to(prompts, cap, rng)
+
+    rows = [row for task in sorted(by_task) for prompt_rows in by_task[task] for row in prompt_rows]
+    report_tasks = {}
+    for task in sorted(counts):
+        tally = counts[task]
+        report_tasks[task] = {
+            "problems": len(problems[task]),
+            "prompts": tally["prompts"],
+            "chains": tally["chains"],
+            "correct_chains": tally["correct_chains"],
+            "no_correct": tally["no_correct"],
+            "no_incorrect": tally["no_incorrect"],
+            "no_distinct_pair": tally["no_distinct_pair"],
+            "duplicate_chains": tally["duplicate_chains"],
+            "identical_pairs": tally["identical_pairs"],
+            "prompts_paired": sum(1 for prompt_rows in by_task.get(task, []) if prompt_rows),
+            "balanced_away": tally["balanced_away"],
+            "pairs": sum(1 for row in rows if row["task"] == task),
+        }
+    report = {
+        "settings": {
+            "syntax": syntax,
+            "pairs_per_prompt": pairs_per_prompt,
+            "drop_identical": drop_identical,
+            "balance_tasks": balance_tasks,
+            "seed": seed,
+        },
+        "tasks": report_tasks,
+        "pairs": len(rows),
+    }
+    return rows, report
+
+
+def _cut_to(
+    prompts: list[list[dict[str, Any]]], cap: int, rng: random.Random
+) -> tuple[list[list[dict[str, Any]]], int]:
+    """`prompts` cut to `cap` pairs: whole prompts dropped in a seeded order, then pairs of the last ones."""
+    total = sum(len(rows) for rows in prompts)
+    order = list(range(len(prompts)))
+    rng.shuffle(order)
+    dropped: set[int] = set()
+    for index in order:
+        if total - len(prompts[index]) >= cap and total > cap:
+            dropped.add(index)
+            total -= len(prompts[index])
+    kept = [list(rows) for i, rows in enumerate(prompts) if i not in dropped]
+    while total > cap:  # no whole prompt fits the excess: cut single pairs from the end
+        kept[-1].pop()
+        total -= 1
+        if not kept[-1]:
+            kept.pop()
+    cut = sum(len(rows) for rows in prompts) - cap
+    return kept, max(cut, 0)
+
+
+def _distinct(chains: list["Trajectory"]) -> list["Trajectory"]:
+    """The first chain of every distinct sequence of assistant turns, in order."""
+    seen: set[tuple[str, ...]] = set()
+    kept = []
+    for chain in chains:
+        turns = assistant_turns(chain.messages)
+        if turns not in seen:
+            seen.add(turns)
+            kept.append(chain)
+    return kept
+
+
+def _varied_pairs(candidates: list[tuple[Any, Any]], n: int, rng: random.Random) -> list[tuple[Any, Any]]:
+    """Up to `n` pairs, each time the one whose chains have been used least so far (ties: seeded order)."""
+    pool = list(candidates)
+    rng.shuffle(pool)
+    uses: Counter = Counter()
+    picked = []
+    while pool and len(picked) < n:
+        best = min(range(len(pool)), key=lambda i: (uses[pool[i][0].id] + uses[pool[i][1].id], i))
+        chosen, rejected = pool.pop(best)
+        uses[chosen.id] += 1
+        uses[rejected.id] += 1
+        picked.append((chosen, rejected))
+    return picked
+
+
+def _row(chosen: "Trajectory", rejected: "Trajectory", syntax: str) -> dict[str, Any]:
+    prompt, chosen_turns = split_prompt(chosen.messages)
+    _, rejected_turns = split_prompt(rejected.messages)
+    tools = chosen.tools if syntax == "json" else None
+    return {
+        "prompt": arrow_safe(prompt),
+        "chosen": arrow_safe(chosen_turns),
+        "rejected": arrow_safe(rejected_turns),
+        "tools": json.dumps(tools, ensure_ascii=False),
+        "task": chosen.task,
+        "problem_id": chosen.problem_id,
+        "chosen_id": chosen.id,
+        "rejected_id": rejected.id,
+    }
+
+
+def arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as stored: tool-call arguments as JSON strings, only the keys in MESSAGE_KEYS.
+
+    Raises PreferenceError for a message with any other key, so nothing is silently lost.
+    """
+    safe = []
+    for position, message in enumerate(messages):
+        unknown = sorted(set(message) - set(MESSAGE_KEYS))
+        if unknown:
+            raise PreferenceError(f"message {position} ({message.get('role')}) has unknown key(s) {unknown}; "
+                                  f"a stored message may only have {list(MESSAGE_KEYS)}")
+        row: dict[str, Any] = {"role": message["role"], "content": message.get("content") or ""}
+        if message.get("name") is not None:
+            row["name"] = message["name"]
+        if message.get("tool_calls"):
+            calls = []
+            for call in message["tool_calls"]:
+                function = call.get("function", call)
+                arguments = function.get("arguments", {})
+                calls.append({
+                    "type": call.get("type", "function"),
+                    "function": {
+                        "name": function["name"],
+                        "arguments": arguments if isinstance(arguments, str)
+                        else json.dumps(arguments, ensure_ascii=False),
+                    },
+                })
+            row["tool_calls"] = calls
+        safe.append(row)
+    return safe
+
+
+def restore_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored messages back in the agent's form: no null keys, tool-call arguments as dicts."""
+    restored = []
+    for message in messages:
+        row = {key: value for key, value in message.items() if value is not None}
+        if row.get("tool_calls"):
+            calls = []
+            for call in row["tool_calls"]:
+                function = dict(call["function"])
+                if isinstance(function.get("arguments"), str):
+                    function["arguments"] = json.loads(function["arguments"])
+                calls.append({"type": call.get("type") or "function", "function": function})
+            row["tool_calls"] = calls
+        else:
+            row.pop("tool_calls", None)
+        restored.append(row)
+    return restored
+
+
+def restore_tools(tools: str | list | None) -> list[dict[str, Any]] | None:
+    """The `tools` column as the chat template takes it: a list of schemas, or None."""
+    return json.loads(tools) if isinstance(tools, str) else tools
+
+
+def split_by_problem(
+    rows: list[dict[str, Any]], validation: float = 0.1, seed: int = 0
+) -> dict[str, list[dict[str, Any]]]:
+    """Train and validation rows, split by problem within each task (never by pair).
+
+    Every task gives `round(validation × its problems)` problems to validation (at least one when
+    `validation` > 0 and the task has two or more problems), chosen with `seed`; all pairs of a
+    problem land on the same side.
+    """
+    if not 0.0 <= validation < 1.0:
+        raise PreferenceError(f"validation must be a fraction in [0, 1), got {validation}")
+    problems_by_task: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        if row["problem_id"] not in problems_by_task[row["task"]]:
+            problems_by_task[row["task"]].append(row["problem_id"])
+    held_out: set[tuple[str, str]] = set()
+    rng = random.Random(seed)
+    for task in sorted(problems_by_task):
+        ids = sorted(problems_by_task[task])
+        rng.shuffle(ids)
+        count = round(validation * len(ids))
+        if validation > 0 and count == 0 and len(ids) >= 2:
+            count = 1
+        held_out.update((task, problem_id) for problem_id in ids[:count])
+    splits: dict[str, list[dict[str, Any]]] = {"train": [], "validation": []}
+    for row in rows:
+        splits["validation" if (row["task"], row["problem_id"]) in held_out else "train"].append(row)
+    return splits
+
+
+def features():
+    """The `datasets.Features` of a preference row (explicit, so an empty split still has them)."""
+    from datasets import Features, List, Value
+
+    message = {
+        "role": Value("string"),
+        "content": Value("string"),
+        "name": Value("string"),
+        "tool_calls": List({"type": Value("string"), "function": {"name": Value("string"), "arguments": Value("string")}}),
+    }
+    return Features({
+        "prompt": List(message),
+        "chosen": List(message),
+        "rejected": List(message),
+        "tools": Value("string"),
+        "task": Value("string"),
+        "problem_id": Value("string"),
+        "chosen_id": Value("string"),
+        "rejected_id": Value("string"),
+    })
+
+
+def save_preferences(
+    splits: dict[str, list[dict[str, Any]]], path: str | Path, report: dict[str, Any] | None = None
+) -> "DatasetDict":
+    """Write the splits under `path` and return them as a `DatasetDict`.
+
+    Writes `path/dataset/` (`DatasetDict.save_to_disk`, read back with `load_preferences`),
+    `path/<split>.jsonl` (one row per line, the same rows) and, when given, `path/report.json` with the
+    report completed by each split's pair and problem counts per task.
+    """
+    from datasets import Dataset, DatasetDict
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise PreferenceError(f"unknown split(s) {unknown}; expected {list(SPLITS)}")
+    schema = features()
+    dataset = DatasetDict({  # column by column, so that an empty split keeps its columns
+        name: Dataset.from_dict({c: [row[c] for row in splits.get(name, [])] for c in schema}, features=schema)
+        for name in SPLITS
+    })
+    # An empty split must still be written as one (empty) shard, or it cannot be loaded back.
+    shards = {name: max(1, math.ceil((part.data.nbytes or 0) / 2**29)) for name, part in dataset.items()}
+    dataset.save_to_disk(str(path / "dataset"), num_shards=shards)
+    for name in SPLITS:
+        with (path / f"{name}.jsonl").open("w") as out:
+            for row in splits.get(name, []):
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if report is not None:
+        report = json.loads(json.dumps(report))
+        for name in SPLITS:
+            for task, tally in report.get("tasks", {}).items():
+                rows = [r for r in splits.get(name, []) if r["task"] == task]
+                tally[f"{name}_pairs"] = len(rows)
+                tally[f"{name}_problems"] = len({r["problem_id"] for r in rows})
+        (path / "report.json").write_text(json.dumps(report, indent=2))
+    return dataset
+
+
+def load_preferences(path: str | Path) -> "DatasetDict":
+    """The `DatasetDict` written by `save_preferences` under `path`."""
+    from datasets import load_from_disk
+
+    folder = Path(path) / "dataset"
+    if not folder.exists():
+        raise FileNotFoundError(f"no preference dataset at {folder}: run notebook 02 (save_preferences) first")
+    return load_from_disk(str(folder))
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """The report written by `save_preferences` under `path`."""
+    return json.loads((Path(path) / "report.json").read_text())
+
+
+def build_preference_dataset(profile: Any, trajectories: Iterable["Trajectory"] | None = None) -> tuple["DatasetDict", dict[str, Any]]:
+    """Notebook 02 in one call: pairs from the profile's teacher rollouts, split and saved in the run folder.
+
+    Reads `rollouts/teacher-<task>.jsonl` for every task of the profile (unless `trajectories` are
+    given), pairs them with the profile's `preferences` settings and its agent syntax, and writes
+    `preferences/` (see `save_preferences`). Returns the dataset and the report.
+    """
+    from fcdpo.rollouts import read_trajectories
+
+    settings = profile.preferences
+    run = profile.run_path
+    if trajectories is None:
+        trajectories = [t for name in profile.tasks for t in read_trajectories(run / "rollouts" / f"teacher-{name}.jsonl")]
+    trajectories = list(trajectories)
+    if not trajectories:
+        raise PreferenceError(f"no teacher trajectories under {run / 'rollouts'}: run notebook 01 first")
+    rows, report = build_pairs(
+        trajectories,
+        syntax=profile.agent.syntax,
+        pairs_per_prompt=settings.pairs_per_prompt,
+        drop_identical=settings.drop_identical,
+        balance_tasks=settings.balance_tasks,
+        seed=settings.seed,
+    )
+    splits = split_by_problem(rows, settings.validation, settings.seed)
+    report["settings"]["validation"] = settings.validation
+    dataset = save_preferences(splits, run / "preferences", report)
+    return dataset, read_report(run / "preferences")

@@ -1,0 +1,299 @@
+"""DPO and the SFT baseline on tiny models: assistant-only log-probabilities, length filter, adapters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from fcdpo.config import TrainingConfig
+from fcdpo.preferences import build_pairs, load_preferences, restore_messages, save_preferences, split_by_problem
+from fcdpo.tinylab import IM_END, build_model, build_tokenizer
+from fcdpo.training import (
+    TrainingError,
+    _assistant_tokens_by_spans,
+    _dpo_trainer_class,
+    assistant_tokens,
+    chosen_conversations,
+    load_trained,
+    lora_config,
+    merge_and_export,
+    preference_collator,
+    resolve_steps,
+    student_reference,
+    tokenize_pair,
+    tokenize_preferences,
+    train,
+)
+from tests.test_preferences import scripted_chains
+
+TINY = TrainingConfig(max_steps=8, batch_size=2, learning_rate=1e-2, sft_learning_rate=1e-2, warmup=0,
+                      logging_steps=1, lora_r=8, lora_alpha=16, max_length=2048)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A tiny Qwen2 student and a preference dataset of math and logic pairs, on disk."""
+    root = tmp_path_factory.mktemp("lab")
+    chains = scripted_chains("math", n=4) + scripted_chains("fol", n=3)
+    json_chains = scripted_chains("math", n=3, seed=5, syntax="json")
+    texts = [m.get("content") or "" for t in chains + json_chains for m in t.messages]
+    tokenizer = build_tokenizer(texts + ['{"name": "add", "arguments": {"a": 3}}'] * 3, vocab_size=800)
+    model = build_model(tokenizer, hidden_size=64, num_layers=1, num_heads=2)
+    model.save_pretrained(root / "student")
+    tokenizer.save_pretrained(root / "student")
+    rows, report = build_pairs(chains, syntax="python")
+    save_preferences(split_by_problem(rows, 0.34, seed=0), root / "preferences", report)
+    json_rows, _ = build_pairs(json_chains, syntax="json")
+    return {"root": root, "student": root / "student", "tokenizer": tokenizer, "rows": rows,
+            "json_rows": json_rows, "preferences": load_preferences(root / "preferences")}
+
+
+@pytest.fixture(scope="module")
+def dpo_run(lab):
+    return train("dpo", lab["student"], lab["preferences"], TINY, lab["root"] / "dpo")
+
+
+def assistant_text(messages: list[dict]) -> str:
+    """What the model itself wrote in a chain: each assistant turn and its end-of-turn token."""
+    parts = []
+    for m in messages:
+        if m["role"] == "assistant":
+            calls = "".join(
+                f'<tool_call>\n{{"name": "{c["function"]["name"]}", "arguments": '
+                f'{json.dumps(c["function"]["arguments"])}}}\n</tool_call>' for c in m.get("tool_calls") or [])
+            parts.append((m.get("content") or "") + calls + IM_END)
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("which", ["rows", "json_rows"])
+def test_the_assistant_mask_covers_exactly_the_models_own_turns(lab, which):
+    tokenizer = lab["tokenizer"]
+    for row in lab[which]:
+        tokens = tokenize_pair(tokenizer, row)
+        for side in ("chosen", "rejected"):
+            kept = [t for t, m in zip(tokens[f"{side}_ids"], tokens[f"{side}_mask"]) if m]
+            assert tokenizer.decode(kept) == assistant_text(restore_messages(row[side]))
+            dropped = tokenizer.decode([t for t, m in zip(tokens[f"{side}_ids"], tokens[f"{side}_mask"]) if not m])
+            for message in restore_messages(row[side]):
+                if message["role"] == "tool":
+                    assert message["content"] in dropped
+
+
+def test_masks_found_by_rendering_agree_with_generation_markers(lab):
+    """Templates without `{% generation %}` (Qwen2.5's, Mistral's) get the masks marked ones give.
+
+    TRL's marked copy of Qwen2.5's template also marks the newline after the role header (part of
+    the generation prompt at inference) and the one after `<|im_end|>` (never generated); rendering
+    leaves those out and agrees on every other token."""
+    from trl.chat_template_utils import qwen2_5_chat_template, qwen2_5_training_chat_template
+
+    tokenizer = lab["tokenizer"]
+    rows = lab["rows"][:3] + lab["json_rows"][:3]
+    for row in rows:
+        messages = restore_messages(row["prompt"] + row["chosen"])
+        tools = json.loads(row["tools"])
+        assert _assistant_tokens_by_spans(tokenizer, messages, tools) == assistant_tokens(tokenizer, messages, tools)
+    qwen = AutoTokenizer.from_pretrained(lab["student"])
+    qwen.chat_template = qwen2_5_chat_template  # the real Qwen2.5 template: no generation markers
+    marked = AutoTokenizer.from_pretrained(lab["student"])
+    marked.chat_template = qwen2_5_training_chat_template  # TRL's copy with markers
+    for row in rows:
+        messages = restore_messages(row["prompt"] + row["rejected"])
+        tools = json.loads(row["tools"])
+        (ids, by_spans), (marked_ids, by_markers) = assistant_tokens(qwen, messages, tools), \
+            assistant_tokens(marked, messages, tools)
+        assert ids == marked_ids and sum(by_spans) > 0
+        for token, span_bit, marker_bit in zip(ids, by_spans, by_markers):
+            assert span_bit == marker_bit or (marker_bit and qwen.decode([token]).strip() == "")
+
+
+def _dpo_log_probs(trainer, tokenizer, rows, stock_masks=False):
+    """The reference log-probabilities DPO uses for (chosen, rejected) of each row."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    examples = [tokenize_pair(tokenizer, row) for row in rows]
+    if stock_masks:  # TRL's own collator: every completion token counts
+        collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
+        examples = [{k: e[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for e in examples]
+    else:
+        collator = preference_collator(tokenizer.pad_token_id)
+    chosen, rejected = trainer.compute_ref_log_probs(trainer.model, collator(examples))
+    return torch.stack([chosen, rejected])
+
+
+def _with_tool_results(row, replace):
+    row = json.loads(json.dumps(row))
+    for side in ("chosen", "rejected"):
+        for message in row[side]:
+            if message["role"] == "tool":
+                message["content"] = replace(message["content"])
+    return row
+
+
+def test_tool_tokens_do_not_count_in_dpo_log_probabilities(lab, tmp_path):
+    """With a context-free model (attention output zeroed: each token predicts the next from itself
+    alone), a sequence's log-probability depends on the tool results only through the tool tokens'
+    own log-probabilities. So changing the tool results must leave the DPO log-probabilities as they
+    are, while changing the model's own calls must not."""
+    tokenizer = lab["tokenizer"]
+    model = AutoModelForCausalLM.from_pretrained(lab["student"])
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+    from trl import DPOConfig
+
+    config = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, activation_checkpointing=False,
+                       report_to=[], max_length=None)
+    rows = lab["rows"][:4]
+    trainer = _dpo_trainer_class()(
+        model=model, args=config, train_dataset=tokenize_preferences(Dataset.from_list(rows), tokenizer, 4096)[0],
+        processing_class=tokenizer, data_collator=preference_collator(tokenizer.pad_token_id),
+        peft_config=lora_config(TINY),
+    )
+    original = _dpo_log_probs(trainer, tokenizer, rows)
+    other_results = [_with_tool_results(r, lambda c: "Error: the observation was replaced 98765") for r in rows]
+    assert torch.allclose(_dpo_log_probs(trainer, tokenizer, other_results), original, atol=1e-4)
+
+    other_calls = json.loads(json.dumps(rows))
+    for row in other_calls:
+        first_turn = next(m for m in row["chosen"] if m["role"] == "assistant")
+        first_turn["content"] += " 7"
+    changed = _dpo_log_probs(trainer, tokenizer, other_calls)
+    assert (changed[0] - original[0]).abs().min() > 1e-2  # every chosen chain's log-probability moved
+    assert torch.allclose(changed[1], original[1], atol=1e-4)
+
+    # TRL's stock masks count the tool tokens: the same change of tool results moves them.
+    stock = _dpo_log_probs(trainer, tokenizer, rows, stock_masks=True)
+    stock_other = _dpo_log_probs(trainer, tokenizer, other_results, stock_masks=True)
+    assert (stock_other - stock).abs().max() > 1e-2
+
+
+def test_the_saved_dataset_loads_into_trls_dpo_trainer(lab, tmp_path):
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(lab["student"])
+    config = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, activation_checkpointing=False,
+                       report_to=[], max_length=None)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(lab["student"]), args=config,
+                         train_dataset=lab["preferences"]["train"], processing_class=tokenizer,
+                         peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    ours = [tokenize_pair(tokenizer, row) for row in lab["preferences"]["train"]]
+    assert trainer.train_dataset["prompt_ids"] == [t["prompt_ids"] for t in ours]
+    assert trainer.train_dataset["chosen_ids"] == [t["chosen_ids"] for t in ours]
+    assert trainer.train_dataset["rejected_ids"] == [t["rejected_ids"] for t in ours]
+
+
+def test_an_untokenized_dataset_is_refused_rather_than_masked_the_stock_way(lab, tmp_path):
+    from trl import DPOConfig
+
+    config = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, activation_checkpointing=False,
+                       report_to=[])
+    with pytest.raises(TrainingError, match="tokenize_preferences"):
+        _dpo_trainer_class()(model=AutoModelForCausalLM.from_pretrained(lab["student"]), args=config,
+                             train_dataset=lab["preferences"]["train"], processing_class=lab["tokenizer"],
+                             data_collator=preference_collator(0))
+
+
+def test_dpo_on_a_tiny_model_lowers_its_loss_and_saves_its_curves(dpo_run):
+    losses = [row["loss"] for row in dpo_run.curves if "loss" in row]
+    assert len(losses) == TINY.max_steps
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # a fresh adapter: the policy is the reference
+    assert losses[-1] < losses[0] - 0.05
+    last = [row for row in dpo_run.curves if "loss" in row][-1]
+    assert last["rewards/margins"] > 0 and last["rewards/accuracies"] > 0.5
+    header = (dpo_run.output_dir / "curves.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "loss", "rewards/margins", "rewards/accuracies"} <= set(header)
+    assert json.loads((dpo_run.output_dir / "curves.json").read_text()) == dpo_run.curves
+    report = json.loads((dpo_run.output_dir / "report.json").read_text())
+    assert report["steps"] == TINY.max_steps and report["method"] == "dpo"
+    assert "eval_rewards/margins" in report["final"]  # evaluated on the validation pairs
+
+
+def test_the_reference_is_the_base_with_the_adapter_disabled_not_a_copy(dpo_run):
+    assert dpo_run.trainer.ref_model is None
+    assert list(dpo_run.trainer.model.peft_config) == ["default"]
+
+
+def test_a_saved_and_reloaded_adapter_gives_identical_logits(lab, dpo_run, tmp_path):
+    tokenizer = lab["tokenizer"]
+    row = lab["rows"][0]
+    ids = torch.tensor([tokenize_pair(tokenizer, row)["prompt_ids"]])
+    trained = dpo_run.trainer.model.eval()
+    reloaded, reloaded_tokenizer = load_trained(lab["student"], dpo_run.adapter_dir)
+    with torch.no_grad():
+        expected = trained(input_ids=ids).logits
+        assert torch.equal(reloaded(input_ids=ids).logits, expected)
+        base = AutoModelForCausalLM.from_pretrained(lab["student"])(input_ids=ids).logits
+    assert not torch.allclose(base, expected)  # the adapter did change the model
+    assert reloaded_tokenizer.chat_template == tokenizer.chat_template
+    merged_dir = merge_and_export(lab["student"], dpo_run.adapter_dir, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
+    assert (merged_dir / "tokenizer_config.json").exists() and not (merged_dir / "adapter_config.json").exists()
+
+
+def test_pairs_longer_than_max_length_are_dropped_and_counted_per_task(lab):
+    tokenizer = lab["tokenizer"]
+    dataset = lab["preferences"]["train"]
+    lengths = []
+    for row in dataset:
+        t = tokenize_pair(tokenizer, row)
+        lengths.append((row["task"], len(t["prompt_ids"]) + max(len(t["chosen_ids"]), len(t["rejected_ids"]))))
+    limit = sorted(n for _, n in lengths)[len(lengths) // 2]
+    kept, dropped = tokenize_preferences(dataset, tokenizer, limit)
+    expected = {}
+    for task, n in lengths:
+        if n > limit:
+            expected[task] = expected.get(task, 0) + 1
+    assert dropped == expected and sum(dropped.values()) > 0
+    assert len(kept) == len(dataset) - sum(dropped.values())
+    assert all(len(p) + max(len(c), len(r)) <= limit
+               for p, c, r in zip(kept["prompt_ids"], kept["chosen_ids"], kept["rejected_ids"]))
+
+
+def test_training_with_every_pair_too_long_is_an_error_not_a_silent_truncation(lab, tmp_path):
+    settings = TrainingConfig(**{**TINY.__dict__, "max_length": 16})
+    with pytest.raises(TrainingError, match="max_length=16"):
+        train("dpo", lab["student"], lab["preferences"], settings, tmp_path)
+
+
+def test_the_sft_baseline_trains_on_the_chosen_chains_with_the_same_budget(lab, dpo_run):
+    result = train("sft", lab["student"], lab["preferences"], TINY, lab["root"] / "sft")
+    assert result.report["steps"] == dpo_run.report["steps"]
+    assert result.report["sequences_per_step"] == dpo_run.report["sequences_per_step"]
+    distinct_chosen = {r["chosen_id"] for r in lab["preferences"]["train"]}
+    assert result.report["examples"]["train"] == len(distinct_chosen)
+    losses = [row["loss"] for row in result.curves if "loss" in row]
+    assert len(losses) == TINY.max_steps and losses[-1] < losses[0]
+    tokenizer = lab["tokenizer"]
+    conversations = chosen_conversations(lab["preferences"]["train"])
+    train_rows = result.trainer.train_dataset  # in order: SFT does not shuffle its dataset
+    assert len(train_rows) == len(conversations)
+    for conversation, ids, labels in zip(conversations, train_rows["input_ids"], train_rows["labels"]):
+        trained_on = tokenizer.decode([i for i, label in zip(ids, labels) if label != -100])
+        assert trained_on == assistant_text(restore_messages(conversation["messages"]))  # assistant turns only
+    assert (result.adapter_dir / "adapter_config.json").exists()
+
+
+def test_steps_come_from_max_steps_or_from_epochs_over_the_pairs():
+    assert resolve_steps(TrainingConfig(max_steps=7), examples=1000) == 7
+    assert resolve_steps(TrainingConfig(epochs=2, batch_size=4, grad_accumulation=2), examples=20) == 5
+    assert resolve_steps(TrainingConfig(epochs=1, batch_size=4, grad_accumulation=1), examples=20, processes=2) == 3
+
+
+def test_an_empty_student_spec_means_the_tiny_labs_student_in_the_run(tmp_path):
+    from fcdpo.config import load_profile
+
+    profile = load_profile("tiny-cpu", {"run_dir": str(tmp_path), "student": {}})
+    (tmp_path / "lab" / "student").mkdir(parents=True)
+    assert student_reference(profile) == str(tmp_path / "lab" / "student")
+    hub = load_profile("tiny-cpu", {"run_dir": str(tmp_path), "student": {"kind": "hf", "model": "org/model"}})
+    assert student_reference(hub) == "org/model"
+    with pytest.raises(TrainingError, match="local model"):
+        student_reference(load_profile("tiny-cpu", {"student": {"kind": "openai", "model": "m", "base_url": "u"}}))
