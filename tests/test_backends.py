@@ -494,3 +494,15 @@ def test_load_backend_builds_the_kind_named(scripted_dir):
 def test_load_backend_rejects_bad_specs_by_name(spec, message):
     with pytest.raises(ValueError, match=message):
         load_backend(spec)
+
+
+def test_a_named_chat_template_replaces_the_models_own(tmp_path):
+    from fcdpo.backends import HFBackend
+    from fcdpo.training import CHAT_TEMPLATES
+    from fcdpo.tinylab import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer(["Ann has 3 apples.", "add(a=1, b=2)"] * 20, vocab_size=300)
+    build_model(tokenizer, hidden_size=64, num_layers=1, num_heads=2).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    backend = HFBackend(tmp_path, chat_template="mistral-tools")
+    assert backend.tokenizer.chat_template == CHAT_TEMPLATES["mistral-tools"]

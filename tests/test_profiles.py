@@ -12,7 +12,7 @@ from transformers import MistralConfig, MistralForCausalLM
 from fcdpo.config import load_profile
 from fcdpo.preferences import build_pairs, restore_messages, save_preferences, split_by_problem
 from fcdpo.tinylab import build_model, build_tokenizer
-from fcdpo.training import CHAT_TEMPLATES, _chat_template, assistant_tokens, train_from_profile
+from fcdpo.training import CHAT_TEMPLATES, named_chat_template, assistant_tokens, train_from_profile
 from tests.test_preferences import scripted_chains
 
 # Enough to run the code path, not to learn anything: the profiles' own model, LoRA and QLoRA settings.
@@ -31,7 +31,7 @@ def test_the_a100_profile_trains_mistral_with_a_70b_class_teacher_behind_an_endp
     assert profile.student["model"] == "mistralai/Mistral-7B-Instruct-v0.2" and profile.training.load_in_4bit
     assert profile.teacher["kind"] == "openai" and profile.teacher["base_url"].startswith("http")
     assert "72B" in profile.teacher["model"] or "70B" in profile.teacher["model"]
-    assert _chat_template(profile.training.chat_template) == CHAT_TEMPLATES["mistral-tools"]
+    assert named_chat_template(profile.training.chat_template) == CHAT_TEMPLATES["mistral-tools"]
 
 
 @pytest.fixture(scope="module")

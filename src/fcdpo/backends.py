@@ -86,6 +86,9 @@ class HFBackend:
             that support it, float16 on other GPUs, float32 on CPU.
         batch_size: At most this many chats per `generate`; chats of similar prompt length share one.
             Default: all chats of a call at once.
+        chat_template: Replace the tokenizer's chat template: a name in
+            `fcdpo.training.CHAT_TEMPLATES` or a `.jinja` file. Needed where a model's own template
+            cannot render tool turns (Mistral-7B-Instruct-v0.2's refuses them).
 
     Greedy decoding at temperature 0; otherwise plain temperature sampling over the whole vocabulary
     (no top-k, top-p or repetition penalty from the model's generation config), seeded with
@@ -102,6 +105,7 @@ class HFBackend:
         device: str | None = None,
         dtype: "str | torch.dtype | None" = None,
         batch_size: int | None = None,
+        chat_template: str | None = None,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -122,6 +126,10 @@ class HFBackend:
             loaded = AutoModelForCausalLM.from_pretrained(model_ref, **kwargs)
             tokenizer_ref = adapter_ref if adapter_ref and _has_tokenizer(adapter_ref) else model_ref
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref)
+            if chat_template is not None:
+                from fcdpo.training import named_chat_template
+
+                tokenizer.chat_template = named_chat_template(chat_template)
             if adapter_ref is not None:
                 from peft import PeftModel
 
@@ -274,7 +282,8 @@ def _resolve_dtype(dtype: "str | torch.dtype | None", device: str) -> "torch.dty
 
     if dtype is None:
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # Emulated bf16 (a T4 reports it) is slow: only native support counts.
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -526,7 +535,7 @@ def _server_message(exc: Any) -> str:
 
 _KINDS: dict[str, tuple[type, set[str], set[str]]] = {
     # kind: (class, required keys, optional keys)
-    "hf": (HFBackend, {"model"}, {"adapter", "load_in_4bit", "device", "dtype", "batch_size"}),
+    "hf": (HFBackend, {"model"}, {"adapter", "load_in_4bit", "device", "dtype", "batch_size", "chat_template"}),
     "openai": (OpenAIBackend, {"model", "base_url"},
                {"api_key_env", "max_concurrency", "timeout", "max_retries", "native_tools", "backoff"}),
 }
@@ -535,7 +544,7 @@ _KINDS: dict[str, tuple[type, set[str], set[str]]] = {
 def load_backend(spec: dict, root: str | Path | None = None) -> Backend:
     """A backend from a profile's spec: `kind` ("hf" or "openai") plus that class's arguments.
 
-    hf: model (required), adapter, load_in_4bit, device, dtype, batch_size.
+    hf: model (required), adapter, load_in_4bit, device, dtype, batch_size, chat_template.
     openai: model and base_url (required), api_key_env, max_concurrency, timeout, max_retries,
     native_tools, backoff. With `root`, an hf `model` or `adapter` that names an existing folder under
     `root` (the run folder) is read from there. A missing `kind`, an unknown kind, a missing required key or an unknown

@@ -217,17 +217,19 @@ def train_sft(
         counts every non-pad token the model processed and `loss` is the mean over the last 10%
         of steps.
     """
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    import datasets
+    from trl import SFTConfig
 
     settings = settings or SFTSettings()
     if not conversations:
         raise ValueError("train_sft needs at least one conversation")
     needed = settings.steps * settings.batch_size
     rows = [{"messages": _arrow_safe(conversations[i % len(conversations)])} for i in range(needed)]
-    dataset = Dataset.from_list(rows)
+    dataset = datasets.Dataset.from_list(rows)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
+    bars_were_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # one bar per preprocessing pass would flood notebook output
     with tempfile.TemporaryDirectory() as scratch:
         config = SFTConfig(
             output_dir=str(output_dir or scratch),
@@ -248,7 +250,7 @@ def train_sft(
             data_seed=settings.seed,
             bf16=False,
             fp16=False,
-            gradient_checkpointing=False,
+            activation_checkpointing=False,  # TRL turns it on by default; tiny models need no memory saving
             use_cpu=not torch.cuda.is_available(),
             save_strategy="no",
             report_to=[],
@@ -264,6 +266,8 @@ def train_sft(
         trainer.train()
         seconds = time.perf_counter() - started
     torch.set_num_threads(previous_threads)
+    if bars_were_enabled:
+        datasets.enable_progress_bars()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
     model.eval()

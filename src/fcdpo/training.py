@@ -383,7 +383,7 @@ def load_tokenizer(model: str | Path, settings: TrainingConfig) -> Any:
     except (OSError, ValueError) as exc:
         raise TrainingError(f"cannot load the tokenizer of {str(model)!r}: {exc}") from exc
     if settings.chat_template:
-        tokenizer.chat_template = _chat_template(settings.chat_template)
+        tokenizer.chat_template = named_chat_template(settings.chat_template)
     if tokenizer.pad_token is None:  # Mistral has none; padding sits under a zero attention mask
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -401,7 +401,8 @@ def pair_lengths(dataset: "Dataset", tokenizer: "PreTrainedTokenizerBase") -> li
     return rows
 
 
-def _chat_template(name_or_path: str) -> str:
+def named_chat_template(name_or_path: str) -> str:
+    """A chat template by name (`CHAT_TEMPLATES`) or from a `.jinja` file."""
     if name_or_path in CHAT_TEMPLATES:
         return CHAT_TEMPLATES[name_or_path]
     path = Path(name_or_path)
