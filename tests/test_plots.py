@@ -170,3 +170,20 @@ def test_plot_all_writes_every_figure_with_data_and_notes_the_rest(tmp_path, cap
     for paths in written.values():
         assert_written(paths)
     assert "tradeoff: skipped" in capsys.readouterr().out
+
+
+def test_the_step_metrics_figure_compares_single_and_multi_per_task(tmp_path):
+    import pandas as pd
+
+    from fcdpo.plots import plot_step_metrics, step_metrics_figure
+
+    table = pd.DataFrame([
+        {"model": "multi", "task": "math", "plan_acc": 0.9, "act_em": 0.8, "arg_f1": 0.7, "hallucination": 0.0, "answer_acc": 0.6},
+        {"model": "dpo", "task": "math", "plan_acc": 0.8, "act_em": 0.9, "arg_f1": 0.6, "hallucination": 0.1, "answer_acc": 0.5},
+        {"model": "multi", "task": "fol", "plan_acc": 0.7, "act_em": 0.6, "arg_f1": 0.5, "hallucination": 0.0, "answer_acc": 0.4},
+    ])
+    figure = step_metrics_figure(table)
+    assert [a.get_title() for a in figure.axes] == ["Math (held-out)", "Logic (held-out)"]
+    assert figure.axes[0].get_ylabel() == "Share of steps (%)"
+    paths = plot_step_metrics(table, tmp_path)
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)

@@ -119,6 +119,54 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 # ------------------------------------------------------------------------------------------------
+# Single against multi: alpha-UMi's step-level metrics
+
+STEP_METRICS = {"plan_acc": "Plan\nACC", "act_em": "Act\nEM", "arg_f1": "Arg\nF1", "hallucination": "Hallu",
+                "answer_acc": "Answer\nACC"}
+
+
+def step_metrics_figure(table: pd.DataFrame) -> Figure:
+    """Grouped bars per task: each agent's step-level metrics with the gold history given.
+
+    `table` has columns `model`, `task` and the metrics of `fcdpo.multi_agent.step_metrics`
+    (shares in [0, 1]); Hallu is better low, the others better high.
+    """
+    table = _as_frame(table)
+    metrics = [m for m in STEP_METRICS if m in table.columns]
+    if table.empty or not metrics:
+        raise ValueError("the step-metrics table has no rows to plot")
+    tasks = _ordered(table["task"].unique(), list(DATASET_NAMES))
+    models = _ordered(table["model"].unique(), MODEL_LABELS)
+    colours = model_colors(models)
+    width = 0.8 / len(models)
+    with rc_context(STYLE):
+        figure = _new_figure(max(6.5, 3.8 * len(tasks)), 4.0)
+        panels = figure.subplots(1, len(tasks), sharey=True, squeeze=False)[0]
+        for axes, task in zip(panels, tasks):
+            for i, model in enumerate(models):
+                row = table[(table["model"] == model) & (table["task"] == task)]
+                if row.empty:
+                    continue
+                xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(metrics))]
+                ys = [100 * float(row.iloc[0][m]) for m in metrics]
+                axes.bar(xs, ys, width * 0.92, color=colours[model], label=model_name(model) if task == tasks[0] else None)
+            axes.set_xticks(range(len(metrics)), [STEP_METRICS[m] for m in metrics])
+            axes.set_title(dataset_name(task))
+            axes.set_ylim(0, 105)
+            axes.yaxis.set_major_formatter(PercentFormatter(100))
+            axes.grid(axis="x", visible=False)
+        panels[0].set_ylabel("Share of steps (%)")
+        figure.suptitle("Step-level metrics with the gold history given (Hallu: lower is better)")
+        figure.legend(loc="outside lower center", ncol=min(len(models), 4))
+    return figure
+
+
+def plot_step_metrics(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """`step_metrics.png` / `.pdf`: see `step_metrics_figure`."""
+    return save_figure(step_metrics_figure(table), out_dir, "step_metrics")
+
+
+# ------------------------------------------------------------------------------------------------
 # Accuracy by model and dataset
 
 
@@ -484,6 +532,9 @@ def plot_all(evaluation_dir: str | Path, out_dir: str | Path, training_dir: str 
         "failure_taxonomy": lambda: plot_failure_taxonomy(metrics, out_dir),
         "accuracy_by_difficulty": lambda: plot_accuracy_by_difficulty(by_difficulty, out_dir),
     }
+    step_table = Path(evaluation_dir) / "step_metrics.csv"
+    if step_table.exists():
+        jobs["step_metrics"] = lambda: plot_step_metrics(pd.read_csv(step_table), out_dir)
     if training_dir is not None:
         records = read_training_log(training_dir)
         jobs["dpo_training"] = lambda: plot_training_curves(records, out_dir)
