@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 import yaml
 
@@ -63,6 +66,19 @@ def reproduce(
     return executed
 
 
+def results_table(profile: str) -> "pd.DataFrame | None":
+    """The run's headline results (notebook 04's summary), or None before an evaluation exists."""
+    import pandas as pd
+
+    from fcdpo.evaluation import report_table
+
+    summary = load_profile(profile).run_path / "evaluation" / "summary.csv"
+    if not summary.exists():
+        return None
+    columns = ["model", "dataset", "problems", "accuracy [95% CI]", "valid calls", "mean steps"]
+    return report_table(pd.read_csv(summary))[columns]
+
+
 def _parse_parameter(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep:
@@ -81,6 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     executed = reproduce(args.profile, dict(args.parameter), args.only, args.output_dir)
     print(f"{len(executed)} notebook(s) executed in {time.perf_counter() - started:.0f} s")
+    results = results_table(args.profile)
+    if results is not None:
+        print("\nResults (held-out problems, greedy decoding):")
+        print(results.to_string(index=False))
 
 
 if __name__ == "__main__":
