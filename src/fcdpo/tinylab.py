@@ -15,14 +15,18 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import DynamicCache, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+if TYPE_CHECKING:
+    from fcdpo.config import Profile
+    from fcdpo.tasks import Problem, Task
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"  # end of every turn; the chat EOS
@@ -204,18 +208,19 @@ def train_sft(
     tokenizer: PreTrainedTokenizerFast,
     conversations: Sequence[list[dict[str, Any]]],
     settings: SFTSettings | None = None,
-    output_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train `model` in place on chat conversations with TRL's `SFTTrainer`; returns training stats.
 
-    Rows are used in the order given, cycling when `steps × batch_size` exceeds them, so a caller
-    controls the curriculum (see `curriculum_order`). Only assistant turns (their content and
-    end-of-turn token) carry loss; system, user and tool turns are context.
+    Batches take the conversations in the order given (cycling when `steps × batch_size` exceeds
+    them), so the caller decides the mix and order. Only assistant turns (their content and
+    end-of-turn token) carry loss; system, user and tool turns are context. Each batch runs its
+    shared system prompts once (see `shared_prefix_loss`), which gives the same gradients as the
+    plain forward pass at a fraction of the cost.
 
     Returns:
-        `{"seconds", "steps", "examples", "tokens", "tokens_per_second", "loss"}` where `tokens`
-        counts every non-pad token the model processed and `loss` is the mean over the last 10%
-        of steps.
+        `{"seconds", "steps", "examples", "tokens", "tokens_per_second", "loss"}`: `tokens` is the
+        total length of the training rows (system prompts included, as in the plain pass), and
+        `loss` is the mean training loss over the last 10% of steps.
     """
     import datasets
     from trl import SFTConfig
@@ -225,49 +230,50 @@ def train_sft(
         raise ValueError("train_sft needs at least one conversation")
     needed = settings.steps * settings.batch_size
     rows = [{"messages": _arrow_safe(conversations[i % len(conversations)])} for i in range(needed)]
-    dataset = datasets.Dataset.from_list(rows)
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
     bars_were_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # one bar per preprocessing pass would flood notebook output
-    with tempfile.TemporaryDirectory() as scratch:
-        config = SFTConfig(
-            output_dir=str(output_dir or scratch),
-            max_steps=settings.steps,
-            per_device_train_batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate,
-            lr_scheduler_type="cosine_with_min_lr",
-            lr_scheduler_kwargs={"min_lr_rate": settings.min_lr_ratio},
-            warmup_steps=settings.warmup_steps,
-            weight_decay=settings.weight_decay,
-            adam_beta1=0.9,
-            adam_beta2=0.95,
-            max_grad_norm=settings.max_grad_norm,
-            max_length=settings.max_length,
-            assistant_only_loss=True,
-            train_sampling_strategy="sequential",  # the caller's order is the curriculum
-            seed=settings.seed,
-            data_seed=settings.seed,
-            bf16=False,
-            fp16=False,
-            activation_checkpointing=False,  # TRL turns it on by default; tiny models need no memory saving
-            use_cpu=not torch.cuda.is_available(),
-            save_strategy="no",
-            report_to=[],
-            logging_steps=max(1, settings.steps // 20),
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-        )
-        trainer = _shared_prefix_trainer_class()(
-            model=model, args=config, train_dataset=dataset, processing_class=tokenizer
-        )
-        tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
-        started = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - started
-    torch.set_num_threads(previous_threads)
-    if bars_were_enabled:
-        datasets.enable_progress_bars()
+    torch.set_num_threads(settings.threads)
+    datasets.disable_progress_bars()  # a bar per preprocessing pass would flood notebook output
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            config = SFTConfig(
+                output_dir=scratch,  # nothing is saved there: the caller saves the model
+                max_steps=settings.steps,
+                per_device_train_batch_size=settings.batch_size,
+                learning_rate=settings.learning_rate,
+                lr_scheduler_type="cosine_with_min_lr",
+                lr_scheduler_kwargs={"min_lr_rate": settings.min_lr_ratio},
+                warmup_steps=settings.warmup_steps,
+                weight_decay=settings.weight_decay,
+                adam_beta1=0.9,
+                adam_beta2=0.95,
+                max_grad_norm=settings.max_grad_norm,
+                max_length=settings.max_length,
+                assistant_only_loss=True,
+                train_sampling_strategy="sequential",  # the caller's order is the order trained on
+                seed=settings.seed,
+                data_seed=settings.seed,
+                bf16=False,
+                fp16=False,
+                activation_checkpointing=False,  # on by default in TRL; tiny models need no memory saving
+                use_cpu=not torch.cuda.is_available(),
+                save_strategy="no",
+                report_to=[],
+                logging_steps=max(1, settings.steps // 20),
+                disable_tqdm=True,
+                dataloader_num_workers=0,
+            )
+            trainer = _shared_prefix_trainer_class()(
+                model=model, args=config, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer
+            )
+            tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+            started = time.perf_counter()
+            trainer.train()
+            seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(previous_threads)
+        if bars_were_enabled:
+            datasets.enable_progress_bars()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
     model.eval()
@@ -316,71 +322,52 @@ def shared_prefix_loss(
 
     Every tiny-lab conversation opens with its task's system prompt (hundreds of tokens, the bulk of
     each row), and those tokens carry no loss. Causal attention means a prefix's keys and values do
-    not depend on what follows, so the distinct first turns (up to and including the first
-    `turn_end_id`) are run once, their key/value cache is shared by every row that starts with
-    them, and only the rest of each row is run per row. Gradients flow through the shared cache,
-    so loss and gradients equal those of the plain forward pass while a batch of 16 rows of one
-    task costs about a quarter of the compute.
+    not depend on what follows, so each distinct first turn (up to and including the first
+    `turn_end_id`) is run once, its key/value cache is shared by every row that starts with it, and
+    only the rest of each row is run per row. Gradients flow through the shared cache, so loss and
+    gradients equal those of the plain forward pass (sliding-window layers included) while a batch
+    of 16 rows of one task costs about a quarter of the compute.
 
     Returns None when the batch does not fit the pattern (a row without `turn_end_id`, or a
     labelled token inside a first turn or right after it); the caller then uses the plain pass.
     """
     lengths = attention_mask.sum(dim=1).tolist()
+    groups: dict[tuple[int, ...], list[int]] = {}
     splits = []
-    for row, length in zip(input_ids.tolist(), lengths):
+    for r, (row, length) in enumerate(zip(input_ids.tolist(), lengths)):
         try:
             split = row.index(turn_end_id, 0, length) + 1
         except ValueError:
             return None
-        splits.append(split)
-    for r, split in enumerate(splits):
         if (labels[r, : min(split + 1, labels.shape[1])] != -100).any():
             return None
-    prefixes: dict[tuple[int, ...], int] = {}
-    owner = [prefixes.setdefault(tuple(input_ids[r, :split].tolist()), len(prefixes)) for r, split in enumerate(splits)]
-    width = max(len(p) for p in prefixes)
-    pad_id = 0  # any id: padded positions are masked out
-    prefix_ids = torch.full((len(prefixes), width), pad_id, dtype=input_ids.dtype)
-    prefix_mask = torch.zeros((len(prefixes), width), dtype=attention_mask.dtype)
-    for prefix, i in prefixes.items():  # left-padded, so every prefix ends where the rows continue
-        prefix_ids[i, width - len(prefix):] = torch.tensor(prefix, dtype=input_ids.dtype)
-        prefix_mask[i, width - len(prefix):] = 1
-    prefix_positions = (prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
-    prefix_out = model.model(
-        input_ids=prefix_ids.to(input_ids.device),
-        attention_mask=prefix_mask.to(input_ids.device),
-        position_ids=prefix_positions.to(input_ids.device),
-        use_cache=True,
-    )
-    index = torch.tensor(owner, device=input_ids.device)
-    cache = DynamicCache(
-        ddp_cache_data=[(keys[index], values[index]) for keys, values, *_ in prefix_out.past_key_values]
-    )
-    suffix_width = max(length - split for length, split in zip(lengths, splits))
-    batch = input_ids.shape[0]
-    suffix_ids = torch.full((batch, suffix_width), pad_id, dtype=input_ids.dtype, device=input_ids.device)
-    suffix_labels = torch.full((batch, suffix_width), -100, dtype=labels.dtype, device=labels.device)
-    suffix_mask = torch.zeros((batch, suffix_width), dtype=attention_mask.dtype, device=input_ids.device)
-    for r, (length, split) in enumerate(zip(lengths, splits)):
-        suffix_ids[r, : length - split] = input_ids[r, split:length]
-        suffix_labels[r, : length - split] = labels[r, split:length]
-        suffix_mask[r, : length - split] = 1
-    prefix_lengths = prefix_mask.sum(dim=1).to(input_ids.device)[index]
-    positions = prefix_lengths[:, None] + torch.arange(suffix_width, device=input_ids.device)[None, :]
-    out = model(
-        input_ids=suffix_ids,
-        attention_mask=torch.cat([prefix_mask.to(input_ids.device)[index], suffix_mask], dim=1),
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-    )
-    logits = out.logits[:, :-1].float()
-    targets = suffix_labels[:, 1:]
-    total = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    count = (targets != -100).sum() if num_items_in_batch is None else num_items_in_batch
-    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
+        splits.append(split)
+        groups.setdefault(tuple(row[:split]), []).append(r)
+    total = labels.new_zeros((), dtype=torch.float32)
+    count = 0
+    for prefix, rows in groups.items():
+        prefix_out = model.model(input_ids=input_ids[rows[0], : len(prefix)][None], use_cache=True)
+        cache = DynamicCache(config=model.config)  # sliding-window layers keep only their window
+        for layer, (keys, values, *_) in enumerate(prefix_out.past_key_values):
+            cache.layers[layer].update(keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1))
+        width = max(lengths[r] - len(prefix) for r in rows)
+        suffix = slice(len(prefix), len(prefix) + width)
+        out = model(
+            input_ids=input_ids[rows, suffix],
+            attention_mask=torch.cat(
+                [attention_mask.new_ones((len(rows), len(prefix))), attention_mask[rows, suffix]], dim=1
+            ),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, :-1].float()
+        targets = labels[rows, suffix][:, 1:]
+        total = total + torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        count += int((targets != -100).sum())
+    denominator = count if num_items_in_batch is None else num_items_in_batch
+    return total / torch.as_tensor(denominator, device=total.device).clamp(min=1)
 
 
 def _shared_prefix_trainer_class() -> type:
@@ -426,21 +413,14 @@ class ModelRecipe:
 
 @dataclass
 class LabConfig:
-    """Everything that determines a tiny-lab build; its hash names the cache folder.
+    """How the tiny lab builds its tokenizer, teacher and student (a profile's `lab` section).
 
-    `difficulty` maps each task name to its `Task.generate` keyword arguments: the lab trains on
-    the same kind of problems the profile evaluates. Training problems come from `data_seed`, a
-    seed the profile's own splits do not use, and any whose question is in `build_lab`'s
-    `held_out` are skipped.
+    Which tasks, functions, difficulty and call syntax the models learn come from the profile
+    (`profile_lab`) or the caller (`build_lab`), so the lab always trains on the exact prompts the
+    agent will use. Training problems are drawn from `data_seed`, and any whose question is held out
+    (the profile's train and eval problems) is skipped.
     """
 
-    difficulty: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {
-            "math": {"min_steps": 2, "max_steps": 3, "max_number": 20, "distractor_rate": 0.0},
-            "fol": {"min_hops": 1, "max_hops": 3},
-        }
-    )
-    syntax: str = "python"
     vocab_size: int = 1024
     data_seed: int = 1000
     teacher: ModelRecipe = field(default_factory=ModelRecipe)
@@ -458,15 +438,54 @@ class Lab:
     path: Path
     teacher_path: Path
     student_path: Path
-    report: dict[str, Any]  # config, data counts, per-model training stats, build seconds
-    reused: bool  # True when the cache already held this configuration
+    report: dict[str, Any]  # key, config, gold chains per task, per-model training stats, build seconds
+    reused: bool  # True when the cache already held this build
+
+
+def lab_conversations(
+    config: LabConfig,
+    tasks: dict[str, "Task"],
+    difficulty: dict[str, dict[str, Any]],
+    syntax: str = "python",
+    held_out: Iterable[str] = (),
+) -> dict[str, list[list[dict[str, Any]]]]:
+    """Gold-chain conversations per task, as many as the larger recipe needs.
+
+    Each is exactly what the agent would see for that problem (`fcdpo.agent.gold_messages`): the
+    task's system prompt with its offered functions, the question, then calls, results and the
+    final answer. Questions in `held_out` are skipped, and so are repeated questions.
+    """
+    from fcdpo.agent import gold_messages
+
+    seen = set(held_out)
+    wanted = max(config.teacher.problems_per_task, config.student.problems_per_task)
+    result = {}
+    for name in sorted(tasks):
+        task, settings = tasks[name], difficulty.get(name, {})
+        kept: list[Problem] = []
+        draw = wanted
+        while len(kept) < wanted:
+            kept = []
+            names = set(seen)
+            for problem in task.generate(draw, seed=config.data_seed, **settings):
+                if problem.question not in names:
+                    names.add(problem.question)
+                    kept.append(problem)
+            if draw > 20 * wanted:
+                raise ValueError(
+                    f"{name}: only {len(kept)} distinct training problems outside the held-out ones "
+                    f"(wanted {wanted}); lower problems_per_task or widen the difficulty settings"
+                )
+            draw *= 2
+        result[name] = [gold_messages(p, task, syntax) for p in kept[:wanted]]
+    return result
 
 
 def lab_key(config: LabConfig, conversations: dict[str, list[list[dict[str, Any]]]]) -> str:
     """The cache key: a hash of the config, the training conversations and the library versions.
 
-    Hashing the conversations (not only the config) means a change in a task's generator or prompt
-    rebuilds the lab instead of silently reusing models trained on different data.
+    Hashing the conversations (not only the settings) means a change in a task's generator, prompt
+    or offered functions rebuilds the lab instead of reusing models trained on other data.
     """
     import tokenizers
     import transformers
@@ -478,48 +497,27 @@ def lab_key(config: LabConfig, conversations: dict[str, list[list[dict[str, Any]
     digest.update(json.dumps(versions).encode())
     for name in sorted(conversations):
         digest.update(name.encode())
-        for rows in conversations[name]:
-            digest.update(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode())
+        for chat in conversations[name]:
+            digest.update(json.dumps(chat, sort_keys=True, ensure_ascii=False).encode())
     return digest.hexdigest()[:16]
-
-
-def lab_conversations(
-    config: LabConfig, tasks: dict[str, Any] | None = None, held_out: Iterable[str] = ()
-) -> dict[str, list[list[dict[str, Any]]]]:
-    """Gold-chain conversations per task for the lab, as many as the larger recipe needs.
-
-    `tasks` maps names to `Task` objects (default: `fcdpo.tasks.get_task` for every name in
-    `config.difficulty`). Questions in `held_out` are skipped so no evaluation problem is trained on.
-    """
-    from fcdpo.agent import gold_messages
-    from fcdpo.tasks import get_task
-
-    excluded = set(held_out)
-    wanted = max(config.teacher.problems_per_task, config.student.problems_per_task)
-    result = {}
-    for name, difficulty in sorted(config.difficulty.items()):
-        task = (tasks or {}).get(name) or get_task(name)
-        problems = task.generate(wanted + len(excluded), seed=config.data_seed, **difficulty)
-        kept = [p for p in problems if p.question not in excluded][:wanted]
-        result[name] = [gold_messages(p, task, config.syntax) for p in kept]
-    return result
 
 
 def build_lab(
     config: LabConfig,
     cache_dir: str | Path,
-    tasks: dict[str, Any] | None = None,
-    held_out: Iterable[str] = (),
-    log: Any = print,
+    conversations: dict[str, list[list[dict[str, Any]]]],
+    log: Callable[[str], Any] = print,
 ) -> Lab:
-    """Build (or reuse) the tokenizer, teacher and student for `config` under `cache_dir/<key>/`.
+    """Build (or reuse) the tokenizer, teacher and student under `cache_dir/<lab_key>/`.
 
-    The build is deterministic for a given config, data and library versions, and is written to a
-    temporary folder that is renamed into place only when complete, so an interrupted build never
-    leaves a half-written cache. `report.json` in the folder records the config, the data counts,
-    and per model its size, training steps, seconds and tokens per second.
+    `conversations` are the gold chains per task (see `lab_conversations`); the teacher learns from
+    the first `teacher.problems_per_task` of each task and the student from the first
+    `student.problems_per_task`, tasks shuffled together. The build is deterministic for the same
+    config, data and library versions. It is written to a temporary folder that is renamed into
+    place only when complete, so an interrupted build never leaves a half-written cache.
+    `report.json` there records the config, the data counts and, per model, its parameters,
+    steps, seconds, tokens per second and final loss.
     """
-    conversations = lab_conversations(config, tasks, held_out)
     key = lab_key(config, conversations)
     root = Path(cache_dir)
     path = root / key
@@ -532,18 +530,17 @@ def build_lab(
     root.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
-        texts = [m.get("content") or "" for rows in conversations.values() for chat in rows for m in chat]
+        texts = [m.get("content") or "" for chats in conversations.values() for chat in chats for m in chat]
         tokenizer = build_tokenizer(texts, vocab_size=config.vocab_size)
         report: dict[str, Any] = {
             "key": key,
             "config": asdict(config),
-            "conversations": {name: len(rows) for name, rows in conversations.items()},
+            "conversations": {name: len(chats) for name, chats in conversations.items()},
             "vocab_size": len(tokenizer),
             "models": {},
         }
         for role in ("teacher", "student"):
             recipe: ModelRecipe = getattr(config, role)
-            rows = _interleave(conversations, recipe.problems_per_task, seed=recipe.sft.seed)
             model = build_model(
                 tokenizer,
                 hidden_size=recipe.hidden_size,
@@ -552,18 +549,22 @@ def build_lab(
                 intermediate_size=recipe.intermediate_size,
                 seed=recipe.seed,
             )
-            log(f"tiny lab {key}: training the {role} ({_count_parameters(model):,} parameters, "
-                f"{recipe.sft.steps} steps of {recipe.sft.batch_size})")
-            stats = train_sft(model, tokenizer, rows, recipe.sft)
-            stats["parameters"] = _count_parameters(model)
+            log(
+                f"tiny lab {key}: training the {role} ({_count_parameters(model):,} parameters, "
+                f"{recipe.sft.steps} steps of {recipe.sft.batch_size})"
+            )
+            rows = _interleave(conversations, recipe.problems_per_task, seed=recipe.sft.seed)
+            stats = {"parameters": _count_parameters(model), **train_sft(model, tokenizer, rows, recipe.sft)}
             report["models"][role] = stats
-            log(f"tiny lab {key}: {role} trained in {stats['seconds']:.0f} s "
-                f"({stats['tokens_per_second']} tokens/s, final loss {stats['loss']})")
+            log(
+                f"tiny lab {key}: {role} trained in {stats['seconds']:.0f} s "
+                f"({stats['tokens_per_second']} tokens/s, final loss {stats['loss']})"
+            )
             model.save_pretrained(building / role)
             tokenizer.save_pretrained(building / role)
         report["seconds"] = round(time.perf_counter() - started, 1)
         (building / "report.json").write_text(json.dumps(report, indent=2))
-        if path.exists():  # a concurrent or interrupted build left it; ours is complete
+        if path.exists():  # left by an interrupted or concurrent build; ours is complete
             shutil.rmtree(path)
         building.rename(path)
     finally:
@@ -572,12 +573,48 @@ def build_lab(
     return Lab(path, path / "teacher", path / "student", report, reused=False)
 
 
+def profile_lab(profile: "Profile", log: Callable[[str], Any] = print) -> Lab:
+    """The lab a profile's `lab` section describes, built or reused, published at `<run>/lab/`.
+
+    The models learn the profile's tasks with their offered functions, difficulty and call syntax,
+    on problems outside the profile's train and eval splits. Builds are cached in
+    `<run>/lab/builds/<key>/`; the current one is copied to `<run>/lab/teacher` and
+    `<run>/lab/student`, the paths the profile's backends load.
+
+    Raises:
+        ValueError: when the profile has no `lab` section.
+        fcdpo.config.ConfigError: for an unknown or mistyped key in it.
+    """
+    from fcdpo.config import build
+    from fcdpo.tasks import split_problems
+
+    if profile.lab is None:
+        raise ValueError(f"profile {profile.name!r} has no `lab` section; only tiny-lab profiles build models")
+    config = build(LabConfig, profile.lab, where=f"profile {profile.name!r}: lab")
+    tasks = {name: profile.task(name) for name in profile.tasks}
+    difficulty = {name: dict(settings.difficulty) for name, settings in profile.tasks.items()}
+    held_out = set()
+    for name, settings in profile.tasks.items():
+        sizes = {"eval": settings.eval, "train": settings.train}
+        for problems in split_problems(tasks[name], sizes, profile.seed, **difficulty[name]).values():
+            held_out.update(p.question for p in problems)
+    conversations = lab_conversations(config, tasks, difficulty, profile.agent.syntax, held_out)
+    lab_dir = profile.run_path / "lab"
+    lab = build_lab(config, lab_dir / "builds", conversations, log=log)
+    for role, source in (("teacher", lab.teacher_path), ("student", lab.student_path)):
+        target = lab_dir / role
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+    return lab
+
+
 def _interleave(
     conversations: dict[str, list[list[dict[str, Any]]]], per_task: int, seed: int
 ) -> list[list[dict[str, Any]]]:
     """The first `per_task` conversations of every task, shuffled together with `seed`.
 
-    Mixing tasks row by row keeps every batch from being a single template, which stalls training.
+    Mixing tasks row by row keeps batches from being all one template, which stalls training.
     """
     rows = [chat for name in sorted(conversations) for chat in conversations[name][:per_task]]
     random.Random(seed).shuffle(rows)

@@ -1,0 +1,64 @@
+"""The whole experiment runs headless: the five notebooks in order, with papermill, on tiny settings."""
+
+import json
+
+from fcdpo.agent import Agent, AgentConfig
+from fcdpo.config import load_profile
+from fcdpo.functions import Call
+from fcdpo.pipeline import reproduce, stages
+from fcdpo.tasks import problem_sets
+from tests.scripted import ScriptedBackend
+
+# Small enough for `make test`: a few optimizer steps of a very small teacher and student.
+TINY_MODEL = {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "problems_per_task": 40}
+LAB = {"lab.teacher": {**TINY_MODEL, "sft": {"steps": 4, "batch_size": 4}},
+       "lab.student": {**TINY_MODEL, "sft": {"steps": 2, "batch_size": 4}}}
+SMALL = {
+    "tasks.math.train": 6, "tasks.math.eval": 4, "tasks.fol.train": 6, "tasks.fol.eval": 4,
+    "rollouts.k": 2, "rollouts.batch_size": 12,
+    "agent.max_steps": 4, "agent.max_new_tokens": 24,
+    "training.max_steps": 2, "training.batch_size": 2, "training.logging_steps": 1,
+    "multi_agent.glpft.backbone_steps": 2, "multi_agent.glpft.role_steps": 1,
+    "evaluation.resamples": 50,
+}
+
+
+def scripted_teacher_rollouts(profile):
+    """One correct and one incorrect chain per training problem, as the teacher's rollout files.
+
+    A teacher trained for a few steps answers nothing right, and DPO needs both kinds of chain; notebook
+    01 then finds every (problem, sample) finished and resumes without running the model.
+    """
+    folder = profile.run_path / "rollouts"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, splits in problem_sets(profile).items():
+        task, problems = profile.task(name), splits["train"]
+        right = {p.question: [Call.from_dict(s).to_python() for s in p.gold_chain] + [f"Final answer: {p.answer}"]
+                 for p in problems}
+        wrong = {p.question: [Call.from_dict(p.gold_chain[0]).to_python(), "Final answer: 12345"] for p in problems}
+        with (folder / f"teacher-{name}.jsonl").open("w") as out:
+            for sample, scripts in ((0, right), (1, wrong)):
+                chains = Agent(task, ScriptedBackend(scripts), profile.agent).run(problems, samples=[sample] * len(problems))
+                for chain in chains:
+                    out.write(json.dumps(chain.to_dict()) + "\n")
+
+
+def test_the_five_notebooks_run_in_order_and_write_their_artifacts(tmp_path):
+    overrides = {**SMALL, **LAB, "run_dir": str(tmp_path / "run")}
+    profile = load_profile("tiny-cpu", overrides)
+    scripted_teacher_rollouts(profile)
+
+    executed = reproduce("tiny-cpu", {"overrides": overrides, "figures_dir": str(tmp_path / "figures")},
+                         output_dir=tmp_path / "executed")
+
+    assert [p.name for p in executed] == [p.name for p in stages()] and len(executed) == 5
+    run = profile.run_path
+    for artifact in ("problems/math-eval.jsonl", "lab/teacher/config.json", "lab/student/config.json",
+                     "rollouts/summary.csv", "preferences/train.jsonl", "training/dpo/adapter",
+                     "training/sft/adapter", "training/dpo/curves.json", "training/glpft/report.json",
+                     "evaluation/summary.csv", "evaluation/metrics.json"):
+        assert (run / artifact).exists(), f"missing {artifact}"
+    figures = {p.stem for p in (tmp_path / "figures").glob("*.png")}
+    assert {"accuracy", "tradeoff", "failure_taxonomy", "dpo_training"} <= figures
+    models = {row["model"] for row in json.loads((run / "evaluation" / "summary.json").read_text())}
+    assert {"teacher", "student", "sft", "dpo", "multi"} <= models

@@ -1,0 +1,258 @@
+"""The tiny lab: tokenizer, chat template, models, SFT training and the build cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from fcdpo.tinylab import (
+    END_OF_TEXT,
+    IM_END,
+    IM_START,
+    PAD,
+    TOOL_CALL_END,
+    TOOL_CALL_START,
+    LabConfig,
+    ModelRecipe,
+    SFTSettings,
+    build_lab,
+    build_model,
+    build_tokenizer,
+    lab_conversations,
+    shared_prefix_loss,
+    train_sft,
+)
+
+SYSTEM = "You solve problems by calling functions.\n\nFunctions:\nadd(a: float, b: float)\n  Example: add(a=3, b=4)"
+PYTHON_CHAT = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "Ana has 12 apples and finds 7 more. How many apples does Ana have?"},
+    {"role": "assistant", "content": "add(a=12, b=7)"},
+    {"role": "tool", "name": "add", "content": "19"},
+    {"role": "assistant", "content": "Final answer: 19"},
+]
+JSON_CHAT = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "Ana has 12 apples and finds 7 more. How many apples does Ana have?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 12, "b": 7}}}],
+    },
+    {"role": "tool", "name": "add", "content": "19"},
+    {"role": "assistant", "content": "Final answer: 19"},
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two numbers exactly.",
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                "required": ["a", "b"],
+            },
+        },
+    }
+]
+CORPUS = [m["content"] for m in PYTHON_CHAT] * 20 + ['{"name": "add", "arguments": {"a": 3, "b": 4}}'] * 5
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(CORPUS, vocab_size=320)
+
+
+def _chats(n: int) -> list[list[dict]]:
+    chats = []
+    for i in range(n):
+        a, b = 3 + i % 7, 2 + i % 5
+        chats.append([
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Ana has {a} apples and finds {b} more. How many apples does Ana have?"},
+            {"role": "assistant", "content": f"add(a={a}, b={b})"},
+            {"role": "tool", "name": "add", "content": str(a + b)},
+            {"role": "assistant", "content": f"Final answer: {a + b}"},
+        ])
+    return chats
+
+
+TINY_SFT = SFTSettings(steps=3, batch_size=4, warmup_steps=1, learning_rate=1e-3)
+
+
+def test_every_digit_is_its_own_token(tokenizer):
+    tokens = tokenizer.tokenize("Ana has 1234 apples; add(a=56, b=7890)")
+    digits = [t for t in tokens if any(c.isdigit() for c in t)]
+    assert digits == list("1234567890")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(max_size=60))
+def test_any_text_decodes_back_unchanged(tokenizer, text):
+    text = text.replace(IM_START, "").replace(IM_END, "")  # special tokens are tested elsewhere
+    import unicodedata
+
+    text = unicodedata.normalize("NFC", text)  # the tokenizer normalises to NFC, like Qwen2's
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text
+
+
+def test_special_tokens_are_single_tokens_and_pad_is_not_eos(tokenizer):
+    for token in (IM_START, IM_END, END_OF_TEXT, PAD, TOOL_CALL_START, TOOL_CALL_END):
+        assert tokenizer.tokenize(f"x{token}y")[1] == token
+    assert tokenizer.eos_token == IM_END
+    assert tokenizer.pad_token == PAD
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_python_chat_renders_as_chatml_with_short_tool_turns(tokenizer):
+    text = tokenizer.apply_chat_template(PYTHON_CHAT, tokenize=False)
+    assert text == (
+        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+        f"<|im_start|>user\n{PYTHON_CHAT[1]['content']}<|im_end|>\n"
+        "<|im_start|>assistant\nadd(a=12, b=7)<|im_end|>\n"
+        "<|im_start|>tool\n19<|im_end|>\n"
+        "<|im_start|>assistant\nFinal answer: 19<|im_end|>\n"
+    )
+    ids = tokenizer.apply_chat_template(PYTHON_CHAT, tokenize=True, return_dict=True)["input_ids"]
+    assert tokenizer.decode(ids) == text
+
+
+def test_generation_prompt_opens_an_assistant_turn(tokenizer):
+    text = tokenizer.apply_chat_template(PYTHON_CHAT[:2], tokenize=False, add_generation_prompt=True)
+    assert text.endswith(f"{PYTHON_CHAT[1]['content']}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_json_tool_calls_and_tool_schemas_render(tokenizer):
+    text = tokenizer.apply_chat_template(JSON_CHAT, tools=TOOLS, tokenize=False)
+    assert text.startswith(f"<|im_start|>system\n{SYSTEM}\n\nTools:\n<tools>\n{json.dumps(TOOLS[0])}\n</tools>\n")
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "add", "arguments": {"a": 12, "b": 7}}\n</tool_call><|im_end|>\n'
+        in text
+    )
+    # Arguments already serialised (as OpenAI returns them) render the same way.
+    as_string = json.loads(json.dumps(JSON_CHAT))
+    as_string[2]["tool_calls"][0]["function"]["arguments"] = '{"a": 12, "b": 7}'
+    assert tokenizer.apply_chat_template(as_string, tools=TOOLS, tokenize=False) == text
+
+
+def test_tools_without_a_system_message_still_get_a_system_turn(tokenizer):
+    text = tokenizer.apply_chat_template(JSON_CHAT[1:], tools=TOOLS, tokenize=False)
+    assert text.startswith("<|im_start|>system\nTools:\n<tools>\n")
+
+
+@pytest.mark.parametrize("chat", [PYTHON_CHAT, JSON_CHAT], ids=["python", "json"])
+def test_assistant_mask_covers_exactly_the_assistant_turns_and_their_end(tokenizer, chat):
+    out = tokenizer.apply_chat_template(
+        chat, tools=TOOLS, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    masked = [i for i, keep in zip(out["input_ids"], out["assistant_masks"]) if keep]
+    expected = "".join(
+        tokenizer.apply_chat_template([m], tokenize=False).removeprefix("<|im_start|>assistant\n").removesuffix("\n")
+        for m in chat
+        if m["role"] == "assistant"
+    )
+    assert tokenizer.decode(masked) == expected  # no system, user or tool token, and every turn's end
+
+
+def test_saved_lab_model_reloads_with_the_same_tokenizer_and_weights(tokenizer, tmp_path):
+    model = build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=3)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = tokenizer.apply_chat_template(JSON_CHAT, tools=TOOLS, tokenize=False)
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert reloaded.apply_chat_template(JSON_CHAT, tools=TOOLS, tokenize=False) == text
+    assert (reloaded.pad_token, reloaded.eos_token) == (PAD, IM_END)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert again.config.tie_word_embeddings
+    assert tokenizer.convert_tokens_to_ids(IM_END) in again.generation_config.eos_token_id
+
+
+def test_model_weights_depend_only_on_the_seed(tokenizer):
+    first, same, other = (build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=s) for s in (1, 1, 2))
+    weights = [m.model.embed_tokens.weight for m in (first, same, other)]
+    assert torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], weights[2])
+    assert first.lm_head.weight is first.model.embed_tokens.weight  # tied
+
+
+def test_shared_prefix_loss_equals_the_plain_loss_and_gradients(tokenizer):
+    chats = _chats(3)
+    chats[2][0] = {"role": "system", "content": "A different, shorter system prompt."}
+    rows = [
+        tokenizer.apply_chat_template(c, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        for c in chats
+    ]
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((3, width), tokenizer.pad_token_id)
+    mask = torch.zeros((3, width), dtype=torch.long)
+    labels = torch.full((3, width), -100)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        mask[i, :n] = 1
+        labels[i, :n] = torch.where(torch.tensor(r["assistant_masks"]) == 1, ids[i, :n], -100)
+    model = build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    model.train()
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    plain = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+    plain.backward()
+    plain_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    shared = shared_prefix_loss(model, ids, mask, labels, tokenizer.convert_tokens_to_ids(IM_END))
+    shared.backward()
+    assert shared.item() == pytest.approx(plain.item(), rel=1e-5)
+    for a, b in zip(plain_grads, (p.grad for p in model.parameters())):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_training_is_deterministic_and_lowers_the_loss(tokenizer):
+    chats = _chats(12)
+    models = [build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0) for _ in range(2)]
+    before = models[0].model.embed_tokens.weight.clone()
+    stats = [train_sft(m, tokenizer, chats, TINY_SFT) for m in models]
+    assert stats[0]["steps"] == 3 and stats[0]["examples"] == 12
+    assert stats[0]["loss"] == stats[1]["loss"]
+    assert torch.equal(models[0].model.embed_tokens.weight, models[1].model.embed_tokens.weight)
+    assert not torch.equal(models[0].model.embed_tokens.weight, before)
+
+
+def test_build_lab_reuses_its_cache_and_rebuilds_when_the_config_changes(tmp_path):
+    recipe = ModelRecipe(hidden_size=32, num_layers=1, num_heads=2, problems_per_task=8, sft=TINY_SFT)
+    config = LabConfig(vocab_size=300, teacher=recipe, student=recipe)
+    quiet = lambda _: None  # noqa: E731
+    first = build_lab(config, tmp_path, {"toy": _chats(8)}, log=quiet)
+    again = build_lab(config, tmp_path, {"toy": _chats(8)}, log=quiet)
+    assert not first.reused and again.reused
+    assert again.path == first.path and (first.teacher_path / "config.json").exists()
+    assert set(first.report["models"]) == {"teacher", "student"}
+    changed = build_lab(LabConfig(vocab_size=301, teacher=recipe, student=recipe), tmp_path, {"toy": _chats(8)}, log=quiet)
+    other_data = build_lab(config, tmp_path, {"toy": _chats(9)[1:]}, log=quiet)
+    assert not changed.reused and not other_data.reused
+    assert len({first.path, changed.path, other_data.path}) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (first.path, changed.path, other_data.path))
+
+
+def test_lab_conversations_are_the_agents_gold_chains_without_held_out_questions():
+    from fcdpo.agent import gold_messages
+    from fcdpo.tasks import get_task
+
+    task = get_task("math", ["add", "subtract", "multiply", "divide"])
+    difficulty = {"min_steps": 2, "max_steps": 2, "max_number": 9, "distractor_rate": 0.0}
+    recipe = ModelRecipe(problems_per_task=30)
+    config = LabConfig(teacher=recipe, student=recipe)
+    held_out = [p.question for p in task.generate(10, seed=config.data_seed, **difficulty)[::2]]
+    chats = lab_conversations(config, {"math": task}, {"math": difficulty}, "python", held_out)["math"]
+    assert len(chats) == 30
+    questions = [chat[1]["content"] for chat in chats]
+    assert not set(questions) & set(held_out) and len(set(questions)) == 30
+    first = task.generate(2, seed=config.data_seed, **difficulty)[1]  # the first one not held out
+    assert chats[0] == gold_messages(first, task, "python")
+    assert chats[0][0]["content"] == task.system_prompt("python")
