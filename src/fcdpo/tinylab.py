@@ -89,9 +89,10 @@ def build_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `texts`, with the chat template and special tokens.
 
-    Every digit is its own token: tiny models copy and compute numbers far better that way. Byte-level coverage means any text encodes and
-    decodes back unchanged, with no unknown token. Training is deterministic: the same texts give
-    the same vocabulary, so no seed is needed.
+    Every digit is its own token: tiny models copy and compute numbers far better that way.
+    Byte-level coverage means any (NFC-normalised) text encodes and decodes back unchanged, with no
+    unknown token. Training is deterministic: the same texts give the same vocabulary, so no seed
+    is needed.
 
     Args:
         texts: Training text, e.g. the system prompts, questions and turns of gold chains.
@@ -223,6 +224,7 @@ def train_sft(
         `loss` is the mean training loss over the last 10% of steps.
     """
     import datasets
+    from transformers import PrinterCallback
     from trl import SFTConfig
 
     settings = settings or SFTSettings()
@@ -266,6 +268,7 @@ def train_sft(
             trainer = _shared_prefix_trainer_class()(
                 model=model, args=config, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer
             )
+            trainer.remove_callback(PrinterCallback)  # the caller reports the summary this returns
             tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
             started = time.perf_counter()
             trainer.train()
