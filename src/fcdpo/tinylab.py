@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import DynamicCache, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    TrainerCallback,
+)
 
 if TYPE_CHECKING:
     from fcdpo.config import Profile
@@ -209,6 +216,7 @@ def train_sft(
     tokenizer: PreTrainedTokenizerFast,
     conversations: Sequence[list[dict[str, Any]]],
     settings: SFTSettings | None = None,
+    log: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """Train `model` in place on chat conversations with TRL's `SFTTrainer`; returns training stats.
 
@@ -216,7 +224,8 @@ def train_sft(
     them), so the caller decides the mix and order. Only assistant turns (their content and
     end-of-turn token) carry loss; system, user and tool turns are context. Each batch runs its
     shared system prompts once (see `shared_prefix_loss`), which gives the same gradients as the
-    plain forward pass at a fraction of the cost.
+    plain forward pass at a fraction of the cost. `log`, if given, receives a progress line about
+    every 10% of the steps.
 
     Returns:
         `{"seconds", "steps", "examples", "tokens", "tokens_per_second", "loss"}`: `tokens` is the
@@ -261,14 +270,16 @@ def train_sft(
                 use_cpu=not torch.cuda.is_available(),
                 save_strategy="no",
                 report_to=[],
-                logging_steps=max(1, settings.steps // 20),
+                logging_steps=max(1, settings.steps // 20),  # loss history; every 10% goes to `log`
                 disable_tqdm=True,
                 dataloader_num_workers=0,
             )
             trainer = _shared_prefix_trainer_class()(
                 model=model, args=config, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer
             )
-            trainer.remove_callback(PrinterCallback)  # the caller reports the summary this returns
+            trainer.remove_callback(PrinterCallback)  # progress goes to `log`, in one line per report
+            if log is not None:
+                trainer.add_callback(_ProgressLog(log, every=2 * config.logging_steps))
             tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
             started = time.perf_counter()
             trainer.train()
@@ -288,6 +299,18 @@ def train_sft(
         "tokens_per_second": round(tokens / seconds) if seconds else 0,
         "loss": round(sum(tail) / len(tail), 4),
     }
+
+
+class _ProgressLog(TrainerCallback):
+    """Sends `step 70/700 · loss 0.61 · 95 s` to `log` every `every` steps."""
+
+    def __init__(self, log: Callable[[str], Any], every: int) -> None:
+        self.log, self.every, self.started = log, every, time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and (state.global_step % self.every == 0 or state.global_step == state.max_steps):
+            elapsed = time.perf_counter() - self.started
+            self.log(f"step {state.global_step}/{state.max_steps} · loss {logs['loss']:.3f} · {elapsed:.0f} s")
 
 
 def _arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -557,7 +580,7 @@ def build_lab(
                 f"{recipe.sft.steps} steps of {recipe.sft.batch_size})"
             )
             rows = _interleave(conversations, recipe.problems_per_task, seed=recipe.sft.seed)
-            stats = {"parameters": _count_parameters(model), **train_sft(model, tokenizer, rows, recipe.sft)}
+            stats = {"parameters": _count_parameters(model), **train_sft(model, tokenizer, rows, recipe.sft, log)}
             report["models"][role] = stats
             log(
                 f"tiny lab {key}: {role} trained in {stats['seconds']:.0f} s "
