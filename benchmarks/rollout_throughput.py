@@ -4,7 +4,8 @@
     python benchmarks/rollout_throughput.py --chains 64 --threads 2
 
 Both modes run the same greedy chains through the same agent: "batched" advances all chains together,
-one batched `generate` per step (what `rollout` does); "sequential" runs them one chain at a time.
+one batched `generate` per step (what `rollout` does), which also runs the system prompt the chains
+share once per step instead of once per chain; "sequential" runs them one chain at a time.
 Greedy decoding makes both produce the same chains, which the script checks, so the comparison is of
 speed alone. Needs the tiny lab's teacher: run notebook 01 (`make reproduce`) first.
 """
@@ -19,7 +20,7 @@ import torch
 from fcdpo.agent import Agent
 from fcdpo.backends import load_backend
 from fcdpo.config import load_profile
-from fcdpo.tasks import get_task, split_problems
+from fcdpo.tasks import split_problems
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     print(f"{'task':6} {'mode':10} {'seconds':>8} {'chains/s':>9} {'tokens/s':>9}")
     totals = {"batched": 0.0, "sequential": 0.0}
     for name, settings in cfg.tasks.items():
-        task = get_task(name)
+        task = cfg.task(name)  # the functions the profile offers, as in the pipeline
         problems = split_problems(task, {"eval": args.chains}, cfg.seed, **settings.difficulty)["eval"]
         agent = Agent(task, backend, cfg.agent)
         agent.run(problems[:2])  # warm-up: first-call overheads out of the timing

@@ -140,6 +140,32 @@ def test_batched_greedy_completion_equals_one_chat_at_a_time(random_backend):
     assert all(c.completion_tokens > 1 for c in batched)
 
 
+LONG_SYSTEM = ("You solve problems by calling functions. Call one function per turn, wait for its result, "
+               "then call the next; end with the final answer.")
+SHARED_CHATS = [chat(question, system=LONG_SYSTEM) for question in (
+    "Ann has 2 apples and gets 3 more.", "Bob has 7 pears. He gives away 4 of them to Cid.", "Every cat is a wumpus.")]
+
+
+def test_a_shared_system_prompt_runs_once_and_changes_no_completion(random_dir, random_backend):
+    prompts = [random_backend.encode(c) for c in SHARED_CHATS]
+    shared = random_backend._shared_prefix_length(prompts)
+    assert shared > len(random_backend.tokenizer(LONG_SYSTEM)["input_ids"])  # the whole system turn
+    assert all(p[:shared] == prompts[0][:shared] for p in prompts)
+    assert HFBackend(random_dir, share_prefix=False)._shared_prefix_length(prompts) == 0
+    assert random_backend._shared_prefix_length(prompts[:1]) == 0  # nothing to share in one chat
+
+    unshared = HFBackend(random_dir, share_prefix=False).complete(SHARED_CHATS, max_new_tokens=10)
+    assert random_backend.complete(SHARED_CHATS, max_new_tokens=10) == unshared
+    assert unshared == [random_backend.complete([c], max_new_tokens=10)[0] for c in SHARED_CHATS]
+    assert len({c.text for c in unshared}) == len(SHARED_CHATS)
+
+
+def test_a_shared_prefix_always_leaves_every_row_a_token_of_its_own(random_backend):
+    prompts = [list(range(40)), list(range(40)) + [7, 8]]  # the first is a prefix of the second
+    assert random_backend._shared_prefix_length(prompts) == 39
+    assert random_backend._shared_prefix_length([list(range(10)), list(range(10))]) == 0  # too short to pay
+
+
 def test_sub_batches_give_the_same_completions_in_input_order(random_dir, random_backend):
     in_pairs = HFBackend(random_dir, batch_size=2)
     assert in_pairs.complete(CHATS, max_new_tokens=10) == random_backend.complete(CHATS, max_new_tokens=10)

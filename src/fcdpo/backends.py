@@ -89,6 +89,11 @@ class HFBackend:
         chat_template: Replace the tokenizer's chat template: a name in
             `fcdpo.training.CHAT_TEMPLATES` or a `.jinja` file. Needed where a model's own template
             cannot render tool turns (Mistral-7B-Instruct-v0.2's refuses them).
+        share_prefix: Run the prompt prefix that all chats of a batch share (the system prompt with
+            its function descriptions, usually most of the prompt) once, and give every row a copy
+            of its key/value cache, instead of running it once per row. The completions are the
+            same; only the cost of the prompt changes. Turn it off for models whose cache cannot be
+            copied across a batch.
 
     Greedy decoding at temperature 0; otherwise plain temperature sampling over the whole vocabulary
     (no top-k, top-p or repetition penalty from the model's generation config), seeded with
@@ -106,6 +111,7 @@ class HFBackend:
         dtype: "str | torch.dtype | None" = None,
         batch_size: int | None = None,
         chat_template: str | None = None,
+        share_prefix: bool = True,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -141,27 +147,30 @@ class HFBackend:
             _check_cpu_4bit_shapes(loaded, model_ref)
         loaded.eval()
         name = str(model) if adapter is None else f"{model}+{adapter}"
-        self._setup(loaded, tokenizer, name, batch_size)
+        self._setup(loaded, tokenizer, name, batch_size, share_prefix)
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, *, name: str | None = None,
-                    batch_size: int | None = None) -> "HFBackend":
+                    batch_size: int | None = None, share_prefix: bool = True) -> "HFBackend":
         """A backend around a model and tokenizer already in memory (e.g. one being trained).
 
         Neither is modified: padding is done here, not through the tokenizer's settings, and a model
         in training mode is put in eval mode only for the duration of each `complete` call.
         """
         backend = cls.__new__(cls)
-        backend._setup(model, tokenizer, name or str(getattr(model, "name_or_path", "") or "in-memory"), batch_size)
+        backend._setup(model, tokenizer, name or str(getattr(model, "name_or_path", "") or "in-memory"), batch_size,
+                       share_prefix)
         return backend
 
-    def _setup(self, model: Any, tokenizer: Any, name: str, batch_size: int | None) -> None:
+    def _setup(self, model: Any, tokenizer: Any, name: str, batch_size: int | None,
+               share_prefix: bool = True) -> None:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.batch_size = batch_size
+        self.share_prefix = share_prefix
         self.stop_ids = _end_of_turn_ids(model, tokenizer)
         # Padding sits only under a zero attention mask, so any id that is not a stop id works; the
         # tokenizer's own pad token is preferred, and an EOS id is avoided so a padded row never
@@ -212,14 +221,30 @@ class HFBackend:
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float) -> list[Completion]:
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, StaticCache
 
+        shared = self._shared_prefix_length(prompts)
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding: every row continues from its last token
-            input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            attention_mask[row, width - len(prompt):] = 1
+        for row, prompt in enumerate(prompts):
+            # Left padding, so every row continues from its last token; with a shared prefix the
+            # padding goes between the prefix and each row's own part: [prefix][pad][rest].
+            pad = width - len(prompt)
+            input_ids[row, :shared] = torch.tensor(prompt[:shared], dtype=torch.long)
+            input_ids[row, shared + pad:] = torch.tensor(prompt[shared:], dtype=torch.long)
+            attention_mask[row, :shared] = 1
+            attention_mask[row, shared + pad:] = 1
+        extra: dict[str, Any] = {}
+        if shared:
+            with torch.inference_mode():
+                prefix = self.model(input_ids=input_ids[:1, :shared].to(self.model.device), use_cache=True)
+            # A preallocated cache: a growing one would copy every row's whole cache at each new token.
+            cache = StaticCache(config=self.model.config, max_cache_len=width + max_new_tokens)
+            for layer, source in zip(cache.layers, prefix.past_key_values.layers):
+                layer.update(source.keys.expand(len(prompts), -1, -1, -1),
+                             source.values.expand(len(prompts), -1, -1, -1))
+            extra["past_key_values"] = cache
         # Explicit values, so that the model's own generation config (top_k=20, ...) does not apply.
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
             else {"do_sample": False}
@@ -228,7 +253,7 @@ class HFBackend:
         device = self.model.device
         with torch.inference_mode():
             output = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                         generation_config=config)
+                                         generation_config=config, **extra)
         completions = []
         for prompt, row in zip(prompts, output[:, width:].tolist()):
             end = next((k for k, token in enumerate(row) if token in self.stop_ids), None)
@@ -244,6 +269,21 @@ class HFBackend:
                 finish_reason="length" if end is None else "stop",
             ))
         return completions
+
+    def _shared_prefix_length(self, prompts: list[list[int]]) -> int:
+        """How many leading tokens all `prompts` share and `_generate` runs once: 0 when sharing is
+        off, there is one prompt, or the prefix is too short to repay the copy. Every row keeps at
+        least one token of its own, which `generate` needs to start from."""
+        if not self.share_prefix or len(prompts) < 2:
+            return 0
+        shortest = min(len(p) for p in prompts) - 1
+        length = 0
+        while length < shortest and all(p[length] == prompts[0][length] for p in prompts):
+            length += 1
+        return length if length >= _MIN_SHARED_PREFIX else 0
+
+
+_MIN_SHARED_PREFIX = 16  # tokens; below this a shared prefix saves less than its cache copy costs
 
 
 def _checked_reference(reference: str | Path, what: str) -> str:
@@ -535,7 +575,8 @@ def _server_message(exc: Any) -> str:
 
 _KINDS: dict[str, tuple[type, set[str], set[str]]] = {
     # kind: (class, required keys, optional keys)
-    "hf": (HFBackend, {"model"}, {"adapter", "load_in_4bit", "device", "dtype", "batch_size", "chat_template"}),
+    "hf": (HFBackend, {"model"}, {"adapter", "load_in_4bit", "device", "dtype", "batch_size", "chat_template",
+                                         "share_prefix"}),
     "openai": (OpenAIBackend, {"model", "base_url"},
                {"api_key_env", "max_concurrency", "timeout", "max_retries", "native_tools", "backoff"}),
 }
@@ -544,7 +585,7 @@ _KINDS: dict[str, tuple[type, set[str], set[str]]] = {
 def load_backend(spec: dict, root: str | Path | None = None) -> Backend:
     """A backend from a profile's spec: `kind` ("hf" or "openai") plus that class's arguments.
 
-    hf: model (required), adapter, load_in_4bit, device, dtype, batch_size, chat_template.
+    hf: model (required), adapter, load_in_4bit, device, dtype, batch_size, chat_template, share_prefix.
     openai: model and base_url (required), api_key_env, max_concurrency, timeout, max_retries,
     native_tools, backoff. With `root`, an hf `model` or `adapter` that names an existing folder under
     `root` (the run folder) is read from there. A missing `kind`, an unknown kind, a missing required key or an unknown
