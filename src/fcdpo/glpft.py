@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from fcdpo.preferences import arrow_safe
 from fcdpo.multi_agent import ROLES, MultiAgent, MultiAgentConfig, RoleBackends, load_adapter_role_backends, \
     role_chain, role_samples
 
@@ -140,33 +141,18 @@ def glpft_data(trajectories: Iterable["Trajectory"], tasks: Mapping[str, "Task"]
     return GLPFTData(chains, samples, counts, chain_tools)
 
 
-def _arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages without role names and with tool-call arguments as JSON strings.
-
-    Arrow stores a column of dicts as one struct type, so `{"a": 3}` beside `{"percent": 25}` would
-    come back as `{"a": 3, "percent": None}`; a JSON string survives and chat templates write it as is.
-    """
-    safe = []
-    for message in messages:
-        message = {k: v for k, v in message.items() if not (k == "name" and message["role"] == "assistant")}
-        if message.get("tool_calls"):
-            calls = []
-            for call in message["tool_calls"]:
-                call = json.loads(json.dumps(call))
-                function = call.get("function", call)
-                if not isinstance(function.get("arguments"), str):
-                    function["arguments"] = json.dumps(function.get("arguments", {}), ensure_ascii=False)
-                calls.append(call)
-            message["tool_calls"] = calls
-        safe.append(message)
-    return safe
+def _unnamed(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages without the role names of assistant turns ("planner", "caller", ...), which chat
+    templates do not render; training text is the same with or without them."""
+    return [{k: v for k, v in m.items() if not (k == "name" and m.get("role") == "assistant")} for m in messages]
 
 
 def _rows(data: GLPFTData, stage: str) -> list[dict[str, Any]]:
     if stage == "backbone":
-        rows = [{"messages": _arrow_safe(chain), "tools": tools} for chain, tools in zip(data.chains, data.chain_tools)]
+        rows = [{"messages": arrow_safe(_unnamed(chain)), "tools": tools}
+                for chain, tools in zip(data.chains, data.chain_tools)]
     else:
-        rows = [{"prompt": _arrow_safe(s["prompt"]), "completion": _arrow_safe(s["completion"]),
+        rows = [{"prompt": arrow_safe(_unnamed(s["prompt"])), "completion": arrow_safe(_unnamed(s["completion"])),
                  "tools": s.get("tools")} for s in data.samples[stage]]
     if all(row["tools"] is None for row in rows):  # python syntax: the functions are in the prompt text
         for row in rows:

@@ -31,6 +31,8 @@ from transformers import (
     TrainerCallback,
 )
 
+from fcdpo.preferences import arrow_safe
+
 if TYPE_CHECKING:
     from fcdpo.config import Profile
     from fcdpo.tasks import Problem, Task
@@ -240,7 +242,7 @@ def train_sft(
     if not conversations:
         raise ValueError("train_sft needs at least one conversation")
     needed = settings.steps * settings.batch_size
-    rows = [{"messages": _arrow_safe(conversations[i % len(conversations)])} for i in range(needed)]
+    rows = [{"messages": arrow_safe(conversations[i % len(conversations)])} for i in range(needed)]
     previous_threads = torch.get_num_threads()
     bars_were_enabled = datasets.is_progress_bar_enabled()
     torch.set_num_threads(settings.threads)
@@ -311,29 +313,6 @@ class _ProgressLog(TrainerCallback):
         if logs and "loss" in logs and (state.global_step % self.every == 0 or state.global_step == state.max_steps):
             elapsed = time.perf_counter() - self.started
             self.log(f"step {state.global_step}/{state.max_steps} · loss {logs['loss']:.3f} · {elapsed:.0f} s")
-
-
-def _arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages whose tool-call arguments are JSON strings.
-
-    Arrow stores a column of dicts as one struct type, so `{"a": 3}` beside `{"percent": 25}` would
-    come back as `{"a": 3, "percent": None}`; a JSON string survives unchanged and the chat
-    template writes it as it is.
-    """
-    safe = []
-    for message in messages:
-        message = dict(message)
-        if message.get("tool_calls"):
-            calls = []
-            for call in message["tool_calls"]:
-                call = json.loads(json.dumps(call))
-                function = call.get("function", call)
-                if not isinstance(function.get("arguments"), str):
-                    function["arguments"] = json.dumps(function.get("arguments", {}), ensure_ascii=False)
-                calls.append(call)
-            message["tool_calls"] = calls
-        safe.append(message)
-    return safe
 
 
 def shared_prefix_loss(
