@@ -46,3 +46,17 @@ def test_a_profile_can_offer_a_subset_of_a_tasks_functions():
     assert "multiply(" not in profile.task("math").system_prompt()
     with pytest.raises(ValueError, match="unknown function"):
         load_profile("tiny-cpu", {"tasks.math.functions": ["add", "plus"]}).task("math")
+
+
+def test_a_profile_can_leave_the_example_calls_out_of_the_prompt():
+    from fcdpo.agent import AgentConfig, prompt_messages
+    from fcdpo.multi_agent import role_prompt
+
+    with_examples = load_profile("tiny-cpu", {"tasks.math.function_examples": True}).task("math")
+    without = load_profile("tiny-cpu", {"tasks.math.function_examples": False}).task("math")
+    assert "Example: add(a=3, b=4)" in with_examples.system_prompt()
+    assert "Example:" not in without.system_prompt()
+    assert without.system_prompt().replace("add(a=", "") != with_examples.system_prompt().replace("add(a=", "")
+    for text in (prompt_messages(without.generate(1)[0], without, AgentConfig())[0]["content"],
+                 role_prompt(without, "caller")):
+        assert "Example:" not in text and "divide(a: float, b: float) -> float" in text

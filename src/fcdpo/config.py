@@ -35,6 +35,7 @@ class TaskConfig:
     eval: int = 200  # held-out problems, never seen in training
     difficulty: dict[str, Any] = field(default_factory=dict)  # keyword arguments of Task.generate
     functions: list[str] | None = None  # the functions offered to the model (None: all of the task's)
+    function_examples: bool = True  # show each function's example call in the prompt
 
 
 @dataclass
@@ -136,7 +137,9 @@ class Profile:
         """The task `name` as this profile configures it (its offered functions)."""
         from fcdpo.tasks import get_task
 
-        return get_task(name, self.tasks[name].functions if name in self.tasks else None)
+        if name not in self.tasks:
+            return get_task(name)
+        return get_task(name, self.tasks[name].functions, self.tasks[name].function_examples)
 
     @property
     def run_path(self) -> Path:

@@ -932,17 +932,22 @@ class FunctionSet:
     def __len__(self) -> int:
         return len(self._functions)
 
-    def describe(self) -> str:
-        """Prompt text: per function its signature line, description and `Example:` call."""
+    def describe(self, examples: bool = True) -> str:
+        """Prompt text: per function its signature line, description and (with `examples`) `Example:` call."""
         blocks = []
         for f in self._functions.values():
             description = "\n".join("  " + line if line else "" for line in f.description.splitlines())
-            blocks.append(f"{f.signature_text()}\n{description}\n  Example: {f.example}")
+            blocks.append(f"{f.signature_text()}\n{description}" + (f"\n  Example: {f.example}" if examples else ""))
         return "\n\n".join(blocks)
 
-    def example_call(self) -> str:
-        """The first function's example call, e.g. `multiply(a=3, b=4)`."""
-        return next(iter(self._functions.values())).example
+    def example_call(self, values: bool = True) -> str:
+        """The first function's example call, e.g. `multiply(a=3, b=4)`; without `values`, the form
+        of a call with its required arguments and no values in them, e.g. `multiply(a=..., b=...)`."""
+        first = next(iter(self._functions.values()))
+        if values:
+            return first.example
+        required = [p.name for p in first.parameters if p.default is inspect.Parameter.empty]
+        return f"{first.name}({', '.join(f'{name}=...' for name in required)})"
 
     def schemas(self) -> list[dict[str, Any]]:
         """OpenAI / Hugging Face tool schemas (`{"type": "function", "function": {...}}`)."""

@@ -121,13 +121,14 @@ _ROLE_HOW = {
 
 def _syntax_hint(task: "Task", syntax: str) -> str:
     if syntax == "python":
-        return f" in Python syntax with keyword arguments, for example `{task.functions().example_call()}`,"
+        return (" in Python syntax with keyword arguments, for example "
+                f"`{task.functions().example_call(task.function_examples)}`,")
     return ""
 
 
 def _functions_block(task: "Task", syntax: str) -> str:
     # With native tool calls the chat template injects the schemas (the single agent's convention).
-    return f"\n\nFunctions:\n{task.functions().describe()}" if syntax == "python" else ""
+    return f"\n\nFunctions:\n{task.functions().describe(task.function_examples)}" if syntax == "python" else ""
 
 
 def role_prompt(task: "Task", role: str, syntax: str = "python") -> str:

@@ -3,8 +3,9 @@
 from fcdpo.tasks.base import Problem, Task, load_problems, save_problems
 
 
-def get_task(name: str, functions: list[str] | None = None) -> Task:
-    """The task called `name` ("math" or "fol"), offering only `functions` if given."""
+def get_task(name: str, functions: list[str] | None = None, function_examples: bool = True) -> Task:
+    """The task called `name` ("math" or "fol"), offering only `functions` if given, and describing
+    them with their example calls unless `function_examples` is false."""
     if name == "math":
         from fcdpo.tasks.math import MathTask
 
@@ -15,6 +16,7 @@ def get_task(name: str, functions: list[str] | None = None) -> Task:
         task = FolTask()
     else:
         raise ValueError(f"unknown task {name!r}; expected 'math' or 'fol'")
+    task.function_examples = function_examples
     if functions is not None:
         task.function_names = tuple(functions)
         task.functions()  # fail now on an unknown name, not mid-run

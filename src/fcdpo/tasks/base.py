@@ -50,6 +50,10 @@ class Task(abc.ABC):
     # The subset of the task's functions offered to the model, in this order (None: all of them).
     # A profile can trim the prompt this way, e.g. for the tiny lab's small models.
     function_names: tuple[str, ...] | None = None
+    # Whether the prompt shows example calls with values (`add(a=3, b=4)`) or only the form of a call
+    # (`add(a=..., b=...)`). Models trained from scratch copy the examples' numbers instead of the
+    # question's (measured for the tiny-cpu profile); instruct models learn the syntax from them.
+    function_examples: bool = True
 
     def offered(self, functions: list[Callable[..., Any]]) -> list[Callable[..., Any]]:
         """`functions` narrowed to `function_names`; an unknown name is an error listing the valid ones."""
@@ -85,12 +89,13 @@ class Task(abc.ABC):
         """
         functions = self.functions()
         if syntax == "python":
+            example = functions.example_call(self.function_examples)
             how = (
                 "Solve the problem step by step. In each turn write exactly one function call in "
-                "Python syntax with keyword arguments, for example `" + functions.example_call() + "`, "
+                f"Python syntax with keyword arguments, for example `{example}`, "
                 "and wait for its result. When you know the answer, write `Final answer: <answer>`."
             )
-            return f"{self.instructions}\n\n{how}\n\nFunctions:\n{functions.describe()}"
+            return f"{self.instructions}\n\n{how}\n\nFunctions:\n{functions.describe(self.function_examples)}"
         if syntax == "json":
             how = (
                 "Solve the problem step by step. In each turn call exactly one function and wait for "

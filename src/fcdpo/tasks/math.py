@@ -131,7 +131,7 @@ def multiply(a: float, b: float) -> float:
 
 
 def divide(a: float, b: float) -> float:
-    """Divide the first number by the second exactly; 7 divided by 2 is 3.5, not 3.
+    """Divide the first number by the second exactly, keeping any fraction instead of rounding down.
 
     Example: divide(a=12, b=4)
 
