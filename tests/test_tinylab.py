@@ -256,3 +256,20 @@ def test_lab_conversations_are_the_agents_gold_chains_without_held_out_questions
     first = task.generate(2, seed=config.data_seed, **difficulty)[1]  # the first one not held out
     assert chats[0] == gold_messages(first, task, "python")
     assert chats[0][0]["content"] == task.system_prompt("python")
+
+
+def test_task_weights_set_each_tasks_share_of_the_training_rows():
+    from fcdpo.tinylab import _interleave
+
+    conversations = {"fol": [[{"role": "user", "content": f"f{i}"}] for i in range(5)],
+                     "math": [[{"role": "user", "content": f"m{i}"}] for i in range(50)]}
+    rows = _interleave(conversations, per_task=20, seed=0, rows=400, weights={"math": 3, "fol": 1})
+    tasks = [row[0]["content"][0] for row in rows]
+    assert len(rows) == 400 and tasks.count("m") == 300 and tasks.count("f") == 100
+    assert {row[0]["content"] for row in rows if row[0]["content"][0] == "m"} == {f"m{i}" for i in range(20)}
+    equal = _interleave(conversations, per_task=20, seed=0, rows=400)
+    assert [row[0]["content"][0] for row in equal].count("f") == 200  # all five fol chains, cycled
+    assert tasks != [row[0]["content"][0] for row in _interleave(conversations, 20, seed=1, rows=400,
+                                                                 weights={"math": 3, "fol": 1})]
+    with pytest.raises(ValueError, match="task_weights"):
+        _interleave(conversations, 20, seed=0, rows=10, weights={"maths": 1})

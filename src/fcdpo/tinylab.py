@@ -400,7 +400,7 @@ def _shared_prefix_trainer_class() -> type:
 # ------------------------------------------------------------------------------------------------
 # The lab: tokenizer + teacher + student, built once per configuration and cached
 
-LAB_FORMAT = 1  # bump when a change here changes what a build produces for the same config
+LAB_FORMAT = 2  # bump when a change here changes what a build produces for the same config
 
 
 @dataclass
@@ -412,6 +412,9 @@ class ModelRecipe:
     num_heads: int = 4
     intermediate_size: int | None = None  # default 4 × hidden_size
     problems_per_task: int = 5000  # distinct gold chains per task (cycled if the steps need more)
+    # Share of the training rows per task, e.g. {math: 3, fol: 1}; default: equal shares. Tasks
+    # compete for a tiny model's capacity, and a hard task's loss can crowd out an easier one.
+    task_weights: dict[str, float] | None = None
     sft: SFTSettings = field(default_factory=SFTSettings)
     seed: int = 0  # weight initialisation
 
@@ -558,7 +561,8 @@ def build_lab(
                 f"tiny lab {key}: training the {role} ({_count_parameters(model):,} parameters, "
                 f"{recipe.sft.steps} steps of {recipe.sft.batch_size})"
             )
-            rows = _interleave(conversations, recipe.problems_per_task, seed=recipe.sft.seed)
+            rows = _interleave(conversations, recipe.problems_per_task, seed=recipe.sft.seed,
+                               rows=recipe.sft.steps * recipe.sft.batch_size, weights=recipe.task_weights)
             stats = {"parameters": _count_parameters(model), **train_sft(model, tokenizer, rows, recipe.sft, log)}
             report["models"][role] = stats
             log(
@@ -615,15 +619,36 @@ def profile_lab(profile: "Profile", log: Callable[[str], Any] = print) -> Lab:
 
 
 def _interleave(
-    conversations: dict[str, list[list[dict[str, Any]]]], per_task: int, seed: int
+    conversations: dict[str, list[list[dict[str, Any]]]],
+    per_task: int,
+    seed: int,
+    rows: int | None = None,
+    weights: dict[str, float] | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """The first `per_task` conversations of every task, shuffled together with `seed`.
+    """Training rows: the first `per_task` conversations of every task, shuffled together with `seed`.
 
-    Mixing tasks row by row keeps batches from being all one template, which stalls training.
+    With `rows`, exactly that many, each task's share in proportion to `weights` (equal without
+    them), its conversations cycled as needed. Mixing tasks row by row keeps batches from being all
+    one template, which stalls training.
     """
-    rows = [chat for name in sorted(conversations) for chat in conversations[name][:per_task]]
-    random.Random(seed).shuffle(rows)
-    return rows
+    names = sorted(conversations)
+    if weights is not None:
+        unknown = sorted(set(weights) - set(names))
+        if unknown or any(w < 0 for w in weights.values()) or not sum(weights.get(n, 0) for n in names):
+            raise ValueError(f"task_weights {weights} must give non-negative shares to the tasks {names}")
+    if rows is None:
+        chosen = [chat for name in names for chat in conversations[name][:per_task]]
+    else:
+        shares = {name: (weights or {}).get(name, 0 if weights else 1) for name in names}
+        total = sum(shares.values())
+        counts = {name: round(rows * share / total) for name, share in shares.items()}
+        counts[max(names, key=lambda n: shares[n])] += rows - sum(counts.values())  # rounding
+        chosen = []
+        for name in names:
+            pool = conversations[name][:per_task]
+            chosen += [pool[i % len(pool)] for i in range(counts[name])] if pool else []
+    random.Random(seed).shuffle(chosen)
+    return chosen
 
 
 def _count_parameters(model: torch.nn.Module) -> int:
