@@ -214,6 +214,18 @@ def test_dpo_on_a_tiny_model_lowers_its_loss_and_saves_its_curves(dpo_run):
     assert "eval_rewards/margins" in report["final"]  # evaluated on the validation pairs
 
 
+def test_an_sft_term_adds_the_chosen_chains_negative_log_likelihood_to_dpo(lab, dpo_run):
+    from dataclasses import replace
+
+    rpo = train("dpo", lab["student"], lab["preferences"], replace(TINY, max_steps=2, loss_type=["sigmoid", "sft"]),
+                lab["root"] / "rpo")
+    first = next(row for row in rpo.curves if "loss" in row)
+    # A fresh adapter: DPO's term is ln 2, and the rest is the chosen turns' mean NLL (several nats).
+    assert first["loss"] > 0.6931 + 1.0
+    plain = next(row for row in dpo_run.curves if "loss" in row)
+    assert plain["loss"] == pytest.approx(0.6931, abs=1e-3)
+
+
 def test_the_reference_is_the_base_with_the_adapter_disabled_not_a_copy(dpo_run):
     assert dpo_run.trainer.ref_model is None
     assert list(dpo_run.trainer.model.peft_config) == ["default"]

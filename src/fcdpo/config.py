@@ -71,6 +71,10 @@ class TrainingConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     beta: float = 0.1  # DPO: how far the policy may drift from the reference (higher: less)
+    # DPO's loss terms (TRL `loss_type`): "sigmoid" is the paper's DPO; adding "sft" (the chosen chains'
+    # negative log-likelihood, as in RPO) keeps the policy from lowering both chains' likelihood.
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    loss_weights: list[float] | None = None  # one per loss_type; default: all 1
     learning_rate: float = 5e-6  # DPO
     sft_learning_rate: float = 1e-4  # the SFT baseline
     max_steps: int = 0  # optimizer steps of both methods; 0: `epochs` passes over the training pairs

@@ -679,7 +679,8 @@ def _trainer(
         trainer = _dpo_trainer_class()(
             model=base,
             ref_model=None,  # the reference is the base itself, the adapter disabled
-            args=DPOConfig(beta=settings.beta, **common),
+            args=DPOConfig(beta=settings.beta, loss_type=list(settings.loss_type), loss_weights=settings.loss_weights,
+                           **common),
             train_dataset=data["train"],
             eval_dataset=data.get("validation"),
             processing_class=tokenizer,
