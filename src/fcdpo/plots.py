@@ -46,7 +46,7 @@ OUTCOME_STYLES = {
 DIFFICULTY_AXES = {"steps": "Reasoning steps (calls in the gold chain)", "hops": "Reasoning hops (rules chained)"}
 # Keys of a DPO log (TRL's names); evaluation entries carry an `eval_` prefix.
 CURVES = (
-    ("loss", "DPO loss (nats)", False),
+    ("loss", "Training loss (nats; DPO, plus any NLL term)", False),
     ("rewards/margins", "Reward margin, chosen − rejected (β × log-ratio)", False),
     ("rewards/accuracies", "Reward accuracy (%)", True),
 )
@@ -368,7 +368,9 @@ def difficulty_figure(by_difficulty: pd.DataFrame) -> Figure:
                               color=colours[model], label=model_name(model))
             measure = rows["measure"].iloc[0]
             axes.set_xlabel(DIFFICULTY_AXES.get(measure, measure))
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            levels = sorted(rows["difficulty"].unique())
+            axes.set_xticks(levels, [f"{level:g}" for level in levels])  # only the levels measured
+            axes.set_xlim(levels[0] - 0.5, levels[-1] + 0.5)
             axes.set_title(dataset_name(dataset))
         panels[0].set_ylabel("Accuracy (% of problems correct)")
         panels[0].set_ylim(-4, 105)
