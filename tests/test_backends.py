@@ -160,6 +160,38 @@ def test_a_shared_system_prompt_runs_once_and_changes_no_completion(random_dir, 
     assert len({c.text for c in unshared}) == len(SHARED_CHATS)
 
 
+def test_a_next_turn_starts_from_the_kept_cache_and_changes_no_completion(random_dir):
+    """Three agent-like turns: each prompt is the last one plus the completion and a tool result."""
+    reusing, fresh = HFBackend(random_dir), HFBackend(random_dir, reuse_turns=False, share_prefix=False)
+    chats, previous = [list(c) for c in SHARED_CHATS], None
+    for turn in range(3):
+        prompts = [reusing.encode(c) for c in chats]
+        reused = reusing._reused_prefixes(prompts)
+        if turn == 0:
+            assert reused is None  # nothing kept yet
+        else:  # each chat continues from its own previous prompt (and what of its completion re-encodes alike)
+            assert all(kept.tokens[:len(before)] == before and length >= len(before)
+                       for (kept, length), before in zip(reused, previous))
+        previous = prompts
+        got = reusing.complete(chats, max_new_tokens=6)
+        assert got == fresh.complete(chats, max_new_tokens=6)
+        assert len(reusing._kept) == len(chats)  # only the last call's rows are kept
+        chats = [c + [{"role": "assistant", "content": g.text.strip()}, {"role": "tool", "content": f"{turn}"}]
+                 for c, g in zip(chats, got)]
+    assert len({c.text for c in got}) > 1
+
+
+def test_a_kept_cache_is_not_used_by_a_model_in_another_state(random_dir):
+    backend = HFBackend(random_dir)
+    backend.complete(SHARED_CHATS, max_new_tokens=4)
+    prompts = [backend.encode(c) for c in SHARED_CHATS]
+    assert backend._reused_prefixes(prompts) is not None
+    for kept in backend._kept:
+        kept.tag = ("another model", "or another adapter")
+    assert backend._reused_prefixes(prompts) is None
+    assert HFBackend.from_loaded(backend.model, backend.tokenizer).reuse_turns is False  # weights may change
+
+
 def test_a_shared_prefix_always_leaves_every_row_a_token_of_its_own(random_backend):
     prompts = [list(range(40)), list(range(40)) + [7, 8]]  # the first is a prefix of the second
     assert random_backend._shared_prefix_length(prompts) == 39

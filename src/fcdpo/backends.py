@@ -94,6 +94,12 @@ class HFBackend:
             of its key/value cache, instead of running it once per row. The completions are the
             same; only the cost of the prompt changes. Turn it off for models whose cache cannot be
             copied across a batch.
+        reuse_turns: Keep each row's key/value cache (prompt and completion) from one `complete`
+            call to the next, and start a chat from the longest kept prefix of its tokens: an
+            agent's next prompt is its last one plus the completion and a tool result, so only those
+            new tokens are run. Costs memory for one cache per chat of the last call (about 1 MB per
+            chat for the tiny lab's teacher; far more for a 7B model on a GPU). Off for `from_loaded`
+            models by default, since their weights may change between calls.
 
     Greedy decoding at temperature 0; otherwise plain temperature sampling over the whole vocabulary
     (no top-k, top-p or repetition penalty from the model's generation config), seeded with
@@ -112,6 +118,7 @@ class HFBackend:
         batch_size: int | None = None,
         chat_template: str | None = None,
         share_prefix: bool = True,
+        reuse_turns: bool = True,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -147,11 +154,12 @@ class HFBackend:
             _check_cpu_4bit_shapes(loaded, model_ref)
         loaded.eval()
         name = str(model) if adapter is None else f"{model}+{adapter}"
-        self._setup(loaded, tokenizer, name, batch_size, share_prefix)
+        self._setup(loaded, tokenizer, name, batch_size, share_prefix, reuse_turns)
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, *, name: str | None = None,
-                    batch_size: int | None = None, share_prefix: bool = True) -> "HFBackend":
+                    batch_size: int | None = None, share_prefix: bool = True,
+                    reuse_turns: bool = False) -> "HFBackend":
         """A backend around a model and tokenizer already in memory (e.g. one being trained).
 
         Neither is modified: padding is done here, not through the tokenizer's settings, and a model
@@ -159,11 +167,11 @@ class HFBackend:
         """
         backend = cls.__new__(cls)
         backend._setup(model, tokenizer, name or str(getattr(model, "name_or_path", "") or "in-memory"), batch_size,
-                       share_prefix)
+                       share_prefix, reuse_turns)
         return backend
 
     def _setup(self, model: Any, tokenizer: Any, name: str, batch_size: int | None,
-               share_prefix: bool = True) -> None:
+               share_prefix: bool = True, reuse_turns: bool = False) -> None:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
@@ -171,6 +179,8 @@ class HFBackend:
         self.name = name
         self.batch_size = batch_size
         self.share_prefix = share_prefix
+        self.reuse_turns = reuse_turns
+        self._kept: list[_KeptRow] = []  # the last call's rows, with their caches (see `reuse_turns`)
         self.stop_ids = _end_of_turn_ids(model, tokenizer)
         # Padding sits only under a zero attention mask, so any id that is not a stop id works; the
         # tokenizer's own pad token is preferred, and an EOS id is avoided so a padded row never
@@ -205,11 +215,13 @@ class HFBackend:
         try:
             if seed is not None:
                 torch.manual_seed(seed)
+            kept: list[_KeptRow] = []
             for start in range(0, len(order), size):
                 rows = order[start:start + size]
-                batch = self._generate([prompts[i] for i in rows], max_new_tokens, temperature)
+                batch = self._generate([prompts[i] for i in rows], max_new_tokens, temperature, kept)
                 for i, completion in zip(rows, batch):
                     results[i] = completion
+            self._kept = kept
         finally:
             self.model.train(was_training)
         return results  # type: ignore[return-value]
@@ -219,41 +231,50 @@ class HFBackend:
         text = self.tokenizer.apply_chat_template(chat, tools=tools, add_generation_prompt=True, tokenize=False)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float) -> list[Completion]:
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+                  keep: list["_KeptRow"] | None = None) -> list[Completion]:
         import torch
         from transformers import GenerationConfig, StaticCache
 
-        shared = self._shared_prefix_length(prompts)
-        width = max(len(p) for p in prompts)
+        reused = self._reused_prefixes(prompts)
+        # The cache is made here, not by `generate`, so that it can be preallocated (a growing one
+        # copies every row's whole cache at each new token), prefilled, and read back afterwards.
+        if reused is not None:  # [pad][this row's kept prefix][pad][its new tokens]
+            held = max(length for _, length in reused)
+            width = held + max(len(p) - length for p, (_, length) in zip(prompts, reused))
+        else:  # [shared prefix][pad][each row's own tokens]
+            held = self._shared_prefix_length(prompts)
+            width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            # Left padding, so every row continues from its last token; with a shared prefix the
-            # padding goes between the prefix and each row's own part: [prefix][pad][rest].
-            pad = width - len(prompt)
-            input_ids[row, :shared] = torch.tensor(prompt[:shared], dtype=torch.long)
-            input_ids[row, shared + pad:] = torch.tensor(prompt[shared:], dtype=torch.long)
-            attention_mask[row, :shared] = 1
-            attention_mask[row, shared + pad:] = 1
-        extra: dict[str, Any] = {}
-        if shared:
+            # Left padding within each part, so every row continues from its last token; position
+            # ids follow the attention mask, so padding in the middle does not shift them.
+            start = held - reused[row][1] if reused is not None else 0
+            own = reused[row][1] if reused is not None else held
+            input_ids[row, start:held] = torch.tensor(prompt[:own], dtype=torch.long)
+            attention_mask[row, start:held] = 1
+            rest = prompt[own:]
+            input_ids[row, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+            attention_mask[row, width - len(rest):] = 1
+        device = self.model.device
+        cache = StaticCache(config=self.model.config, max_cache_len=width + max_new_tokens)
+        if reused is not None:
+            self._fill_from_kept(cache, reused, held)
+        elif held:
             with torch.inference_mode():
-                prefix = self.model(input_ids=input_ids[:1, :shared].to(self.model.device), use_cache=True)
-            # A preallocated cache: a growing one would copy every row's whole cache at each new token.
-            cache = StaticCache(config=self.model.config, max_cache_len=width + max_new_tokens)
+                prefix = self.model(input_ids=input_ids[:1, :held].to(device), use_cache=True)
             for layer, source in zip(cache.layers, prefix.past_key_values.layers):
                 layer.update(source.keys.expand(len(prompts), -1, -1, -1),
                              source.values.expand(len(prompts), -1, -1, -1))
-            extra["past_key_values"] = cache
         # Explicit values, so that the model's own generation config (top_k=20, ...) does not apply.
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
             else {"do_sample": False}
         config = GenerationConfig(max_new_tokens=max_new_tokens, repetition_penalty=1.0,
                                   eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_token_id, **sampling)
-        device = self.model.device
         with torch.inference_mode():
             output = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                         generation_config=config, **extra)
+                                         generation_config=config, past_key_values=cache)
         completions = []
         for prompt, row in zip(prompts, output[:, width:].tolist()):
             end = next((k for k, token in enumerate(row) if token in self.stop_ids), None)
@@ -268,7 +289,74 @@ class HFBackend:
                 completion_tokens=len(row) if end is None else end + 1,
                 finish_reason="length" if end is None else "stop",
             ))
+        if keep is not None and self.reuse_turns and _plain_layers(cache):  # for the next call
+            keep.extend(self._rows_to_keep(prompts, output[:, width:], attention_mask, cache))
         return completions
+
+    def _model_tag(self) -> tuple:
+        """What a kept cache was computed with: this model and, for a PEFT model, its active adapter."""
+        return id(self.model), str(getattr(self.model, "active_adapter", None))
+
+    def _reused_prefixes(self, prompts: list[list[int]]) -> "list[tuple[_KeptRow | None, int]] | None":
+        """Per prompt, the kept row sharing its longest prefix and that length (at most all but its last
+        token); None when reuse is off or no prompt shares enough with any kept row."""
+        import torch
+
+        if not self.reuse_turns:
+            return None
+        tag = self._model_tag()
+        candidates = [k for k in self._kept if k.tag == tag]
+        if not candidates:
+            return None
+        longest = max(len(k.tokens) for k in candidates)
+        table = torch.full((len(candidates), longest), -1, dtype=torch.long)
+        for i, k in enumerate(candidates):
+            table[i, :len(k.tokens)] = torch.tensor(k.tokens, dtype=torch.long)
+        found: list[tuple[_KeptRow | None, int]] = []
+        for prompt in prompts:
+            head = torch.tensor(prompt[:longest], dtype=torch.long)
+            common = (table[:, :len(head)] == head).long().cumprod(dim=1).sum(dim=1)
+            best = int(common.argmax())
+            length = min(int(common[best]), len(prompt) - 1)
+            found.append((candidates[best], length) if length >= _MIN_SHARED_PREFIX else (None, 0))
+        return found if any(k is not None for k, _ in found) else None
+
+    def _fill_from_kept(self, cache: Any, reused: "list[tuple[_KeptRow | None, int]]", held: int) -> None:
+        """Write each row's kept keys and values, right-aligned, into the first `held` slots of `cache`."""
+        import torch
+
+        sample = next(k for k, _ in reused if k is not None)
+        for index, layer in enumerate(cache.layers):
+            heads, _, dim = sample.keys[index].shape
+            keys = torch.zeros((len(reused), heads, held, dim), dtype=sample.keys[index].dtype,
+                               device=sample.keys[index].device)
+            values = torch.zeros_like(keys)
+            for row, (k, length) in enumerate(reused):
+                if k is not None and length:
+                    keys[row, :, held - length:] = k.keys[index][:, :length]
+                    values[row, :, held - length:] = k.values[index][:, :length]
+            layer.update(keys, values)
+
+    def _rows_to_keep(self, prompts: list[list[int]], generated: Any, attention_mask: Any,
+                      cache: Any) -> list["_KeptRow"]:
+        """Each row's tokens and their keys and values: its prompt and the completion tokens whose
+        cache was written (the last token `generate` produced never went through the model)."""
+        import torch
+
+        tag, steps = self._model_tag(), generated.shape[1]
+        width = attention_mask.shape[1]
+        rows = []
+        for row, (prompt, tokens) in enumerate(zip(prompts, generated.tolist())):
+            end = next((k for k, token in enumerate(tokens) if token in self.stop_ids), None)
+            count = min(steps if end is None else end + 1, steps - 1)
+            slots = torch.cat([attention_mask[row].nonzero().flatten(), torch.arange(width, width + count)])
+            slots = slots.to(cache.layers[0].keys.device)
+            rows.append(_KeptRow(
+                tokens=list(prompt) + tokens[:count], tag=tag,
+                keys=[layer.keys[row].index_select(1, slots) for layer in cache.layers],
+                values=[layer.values[row].index_select(1, slots) for layer in cache.layers],
+            ))
+        return rows
 
     def _shared_prefix_length(self, prompts: list[list[int]]) -> int:
         """How many leading tokens all `prompts` share and `_generate` runs once: 0 when sharing is
@@ -281,6 +369,22 @@ class HFBackend:
         while length < shortest and all(p[length] == prompts[0][length] for p in prompts):
             length += 1
         return length if length >= _MIN_SHARED_PREFIX else 0
+
+
+@dataclass
+class _KeptRow:
+    """One chat of the last `complete` call: its tokens and, per layer, their keys and values
+    (heads × tokens × head size), computed by the model in the state `tag` names."""
+
+    tokens: list[int]
+    tag: tuple
+    keys: list[Any]
+    values: list[Any]
+
+
+def _plain_layers(cache: Any) -> bool:
+    """Whether every layer of a static cache stores token i at slot i (sliding-window layers roll)."""
+    return all(type(layer).__name__ == "StaticLayer" for layer in cache.layers)
 
 
 _MIN_SHARED_PREFIX = 16  # tokens; a shorter shared prefix is not worth its extra forward pass (a rule of thumb)
