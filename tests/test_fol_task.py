@@ -365,3 +365,18 @@ def test_folio_records_with_unreadable_formulas_are_skipped_or_refused(tmp_path,
     assert f"{path}:2" in caplog.text
     with pytest.raises(ValueError, match=f"{path}:2.*position"):
         TASK.load(path, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("offered", "named", "absent"),
+    [
+        (None, ["add_fact", "add_rule", "add_premise", "query", "prove"], []),
+        (["add_fact", "add_rule", "query"], ["add_fact", "add_rule", "query"], ["add_premise", "prove"]),
+        (["add_premise", "prove"], ["add_premise", "prove"], ["add_fact", "add_rule", "query"]),
+    ],
+)
+def test_the_instructions_name_only_the_functions_offered(offered, named, absent):
+    task = get_task("fol", offered)
+    text = task.instructions
+    assert all(name in text for name in named) and not any(name in text for name in absent)
+    assert task.system_prompt().startswith(text)

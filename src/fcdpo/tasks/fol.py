@@ -502,12 +502,27 @@ class FolTask(Task):
     """First-order logic problems answered True / False / Unknown with a z3-backed knowledge base."""
 
     name = "fol"
-    instructions = (
-        "Decide whether the statement after \"True, false, or unknown:\" follows from the facts and "
-        "rules given. Record each fact with add_fact and each rule with add_rule (or each sentence "
-        "as a formula with add_premise), then ask with query (or prove). Answer True if the "
-        "statement follows, False if its opposite follows, and Unknown if neither does."
-    )
+
+    @property
+    def instructions(self) -> str:  # type: ignore[override]
+        """The task's guidance, naming only the functions the task offers."""
+        offered = set(self.function_names or [f.__name__ for f in _make_functions(KnowledgeBase())])
+        record = []
+        if {"add_fact", "add_rule"} <= offered:
+            record.append("each fact with add_fact and each rule with add_rule")
+        if "add_premise" in offered:
+            record.append("each sentence as a formula with add_premise")
+        ask = [f for f in ("query", "prove") if f in offered]
+        how = ""
+        if record and ask:
+            alternative = f" (or {record[1]})" if len(record) > 1 else ""
+            asking = ask[0] + (f" (or {ask[1]})" if len(ask) > 1 else "")
+            how = f"Record {record[0]}{alternative}, then ask with {asking}. "
+        return (
+            "Decide whether the statement after \"True, false, or unknown:\" follows from the facts and "
+            f"rules given. {how}Answer True if the statement follows, False if its opposite follows, "
+            "and Unknown if neither does."
+        )
 
     def __init__(self, prover_timeout_ms: int = PROVER_TIMEOUT_MS) -> None:
         self.prover_timeout_ms = prover_timeout_ms
