@@ -2,7 +2,9 @@
 
 import pytest
 
-from fcdpo.agent import Agent, AgentConfig, gold_messages, read_turn
+import threading
+
+from fcdpo.agent import Agent, AgentConfig, advance_all, gold_messages, read_turn
 from fcdpo.tasks import Problem, get_task
 from tests.scripted import ScriptedBackend
 
@@ -91,6 +93,51 @@ def test_unfinished_chains_advance_together_in_one_batch_per_step():
                            slow.question: ["add(a=2, b=3)", "Final answer: 5"]}, problems=[quick, slow])
     assert a.correct and b.correct
     assert backend.calls == [2, 1]
+
+
+def test_a_steps_function_calls_run_side_by_side_and_give_the_same_chains(monkeypatch):
+    # Each call waits at a two-party barrier, so it only returns if another chain's call runs at
+    # the same time; run one after the other, every call would fail with a broken barrier.
+    monkeypatch.setattr("fcdpo.agent._CALL_THREADS", 2)
+    barrier = threading.Barrier(2, timeout=1.5)
+
+    def paired_add(a: float, b: float) -> float:
+        """Add, once another call is running too.
+
+        Example: paired_add(a=1, b=2)
+
+        Args:
+            a: A number.
+            b: A number.
+        """
+        barrier.wait()
+        return a + b
+
+    from fcdpo.functions import FunctionSet
+
+    class PairedMath(type(MATH)):
+        def functions(self):
+            return FunctionSet([paired_add], time_limit=5.0)
+
+    problems = [problem(question=f"Q{i}: add {i} and 1.", answer=str(i + 1), pid=f"p{i}") for i in range(4)]
+    backend = ScriptedBackend({p.question: [f"paired_add(a={i}, b=1)", f"Final answer: {i + 1}"]
+                               for i, p in enumerate(problems)})
+    chains = Agent(PairedMath(), backend, AgentConfig()).run(problems)
+    assert [t.messages[3]["content"] for t in chains] == ["1", "2", "3", "4"]
+    assert [t.correct for t in chains] == [True] * 4 and all(t.errors["execution_error"] == 0 for t in chains)
+
+
+def test_advance_all_reraises_a_chains_error_after_running_the_others():
+    done = []
+
+    def advance(chain, value):
+        if chain == "bad":
+            raise RuntimeError("boom")
+        done.append((chain, value))
+
+    with pytest.raises(RuntimeError, match="boom"):
+        advance_all(advance, ["a", "bad", "c"], [1, 2, 3])
+    assert sorted(done) == [("a", 1), ("c", 3)]
 
 
 def test_native_json_tool_calls_are_executed():

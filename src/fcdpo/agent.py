@@ -20,9 +20,11 @@ take it unchanged.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -238,8 +240,8 @@ class Agent:
                 temperature=temperature,
                 seed=None if seed is None else seed + step,
             )
-            for chain, completion in zip(active, completions, strict=True):
-                self._advance(chain, completion)
+            advance_all(self._advance, active, completions)
+            for chain in active:
                 if chain.stop is not None:
                     chain.trajectory = self._record(chain)
                     if on_finish is not None:
@@ -305,6 +307,25 @@ class Agent:
             seconds=round(chain.seconds, 4),
             meta=dict(problem.meta),
         )
+
+
+# Threads that run a step's function calls: chains keep separate function sets (a knowledge base
+# each), and z3 proofs release the GIL, so a batch's proofs run side by side.
+_CALL_THREADS = min(8, os.cpu_count() or 1)
+
+
+def advance_all(advance: Callable[..., None], chains: list[Any], *per_chain: list[Any]) -> None:
+    """`advance(chain, *args)` for every chain and its row of `per_chain`, on a few threads when
+    there are several chains. Each call may touch only its own chain (messages, function set),
+    so the result is the same as one after the other."""
+    jobs = list(zip(chains, *per_chain, strict=True))
+    if len(jobs) < 2 or _CALL_THREADS < 2:
+        for job in jobs:
+            advance(*job)
+        return
+    with ThreadPoolExecutor(max_workers=min(_CALL_THREADS, len(jobs)), thread_name_prefix="fcdpo-step") as pool:
+        for future in [pool.submit(advance, *job) for job in jobs]:
+            future.result()  # re-raises a chain's unexpected error here
 
 
 def format_chain(messages: list[dict[str, Any]], system: bool = False) -> str:

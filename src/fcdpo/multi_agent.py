@@ -57,6 +57,7 @@ from fcdpo.agent import (
     SYNTAXES,
     Agent,
     Trajectory,
+    advance_all,
     assistant_message,
     gold_messages,
     read_turn,
@@ -372,8 +373,8 @@ class MultiAgent:
                     seed=None if seed is None else seed + backend_calls,
                 )
                 backend_calls += 1
-                for chain, completion in zip(waiting, completions, strict=True):
-                    self._advance(chain, role, completion)
+                advance_all(self._advance, waiting, [role] * len(waiting), completions)
+                for chain in waiting:
                     if chain.stop is not None:
                         chain.trajectory = self._record(chain)
                         if on_finish is not None:
