@@ -5,6 +5,7 @@ import pytest
 import threading
 
 from fcdpo.agent import Agent, AgentConfig, advance_all, gold_messages, read_turn
+from fcdpo.functions import FunctionSet
 from fcdpo.tasks import Problem, get_task
 from tests.scripted import ScriptedBackend
 
@@ -112,8 +113,6 @@ def test_a_steps_function_calls_run_side_by_side_and_give_the_same_chains(monkey
         """
         barrier.wait()
         return a + b
-
-    from fcdpo.functions import FunctionSet
 
     class PairedMath(type(MATH)):
         def functions(self):
