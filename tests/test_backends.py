@@ -542,6 +542,15 @@ def test_load_backend_builds_the_kind_named(scripted_dir):
     assert isinstance(backend, HFBackend) and backend.batch_size == 2
 
 
+def test_a_model_in_the_run_folder_is_named_as_the_profile_names_it(scripted_dir):
+    # Records carry the backend's name: `lab/teacher`, not the path of one machine's run folder.
+    run = scripted_dir.parent
+    backend = load_backend({"kind": "hf", "model": scripted_dir.name}, root=run)
+    assert backend.name == scripted_dir.name
+    assert backend.complete(CHATS, max_new_tokens=4) == HFBackend(scripted_dir).complete(CHATS, max_new_tokens=4)
+    assert load_backend({"kind": "hf", "model": str(scripted_dir)}, root=run).name == str(scripted_dir)
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"model": "m"}, r"kind must be one of \['hf', 'openai'\], got None"),
     ({"kind": "vllm", "model": "m"}, r"kind must be one of"),

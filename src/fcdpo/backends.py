@@ -709,9 +709,15 @@ def load_backend(spec: dict, root: str | Path | None = None) -> Backend:
     missing = sorted(required - set(arguments))
     if missing:
         raise ValueError(f"backend spec: kind {kind!r} needs {missing}")
+    resolved = False
     if root is not None:  # a relative local path names a folder inside the run (the tiny lab's models)
         for key in ("model", "adapter"):
             value = arguments.get(key)
             if kind == "hf" and isinstance(value, str) and (Path(root) / value).exists():
                 arguments[key] = str(Path(root) / value)
-    return cls(**arguments)
+                resolved = True
+    backend = cls(**arguments)
+    if resolved:  # records name the model as the profile does (`lab/teacher`), not by this machine's path
+        adapter = spec.get("adapter")
+        backend.name = str(spec["model"]) if adapter is None else f"{spec['model']}+{adapter}"
+    return backend
