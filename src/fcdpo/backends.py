@@ -153,8 +153,7 @@ class HFBackend:
         if load_in_4bit and device.startswith("cpu"):
             _check_cpu_4bit_shapes(loaded, model_ref)
         loaded.eval()
-        name = str(model) if adapter is None else f"{model}+{adapter}"
-        self._setup(loaded, tokenizer, name, batch_size, share_prefix, reuse_turns)
+        self._setup(loaded, tokenizer, _model_name(model, adapter), batch_size, share_prefix, reuse_turns)
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, *, name: str | None = None,
@@ -718,6 +717,10 @@ def load_backend(spec: dict, root: str | Path | None = None) -> Backend:
                 resolved = True
     backend = cls(**arguments)
     if resolved:  # records name the model as the profile does (`lab/teacher`), not by this machine's path
-        adapter = spec.get("adapter")
-        backend.name = str(spec["model"]) if adapter is None else f"{spec['model']}+{adapter}"
+        backend.name = _model_name(spec["model"], spec.get("adapter"))
     return backend
+
+
+def _model_name(model: str | Path, adapter: str | Path | None) -> str:
+    """How records name a local model: its reference, and its adapter's after a `+`."""
+    return str(model) if adapter is None else f"{model}+{adapter}"
