@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-from fcdpo.backends import BackendError, Completion, HFBackend, OpenAIBackend, load_backend, to_openai_messages
+from fcdpo import prefix_attention
+from fcdpo.backends import (BackendError, Completion, HFBackend, OpenAIBackend, _use_prefix_attention, load_backend,
+                            to_openai_messages)
 from fcdpo.tinylab import IM_END, TOOL_CALL_END, TOOL_CALL_START, build_model, build_tokenizer
 
 CORPUS = [
@@ -190,6 +192,27 @@ def test_a_kept_cache_is_not_used_by_a_model_in_another_state(random_dir):
         kept.tag = ("another model", "or another adapter")
     assert backend._reused_prefixes(prompts) is None
     assert HFBackend.from_loaded(backend.model, backend.tokenizer).reuse_turns is False  # weights may change
+
+
+def test_kept_rows_share_one_copy_of_their_common_prefix(random_dir):
+    backend = HFBackend(random_dir)
+    assert backend._prefix_attention and backend.model.config._attn_implementation == prefix_attention.NAME
+    got = backend.complete(SHARED_CHATS, max_new_tokens=6)
+    assert len({id(kept.prefix) for kept in backend._kept}) == 1 and backend._kept[0].prefix.length >= 16
+    # One chat goes on alone: its cache is put together from the shared prefix and its own part.
+    alone = SHARED_CHATS[1] + [{"role": "assistant", "content": got[1].text.strip()}, {"role": "tool", "content": "5"}]
+    assert backend._reused_prefixes([backend.encode(alone)])[0][1] > backend._kept[0].prefix.length
+    fresh = HFBackend(random_dir, reuse_turns=False, share_prefix=False)
+    assert not fresh._prefix_attention
+    assert backend.complete([alone], max_new_tokens=6) == fresh.complete([alone], max_new_tokens=6)
+    assert backend._kept[0].prefix is None  # nothing to share in one chat
+
+
+def test_only_a_model_on_full_sdpa_attention_switches_to_prefix_attention(random_dir):
+    eager = AutoModelForCausalLM.from_pretrained(random_dir, attn_implementation="eager")
+    assert not _use_prefix_attention(eager) and eager.config._attn_implementation == "eager"
+    sdpa = AutoModelForCausalLM.from_pretrained(random_dir, attn_implementation="sdpa")
+    assert _use_prefix_attention(sdpa) and sdpa.config._attn_implementation == prefix_attention.NAME
 
 
 def test_a_shared_prefix_always_leaves_every_row_a_token_of_its_own(random_backend):

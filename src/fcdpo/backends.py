@@ -21,6 +21,7 @@ Completion text is untrusted model output: it is returned as written (tool-call 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
 
 END_OF_TURN = "<|im_end|>"  # ChatML's end of an assistant turn (Qwen2 and the tiny lab)
 MAX_BACKOFF_S = 30.0  # longest wait between two attempts of one request
@@ -92,8 +95,10 @@ class HFBackend:
         share_prefix: Run the prompt prefix that all chats of a batch share (the system prompt with
             its function descriptions, usually most of the prompt) once, and give every row a copy
             of its key/value cache, instead of running it once per row. The completions are the
-            same; only the cost of the prompt changes. Turn it off for models whose cache cannot be
-            copied across a batch.
+            same; only the cost of the prompt changes. On CPU, a model on SDPA attention also reads
+            that prefix's keys and values once per step for the whole batch rather than once per row
+            (`fcdpo.prefix_attention`): decoding there is bound by memory reads, most of them the
+            prefix's. Turn it off for models whose cache cannot be copied across a batch.
         reuse_turns: Keep each row's key/value cache (prompt and completion) from one `complete`
             call to the next, and start a chat from the longest kept prefix of its tokens: an
             agent's next prompt is its last one plus the completion and a tool result, so only those
@@ -154,6 +159,8 @@ class HFBackend:
             _check_cpu_4bit_shapes(loaded, model_ref)
         loaded.eval()
         self._setup(loaded, tokenizer, _model_name(model, adapter), batch_size, share_prefix, reuse_turns)
+        if share_prefix and device.startswith("cpu"):
+            self._prefix_attention = _use_prefix_attention(loaded)
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, *, name: str | None = None,
@@ -180,6 +187,7 @@ class HFBackend:
         self.share_prefix = share_prefix
         self.reuse_turns = reuse_turns
         self._kept: list[_KeptRow] = []  # the last call's rows, with their caches (see `reuse_turns`)
+        self._prefix_attention = False  # whether the model reads a batch's shared prefix from one row
         self.stop_ids = _end_of_turn_ids(model, tokenizer)
         # Padding sits only under a zero attention mask, so any id that is not a stop id works; the
         # tokenizer's own pad token is preferred, and an EOS id is avoided so a padded row never
@@ -238,40 +246,56 @@ class HFBackend:
         reused = self._reused_prefixes(prompts)
         # The cache is made here, not by `generate`, so that it can be preallocated (a growing one
         # copies every row's whole cache at each new token), prefilled, and read back afterwards.
-        if reused is not None:  # [pad][this row's kept prefix][pad][its new tokens]
-            held = max(length for _, length in reused)
+        # Layout: [shared prefix][pad][this row's kept tokens after it][pad][its new tokens]. The
+        # prefix all prompts share comes first in every row, so that with prefix attention only the
+        # first row needs to hold it (see `fcdpo.prefix_attention`).
+        shared = self._shared_prefix_length(prompts)
+        if reused is not None:
+            shared = min(shared, *(length for _, length in reused))
+            shared = shared if shared >= _MIN_SHARED_PREFIX else 0
+            held = shared + max(length - shared for _, length in reused)
             width = held + max(len(p) - length for p, (_, length) in zip(prompts, reused))
-        else:  # [shared prefix][pad][each row's own tokens]
-            held = self._shared_prefix_length(prompts)
-            width = max(len(p) for p in prompts)
+        else:
+            held, width = shared, max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
             # Left padding within each part, so every row continues from its last token; position
             # ids follow the attention mask, so padding in the middle does not shift them.
-            start = held - reused[row][1] if reused is not None else 0
             own = reused[row][1] if reused is not None else held
-            input_ids[row, start:held] = torch.tensor(prompt[:own], dtype=torch.long)
-            attention_mask[row, start:held] = 1
+            input_ids[row, :shared] = torch.tensor(prompt[:shared], dtype=torch.long)
+            input_ids[row, held - (own - shared):held] = torch.tensor(prompt[shared:own], dtype=torch.long)
+            attention_mask[row, :shared] = 1
+            attention_mask[row, held - (own - shared):held] = 1
             rest = prompt[own:]
             input_ids[row, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
             attention_mask[row, width - len(rest):] = 1
         device = self.model.device
         cache = StaticCache(config=self.model.config, max_cache_len=width + max_new_tokens)
+        one_row_prefix = bool(shared) and self._prefix_attention and len(prompts) > 1 and _plain_layers(cache)
         if reused is not None:
-            self._fill_from_kept(cache, reused, held)
+            self._fill_from_kept(cache, reused, shared, held, one_row_prefix)
         elif held:
             with torch.inference_mode():
                 prefix = self.model(input_ids=input_ids[:1, :held].to(device), use_cache=True)
-            for layer, source in zip(cache.layers, prefix.past_key_values.layers):
-                layer.update(source.keys.expand(len(prompts), -1, -1, -1),
-                             source.values.expand(len(prompts), -1, -1, -1))
+            if one_row_prefix:
+                sources = [(layer.keys[0], layer.values[0]) for layer in prefix.past_key_values.layers]
+                _preallocate(cache, len(prompts), held, sources)
+                for layer, (keys, values) in zip(cache.layers, sources):
+                    layer.keys[0, :, :held] = keys
+                    layer.values[0, :, :held] = values
+            else:
+                for layer, source in zip(cache.layers, prefix.past_key_values.layers):
+                    layer.update(source.keys.expand(len(prompts), -1, -1, -1),
+                                 source.values.expand(len(prompts), -1, -1, -1))
         # Explicit values, so that the model's own generation config (top_k=20, ...) does not apply.
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
             else {"do_sample": False}
         config = GenerationConfig(max_new_tokens=max_new_tokens, repetition_penalty=1.0,
                                   eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_token_id, **sampling)
-        with torch.inference_mode():
+        from fcdpo import prefix_attention
+
+        with torch.inference_mode(), prefix_attention.shared_prefix(shared if one_row_prefix else 0):
             output = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                          generation_config=config, past_key_values=cache)
         completions = []
@@ -289,7 +313,7 @@ class HFBackend:
                 finish_reason="length" if end is None else "stop",
             ))
         if keep is not None and self.reuse_turns and _plain_layers(cache):  # for the next call
-            keep.extend(self._rows_to_keep(prompts, output[:, width:], attention_mask, cache))
+            keep.extend(self._rows_to_keep(prompts, output[:, width:], attention_mask, cache, shared))
         return completions
 
     def _model_tag(self) -> tuple:
@@ -320,40 +344,47 @@ class HFBackend:
             found.append((candidates[best], length) if length >= _MIN_SHARED_PREFIX else (None, 0))
         return found if any(k is not None for k, _ in found) else None
 
-    def _fill_from_kept(self, cache: Any, reused: "list[tuple[_KeptRow | None, int]]", held: int) -> None:
-        """Write each row's kept keys and values, right-aligned, into the first `held` slots of `cache`."""
-        import torch
-
+    def _fill_from_kept(self, cache: Any, reused: "list[tuple[_KeptRow | None, int]]", shared: int, held: int,
+                        one_row_prefix: bool) -> None:
+        """Write the kept keys and values into the first `held` slots of `cache`: the `shared` prefix
+        at the start (in the first row only when `one_row_prefix`), the rest of each row right-aligned."""
         sample = next(k for k, _ in reused if k is not None)
+        _preallocate(cache, len(reused), held, [(k, v) for k, v in zip(sample.keys, sample.values)])
         for index, layer in enumerate(cache.layers):
-            heads, _, dim = sample.keys[index].shape
-            keys = torch.zeros((len(reused), heads, held, dim), dtype=sample.keys[index].dtype,
-                               device=sample.keys[index].device)
-            values = torch.zeros_like(keys)
-            for row, (k, length) in enumerate(reused):
-                if k is not None and length:
-                    keys[row, :, held - length:] = k.keys[index][:, :length]
-                    values[row, :, held - length:] = k.values[index][:, :length]
-            layer.update(keys, values)
+            if shared:
+                keys, values = reused[0][0].span(index, 0, shared)  # every row starts with them
+                rows = slice(0, 1) if one_row_prefix else slice(None)
+                layer.keys[rows, :, :shared] = keys
+                layer.values[rows, :, :shared] = values
+            for row, (kept, length) in enumerate(reused):
+                if kept is not None and length > shared:
+                    keys, values = kept.span(index, shared, length)
+                    layer.keys[row, :, held - (length - shared):held] = keys
+                    layer.values[row, :, held - (length - shared):held] = values
 
     def _rows_to_keep(self, prompts: list[list[int]], generated: Any, attention_mask: Any,
-                      cache: Any) -> list["_KeptRow"]:
+                      cache: Any, shared: int) -> list["_KeptRow"]:
         """Each row's tokens and their keys and values: its prompt and the completion tokens whose
-        cache was written (the last token `generate` produced never went through the model)."""
+        cache was written (the last token `generate` produced never went through the model). The
+        `shared` prefix's keys and values are taken once, from the first row, for all rows."""
         import torch
 
         tag, steps = self._model_tag(), generated.shape[1]
         width = attention_mask.shape[1]
+        prefix = _SharedKeys(shared, keys=[layer.keys[0, :, :shared].clone() for layer in cache.layers],
+                             values=[layer.values[0, :, :shared].clone() for layer in cache.layers]) if shared else None
         rows = []
         for row, (prompt, tokens) in enumerate(zip(prompts, generated.tolist())):
             end = next((k for k, token in enumerate(tokens) if token in self.stop_ids), None)
             count = min(steps if end is None else end + 1, steps - 1)
-            slots = torch.cat([attention_mask[row].nonzero().flatten(), torch.arange(width, width + count)])
+            slots = torch.cat([attention_mask[row, shared:].nonzero().flatten() + shared,
+                               torch.arange(width, width + count)])
             slots = slots.to(cache.layers[0].keys.device)
             rows.append(_KeptRow(
                 tokens=list(prompt) + tokens[:count], tag=tag,
                 keys=[layer.keys[row].index_select(1, slots) for layer in cache.layers],
                 values=[layer.values[row].index_select(1, slots) for layer in cache.layers],
+                prefix=prefix,
             ))
         return rows
 
@@ -371,14 +402,72 @@ class HFBackend:
 
 
 @dataclass
+class _SharedKeys:
+    """The keys and values of a prefix several kept rows share, per layer heads × tokens × head size."""
+
+    length: int
+    keys: list[Any]
+    values: list[Any]
+
+
+@dataclass
 class _KeptRow:
     """One chat of the last `complete` call: its tokens and, per layer, their keys and values
-    (heads × tokens × head size), computed by the model in the state `tag` names."""
+    (heads × tokens × head size), computed by the model in the state `tag` names. The first
+    `prefix.length` tokens' keys and values are in `prefix`, shared with the other rows of the call;
+    `keys` and `values` hold the rest."""
 
     tokens: list[int]
     tag: tuple
     keys: list[Any]
     values: list[Any]
+    prefix: _SharedKeys | None = None
+
+    def span(self, layer: int, start: int, stop: int) -> tuple[Any, Any]:
+        """The keys and values of tokens `[start, stop)` at `layer`."""
+        import torch
+
+        cut = self.prefix.length if self.prefix is not None else 0
+        keys, values = [], []
+        if start < cut:
+            keys.append(self.prefix.keys[layer][:, start:min(stop, cut)])
+            values.append(self.prefix.values[layer][:, start:min(stop, cut)])
+        if stop > cut or not keys:
+            keys.append(self.keys[layer][:, max(start - cut, 0):max(stop - cut, 0)])
+            values.append(self.values[layer][:, max(start - cut, 0):max(stop - cut, 0)])
+        if len(keys) == 1:
+            return keys[0], values[0]
+        return torch.cat(keys, dim=1), torch.cat(values, dim=1)
+
+
+def _preallocate(cache: Any, rows: int, held: int, like: list[tuple[Any, Any]]) -> None:
+    """Allocate every layer of a static `cache` for `rows` rows, with keys and values of the dtype,
+    device and heads of `like` (per layer, heads × tokens × head size), and count its first `held`
+    slots as written: the caller writes them directly, without an intermediate batch tensor."""
+    for layer, (keys, values) in zip(cache.layers, like):
+        layer.lazy_initialization(keys.new_empty((rows, keys.shape[0], 0, keys.shape[-1])),
+                                  values.new_empty((rows, values.shape[0], 0, values.shape[-1])))
+        layer.cumulative_length.add_(held)
+
+
+def _use_prefix_attention(model: Any) -> bool:
+    """Switch `model` to `fcdpo.prefix_attention` where it runs SDPA over full (not sliding-window)
+    attention in every layer, and say whether it did; any other model is left as it was."""
+    from fcdpo import prefix_attention
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT adapter
+    config = base.config
+    layer_types = getattr(config, "layer_types", None) or []
+    if (getattr(config, "_attn_implementation", None) != "sdpa"
+            or getattr(config, "use_sliding_window", False)
+            or any(kind != "full_attention" for kind in layer_types)):
+        return False
+    try:
+        base.set_attn_implementation(prefix_attention.register())
+    except (ValueError, ImportError) as exc:
+        logger.info("keeping SDPA for %s: %s", getattr(config, "name_or_path", "the model"), exc)
+        return False
+    return base.config._attn_implementation == prefix_attention.NAME
 
 
 def _plain_layers(cache: Any) -> bool:

@@ -1,0 +1,102 @@
+"""Attention that reads the prefix all rows of a batch share once, instead of once per row.
+
+An agent's chats of one task share their system prompt with its function descriptions, most of each
+prompt. In a batched decoding step every row attends to its own copy of that prefix's keys and
+values, and on a CPU that attention is bound by memory reads, so batching saves nothing on it. Inside
+`shared_prefix(n)`, the first `n` cache slots are read from the batch's first row only: all rows'
+queries meet those keys in one matrix product, each row's own later slots are read as usual, and one
+softmax spans both (the split of "cascade" attention, without its separate kernels). The other rows'
+first `n` slots are never read, so the caller need not fill them.
+
+The caller guarantees that slots `[0, n)` hold the same tokens at the same positions in every row and
+that every query may attend to all of them; `fcdpo.backends.HFBackend` lays its cache out so. Outside
+`shared_prefix`, with one row, or for a model in training, this is PyTorch's SDPA as transformers
+calls it. The attention weights are computed explicitly, so a call whose score tensor would exceed
+`MAX_SCORES` elements (a long prompt prefilled in a large batch) copies the prefix into every row and
+uses SDPA instead.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator
+
+import torch
+
+NAME = "fcdpo_shared_prefix"
+MAX_SCORES = 1 << 25  # elements of one layer's score tensor (128 MB in float32)
+
+_PREFIX: ContextVar[int] = ContextVar("fcdpo_shared_prefix", default=0)
+
+
+@contextmanager
+def shared_prefix(length: int) -> Iterator[None]:
+    """Within this block, attention reads cache slots `[0, length)` from the first row only."""
+    if length < 0:
+        raise ValueError(f"a shared prefix cannot be negative, got {length}")
+    token = _PREFIX.set(length)
+    try:
+        yield
+    finally:
+        _PREFIX.reset(token)
+
+
+def attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """An attention function for transformers' `AttentionInterface` (see the module docstring).
+
+    `query` is batch × heads × new tokens × head size; `key` and `value` are the whole cache,
+    batch × key/value heads × slots × head size; the mask is SDPA's, boolean or additive.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    prefix = _PREFIX.get()
+    batch, heads, length, dim = query.shape
+    kv_heads, slots = key.shape[1], key.shape[2]
+    shares = 0 < prefix < slots and batch > 1
+    if (not shares or module.training or attention_mask is None or kwargs.get("sliding_window") is not None
+            or batch * heads * length * slots > MAX_SCORES):
+        if shares:  # rows other than the first may not hold the prefix: give every row the first's
+            key = torch.cat([key[:1, :, :prefix].expand(batch, -1, -1, -1), key[:, :, prefix:]], dim=2)
+            value = torch.cat([value[:1, :, :prefix].expand(batch, -1, -1, -1), value[:, :, prefix:]], dim=2)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+
+    groups = heads // kv_heads  # query heads per key/value head, as `repeat_kv` pairs them
+    scaling = dim ** -0.5 if scaling is None else scaling
+    grouped = query.reshape(batch, kv_heads, groups * length, dim)
+    scores = torch.cat([
+        torch.einsum("bkqd,kpd->bkqp", grouped, key[0, :, :prefix]),  # the prefix's keys, read once
+        torch.matmul(grouped, key[:, :, prefix:].transpose(2, 3)),   # each row's own
+    ], dim=-1).float() * scaling
+    mask = attention_mask[..., prefix:]  # the prefix is visible to every query
+    if groups > 1:
+        mask = mask.repeat(1, 1, groups, 1)
+    own = scores[..., prefix:]
+    if mask.dtype == torch.bool:
+        own.masked_fill_(~mask, float("-inf"))
+    else:
+        own.add_(mask)
+    weights = scores.softmax(dim=-1).to(value.dtype)
+    output = (torch.einsum("bkqp,kpd->bkqd", weights[..., :prefix], value[0, :, :prefix])
+              + torch.matmul(weights[..., prefix:], value[:, :, prefix:]))
+    return output.reshape(batch, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+def register() -> str:
+    """Register `attention` (with SDPA's masks) under `NAME` with transformers, and return the name."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(NAME, attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return NAME
