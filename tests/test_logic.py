@@ -390,3 +390,86 @@ def test_formatting_covers_every_node_kind():
     formula = Quantified("∃", "x", Connective("∧", (inequality, Atom("S", ()))))
     assert format_formula(formula) == "∃x (¬(x = a) ∧ S)"
     assert parse_formula(format_formula(formula)) == formula
+
+
+# ---------------------------------------------------------------------------------------------
+# Universal premises handed to z3 as their instances
+
+
+def _quantifier_free():
+    """Quantifier-free formulas over P/1, R/2, S and the terms `terms` draws from."""
+    def atoms(terms):
+        return st.one_of(
+            st.builds(lambda t: f"P({t})", terms),
+            st.builds(lambda t, u: f"R({t}, {u})", terms, terms),
+            st.just("S"),
+            st.builds(lambda t, u: f"{t} = {u}", terms, terms),
+        )
+
+    def extend(inner):
+        return st.one_of(
+            st.builds(lambda f: f"¬({f})", inner),
+            st.builds(lambda f, op, g: f"({f}) {op} ({g})", inner, st.sampled_from(["∧", "∨", "⊕", "→", "↔"]), inner),
+        )
+
+    return lambda terms: st.recursive(atoms(terms), extend, max_leaves=6)
+
+
+def _universal_premises():
+    body = _quantifier_free()
+    universal = st.builds(lambda head, f: f"{head} ({f})", st.sampled_from(["∀x", "∀x ∀y", "∀y ∀x ∀y"]),
+                          body(st.sampled_from(["a", "b", "x", "y"])))
+    ground = body(st.sampled_from(["a", "b", "c"]))
+    return st.lists(st.one_of(universal, ground), min_size=1, max_size=4)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_universal_premises(), _quantifier_free()(st.sampled_from(["a", "b", "c"])))
+def test_instances_of_universal_premises_decide_what_the_quantified_premises_do(premises, conclusion):
+    answers = []
+    for instantiate in (True, False):
+        kb = KnowledgeBase(instantiate=instantiate)
+        for premise in premises:
+            kb.add(premise)
+        try:
+            answers.append(kb.prove(conclusion))
+        except InconsistentPremises:
+            answers.append("inconsistent")
+        except ProofTimeout:
+            return  # z3 gave up on the quantified premises; nothing to compare
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("premises, conclusion, label", [
+    (["∀x P(x)"], "S", "Unknown"),  # no constant anywhere: one stand-in keeps the domain non-empty
+    (["∀x P(x)", "¬S"], "S", "False"),
+    (["∀x (P(x) → S)", "∀x P(x)"], "S", "True"),  # needs some element to exist
+    (["∀x (P(x) ∧ ¬P(x) ∨ S)"], "S", "True"),
+    (["∀x ∀y (x = y)", "P(a)"], "P(b)", "True"),  # equality between the named constants
+    (["∀x ∀y (R(x, y) → R(y, x))", "R(a, b)", "∀x ∃y R(x, y)"], "R(b, a)", "True"),  # ∃: quantified
+])
+def test_instantiation_keeps_the_answer_at_its_edges(premises, conclusion, label):
+    from fcdpo.logic import _instances
+
+    instances = _instances([parse_formula(p) for p in premises], parse_formula(conclusion))
+    assert (instances is None) == any("∃" in p for p in premises)
+    for instantiate in (True, False):
+        kb = KnowledgeBase(instantiate=instantiate)
+        for premise in premises:
+            kb.add(premise)
+        assert kb.prove(conclusion) == label
+
+
+def test_proofs_in_many_threads_at_once_get_their_own_answers():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import fcdpo.logic as logic
+
+    def prove(i: int) -> str:
+        kb = _kb("∀x (Wumpus(x) → Tumpus(x))", f"Wumpus(e{i})" if i % 2 else f"¬Tumpus(e{i})")
+        return kb.prove(f"Tumpus(e{i})" if i % 2 else f"Wumpus(e{i})")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(prove, range(200)))
+    assert answers == ["False" if i % 2 == 0 else "True" for i in range(200)]
+    assert len(logic._IDLE_CONTEXTS) <= logic._MAX_IDLE_CONTEXTS

@@ -32,10 +32,19 @@ is no unique-names assumption: two constants may denote the same entity unless t
 otherwise, matching FOLIO's semantics. Premises that contradict each other raise
 `InconsistentPremises` rather than proving everything, and a query z3 cannot settle within its
 time budget raises `ProofTimeout` rather than passing for "Unknown".
+
+Where every premise is quantifier-free or universal (`∀x ∀y ...` over a quantifier-free body) and
+the conclusion is quantifier-free, as in the structured `add_fact` / `add_rule` / `query` chains,
+the prover hands z3 the premises' instances over the constants named instead of the quantified
+formulas. Without function symbols such a set has a model exactly when its instances do (Herbrand's
+theorem; its equality version where `=` occurs), so the answers are the same, and z3 settles a
+ground problem in well under a millisecond where quantifier instantiation takes several.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Union
@@ -46,6 +55,7 @@ MAX_FORMULA_CHARS = 2000
 MAX_DEPTH = 50
 MAX_PREMISES = 200
 DEFAULT_TIMEOUT_MS = 1500
+MAX_INSTANCES = 10_000  # ground instances of all premises together; more and z3 gets the quantifiers
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
@@ -462,11 +472,16 @@ class KnowledgeBase:
     Args:
         timeout_ms: z3 time budget for one `prove` call (split over its solver checks).
         max_premises: how many premises `add` accepts before refusing more.
+        instantiate: give z3 the instances of universal premises over the constants named, where
+            that decides the same question (see the module docstring); False always gives it the
+            quantified formulas.
     """
 
-    def __init__(self, timeout_ms: int = DEFAULT_TIMEOUT_MS, max_premises: int = MAX_PREMISES) -> None:
+    def __init__(self, timeout_ms: int = DEFAULT_TIMEOUT_MS, max_premises: int = MAX_PREMISES,
+                 instantiate: bool = True) -> None:
         self.timeout_ms = timeout_ms
         self.max_premises = max_premises
+        self.instantiate = instantiate
         self._premises: list[Formula] = []
         self._signature: dict[str, tuple[str, int]] = {}
 
@@ -500,24 +515,23 @@ class KnowledgeBase:
             ProofTimeout: z3 could not decide within `timeout_ms`.
         """
         parsed = self.parse(conclusion)
-        deadline = time.monotonic() + self.timeout_ms / 1000
-        # A z3 context per proof: z3 objects are not thread-safe, and a proof abandoned by a
-        # caller's time limit may still be running in another thread.
-        context = z3.Context()
-        entity = z3.DeclareSort("Entity", context)
-        solver = z3.Solver(ctx=context)
-        solver.add(*[_to_z3(p, context, entity) for p in self._premises])
-        goal = _to_z3(parsed, context, entity)
-        if not self._satisfiable(solver, deadline):
+        premises = (_instances(self._premises, parsed) if self.instantiate else None) or self._premises
+        # z3 objects are not thread-safe, and a proof abandoned by a caller's time limit may still
+        # be running in another thread: each proof has a context of its own. Making one costs more
+        # than a small proof, so idle ones are reused; a context goes back only once `_decide` has
+        # returned, when no z3 object of its proof is left.
+        with _IDLE_LOCK:
+            context = _IDLE_CONTEXTS.pop() if _IDLE_CONTEXTS else None
+        context = context or z3.Context()
+        outcome = _decide(context, premises, parsed, self.timeout_ms)
+        with _IDLE_LOCK:
+            if len(_IDLE_CONTEXTS) < _MAX_IDLE_CONTEXTS:
+                _IDLE_CONTEXTS.append(context)
+        if outcome == "inconsistent":
             raise InconsistentPremises("the premises contradict each other")
-        for negated_goal, answer in ((z3.Not(goal), TRUE), (goal, FALSE)):
-            solver.push()
-            solver.add(negated_goal)
-            refuted = not self._satisfiable(solver, deadline)
-            solver.pop()
-            if refuted:
-                return answer
-        return UNKNOWN
+        if outcome not in (TRUE, FALSE, UNKNOWN):
+            raise ProofTimeout(outcome)
+        return outcome
 
     def parse(self, text: str) -> Formula:
         """Parse a formula and check its names against the premises' without adding it.
@@ -536,23 +550,110 @@ class KnowledgeBase:
                 )
         return parsed
 
-    def _satisfiable(self, solver: z3.Solver, deadline: float) -> bool:
-        remaining_ms = int((deadline - time.monotonic()) * 1000)
-        if remaining_ms <= 0:
-            raise ProofTimeout(f"no answer within {self.timeout_ms} ms")
-        solver.set("timeout", remaining_ms)
-        result = solver.check()
-        if result == z3.unknown:
-            reason = solver.reason_unknown()
-            if "timeout" in reason or "canceled" in reason:
-                raise ProofTimeout(f"no answer within {self.timeout_ms} ms")
-            raise ProofTimeout(f"z3 gave up ({reason})")
-        return result == z3.sat
 
 
-def _to_z3(formula: Formula, ctx: z3.Context, entity: z3.SortRef) -> z3.BoolRef:
-    """The formula as a z3 term over the uninterpreted sort `entity`."""
+_IDLE_CONTEXTS: list[z3.Context] = []
+_IDLE_LOCK = threading.Lock()
+_MAX_IDLE_CONTEXTS = 8
+
+
+def _decide(context: z3.Context, premises: list[Formula], conclusion: Formula, timeout_ms: int) -> str:
+    """TRUE, FALSE or UNKNOWN for `conclusion`; "inconsistent" when the premises contradict each
+    other; otherwise why z3 gave up. Nothing z3 made here outlives the call."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    entity = z3.DeclareSort("Entity", context)
+    solver = z3.Solver(ctx=context)
+    names: dict[tuple[str, int], z3.AstRef] = {}
+    solver.add(*[_to_z3(p, context, entity, names) for p in premises])
+    goal = _to_z3(conclusion, context, entity, names)
+    status = _check(solver, deadline, timeout_ms)
+    if status != "sat":
+        return "inconsistent" if status == "unsat" else status
+    for negated_goal, answer in ((z3.Not(goal), TRUE), (goal, FALSE)):
+        solver.push()
+        solver.add(negated_goal)
+        status = _check(solver, deadline, timeout_ms)
+        solver.pop()
+        if status == "unsat":
+            return answer
+        if status != "sat":
+            return status
+    return UNKNOWN
+
+
+def _check(solver: z3.Solver, deadline: float, timeout_ms: int) -> str:
+    """"sat", "unsat", or why z3 could not tell within what is left of the time budget."""
+    remaining_ms = int((deadline - time.monotonic()) * 1000)
+    if remaining_ms <= 0:
+        return f"no answer within {timeout_ms} ms"
+    solver.set("timeout", remaining_ms)
+    result = solver.check()
+    if result == z3.unknown:
+        reason = solver.reason_unknown()
+        if "timeout" in reason or "canceled" in reason:
+            return f"no answer within {timeout_ms} ms"
+        return f"z3 gave up ({reason})"
+    return "sat" if result == z3.sat else "unsat"
+
+
+def _instances(premises: list[Formula], conclusion: Formula) -> list[Formula] | None:
+    """The premises' instances over the constants that they and the conclusion name (one stand-in
+    constant if none), or None where that would not decide the same question: a premise with a
+    quantifier other than leading ∀s, a quantified conclusion, no premises with a quantifier at
+    all (nothing to gain), or more than `MAX_INSTANCES` instances."""
+    split = [_universal(p) for p in premises]
+    if (any(s is None for s in split) or _universal(conclusion) != ((), conclusion)
+            or all(not variables for variables, _ in split)):
+        return None
+    names = sorted({name for f in (*premises, conclusion) for name, (role, _) in symbols(f).items()
+                    if role == "constant"})
+    domain = [Term(name, False) for name in names] or [Term("anything", False)]
+    if sum(len(domain) ** len(variables) for variables, _ in split) > MAX_INSTANCES:
+        return None
+    return [_substitute(body, dict(zip(variables, values)))
+            for variables, body in split for values in itertools.product(domain, repeat=len(variables))]
+
+
+def _universal(formula: Formula) -> tuple[tuple[str, ...], Formula] | None:
+    """A formula's leading ∀ variables and the quantifier-free body under them; None if any other
+    quantifier occurs. A variable bound twice keeps the inner binding, as substitution will."""
+    variables: list[str] = []
+    while isinstance(formula, Quantified) and formula.quantifier == "∀":
+        variables.append(formula.variable)
+        formula = formula.body
+    stack: list[Formula] = [formula]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Quantified):
+            return None
+        if isinstance(node, Not):
+            stack.append(node.operand)
+        elif isinstance(node, Connective):
+            stack.extend(node.operands)
+    return tuple(variables), formula
+
+
+def _substitute(formula: Formula, values: dict[str, Term]) -> Formula:
+    """A quantifier-free formula with its bound variables replaced by `values`' constants."""
+    def term(t: Term) -> Term:
+        return values.get(t.name, t) if t.bound else t
+
+    if isinstance(formula, Atom):
+        return Atom(formula.predicate, tuple(term(a) for a in formula.args), formula.position)
+    if isinstance(formula, Equals):
+        return Equals(term(formula.left), term(formula.right), formula.position)
+    if isinstance(formula, Not):
+        return Not(_substitute(formula.operand, values))
+    assert isinstance(formula, Connective), formula  # _universal let no quantifier through
+    return Connective(formula.op, tuple(_substitute(o, values) for o in formula.operands))
+
+
+def _to_z3(formula: Formula, ctx: z3.Context, entity: z3.SortRef,
+           names: dict[tuple[str, int], z3.AstRef] | None = None) -> z3.BoolRef:
+    """The formula as a z3 term over the uninterpreted sort `entity`. `names` caches the
+    constants and predicates made, for formulas translated together (the z3 API is slow to make them)."""
     scopes: list[dict[str, z3.ExprRef]] = []
+    names = {} if names is None else names
 
     def term(t: Term) -> z3.ExprRef:
         if t.bound:
@@ -560,15 +661,20 @@ def _to_z3(formula: Formula, ctx: z3.Context, entity: z3.SortRef) -> z3.BoolRef:
                 if t.name in scope:
                     return scope[t.name]
         # Prefixes keep constants, predicates and bound variables apart in z3's namespace.
-        return z3.Const("c_" + t.name, entity)
+        key = ("c_" + t.name, -1)
+        if key not in names:
+            names[key] = z3.Const(key[0], entity)
+        return names[key]
 
     def convert(node: Formula) -> z3.BoolRef:
         if isinstance(node, Atom):
+            key = ("p_" + node.predicate, len(node.args))
+            if key not in names:
+                names[key] = (z3.Bool(key[0], ctx) if not node.args
+                              else z3.Function(key[0], *[entity] * len(node.args), z3.BoolSort(ctx)))
             if not node.args:
-                return z3.Bool("p_" + node.predicate, ctx)
-            sorts = [entity] * len(node.args) + [z3.BoolSort(ctx)]
-            function = z3.Function("p_" + node.predicate, *sorts)
-            return function(*[term(a) for a in node.args])
+                return names[key]
+            return names[key](*[term(a) for a in node.args])
         if isinstance(node, Equals):
             return term(node.left) == term(node.right)
         if isinstance(node, Not):
@@ -594,7 +700,13 @@ def _to_z3(formula: Formula, ctx: z3.Context, entity: z3.SortRef) -> z3.BoolRef:
             result = z3.Xor(result, operand)
         return result
 
-    return convert(formula)
+    try:
+        return convert(formula)
+    finally:
+        # `convert` refers to itself through a closure cell, a cycle that would keep this call's z3
+        # objects for the garbage collector to free later, from any thread; clearing the cells frees
+        # them now, while their context is still this proof's alone.
+        del convert, term
 
 
 def _first_position(formula: Formula, name: str) -> int | None:
