@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
 from fcdpo import prefix_attention
@@ -213,6 +214,29 @@ def test_only_a_model_on_full_sdpa_attention_switches_to_prefix_attention(random
     assert not _use_prefix_attention(eager) and eager.config._attn_implementation == "eager"
     sdpa = AutoModelForCausalLM.from_pretrained(random_dir, attn_implementation="sdpa")
     assert _use_prefix_attention(sdpa) and sdpa.config._attn_implementation == prefix_attention.NAME
+
+
+FRAGMENTS = ["Ann", " has", " 2", "3", " apples", ".", "\n", "  ", "é", "<|im_start|>", "<|im_end|>", "<|im", "|>",
+             TOOL_CALL_START, TOOL_CALL_END, '{"name": "add"}', "add(a=2, b=3)", "Final answer: 5"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(FRAGMENTS), max_size=12).map("".join), min_size=1, max_size=5))
+def test_encoding_piece_by_piece_gives_the_tokenizers_own_ids(random_backend, contents):
+    assert random_backend._added_tokens is not None  # the piecewise path, not the fallback
+    roles = ["user", "assistant", "tool"]
+    chat_ = [{"role": "system", "content": LONG_SYSTEM}] + [
+        {"role": roles[i % 3], "content": text} for i, text in enumerate(contents)]
+    tokenizer = random_backend.tokenizer
+    text = tokenizer.apply_chat_template(chat_, add_generation_prompt=True, tokenize=False)
+    assert random_backend.encode(chat_) == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert random_backend.encode(chat_) == random_backend.encode(chat_)  # from the cache of pieces, the same
+
+
+def test_a_tokenizer_whose_added_tokens_touch_their_neighbours_is_encoded_whole(scripted):
+    assert scripted._added_tokens is None  # PAYLOAD is an added token that is normalised with its text
+    text = scripted.tokenizer.apply_chat_template(CHATS[0], add_generation_prompt=True, tokenize=False)
+    assert scripted.encode(CHATS[0]) == scripted.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def test_a_shared_prefix_always_leaves_every_row_a_token_of_its_own(random_backend):

@@ -9,7 +9,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from fcdpo import prefix_attention
 from fcdpo.prefix_attention import attention, shared_prefix
 
-PREFIX, OWN = 12, 9  # cache slots: the shared prefix, then each row's own (some padding, some unwritten)
+PREFIX, OWN = 12, 11  # cache slots: the shared prefix, then each row's own (some padding, some unwritten)
 
 
 class Layer(torch.nn.Module):
@@ -32,8 +32,8 @@ def inputs(batch: int, heads: int, kv_heads: int, queries: int, *, boolean: bool
     first_only[1][1:, :, :PREFIX] = 0
     visible = torch.ones(batch, 1, queries, slots, dtype=torch.bool)
     visible[1:, :, :, PREFIX:PREFIX + 2] = False  # the other rows' padding
-    visible[..., -queries:] = torch.ones(queries, queries, dtype=torch.bool).tril()  # causal among the new ones
-    visible[..., -queries - 1] = False  # a slot not written yet
+    visible[..., -queries - 2:-2] = torch.ones(queries, queries, dtype=torch.bool).tril()  # causal among the new
+    visible[..., -2:] = False  # slots of a static cache not written yet
     mask = visible if boolean else torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
     return query, key, value, first_only, mask
 

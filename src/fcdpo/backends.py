@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -194,6 +195,16 @@ class HFBackend:
         # looks finished.
         candidates = [tokenizer.pad_token_id, *tokenizer.all_special_ids, *range(len(tokenizer))]
         self.pad_token_id = next(i for i in candidates if i is not None and i not in self.stop_ids)
+        # `encode` tokenizes the text between added tokens piece by piece, where that is what the
+        # tokenizer itself does: none of its added tokens strips or matches neighbouring text.
+        self._pieces: dict[str, list[int]] = {}
+        self._added_ids = dict(tokenizer.get_added_vocab())
+        decoder = getattr(tokenizer, "added_tokens_decoder", {})
+        plain = all(not (getattr(t, "lstrip", True) or getattr(t, "rstrip", True) or getattr(t, "single_word", True)
+                         or getattr(t, "normalized", True)) for t in decoder.values())
+        self._added_tokens = re.compile("(" + "|".join(map(re.escape, sorted(self._added_ids, key=len, reverse=True)))
+                                        + ")") if plain and self._added_ids and len(decoder) == len(self._added_ids) \
+            else None
         # Decoding keeps special tokens (`<tool_call>` may be one) and removes only these.
         self._strip_ids = self.stop_ids | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
 
@@ -236,7 +247,23 @@ class HFBackend:
     def encode(self, chat: list[dict], tools: list[dict] | None = None) -> list[int]:
         """The prompt token ids of `chat`: its chat-template rendering with the generation prompt."""
         text = self.tokenizer.apply_chat_template(chat, tools=tools, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self._added_tokens is None:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # A tokenizer splits out its added tokens (`<|im_start|>`, ...) before anything else and
+        # tokenizes the text between them piece by piece, so the same is done here with a cache of
+        # pieces: an agent's prompts repeat all but their newest turns.
+        ids: list[int] = []
+        for index, piece in enumerate(self._added_tokens.split(text)):
+            if index % 2:
+                ids.append(self._added_ids[piece])
+            elif piece:
+                cached = self._pieces.get(piece)
+                if cached is None:
+                    if len(self._pieces) >= _MAX_CACHED_PIECES:
+                        self._pieces.clear()
+                    cached = self._pieces[piece] = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids.extend(cached)
+        return ids
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
                   keep: list["_KeptRow"] | None = None) -> list[Completion]:
@@ -475,6 +502,7 @@ def _plain_layers(cache: Any) -> bool:
     return all(type(layer).__name__ == "StaticLayer" for layer in cache.layers)
 
 
+_MAX_CACHED_PIECES = 50_000  # texts between added tokens that `encode` remembers; then it starts afresh
 _MIN_SHARED_PREFIX = 16  # tokens; a shorter shared prefix is not worth its extra forward pass (a rule of thumb)
 
 

@@ -73,12 +73,16 @@ def attention(
 
     groups = heads // kv_heads  # query heads per key/value head, as `repeat_kv` pairs them
     scaling = dim ** -0.5 if scaling is None else scaling
+    mask = attention_mask[..., prefix:]  # the prefix is visible to every query
+    if mask.dtype == torch.bool:  # a static cache's slots past the last one any query sees are not read
+        seen = mask.reshape(-1, mask.shape[-1]).any(dim=0).nonzero()
+        end = prefix + (int(seen[-1]) + 1 if len(seen) else 0)
+        key, value, mask = key[:, :, :end], value[:, :, :end], mask[..., :end - prefix]
     grouped = query.reshape(batch, kv_heads, groups * length, dim)
     scores = torch.cat([
         torch.einsum("bkqd,kpd->bkqp", grouped, key[0, :, :prefix]),  # the prefix's keys, read once
         torch.matmul(grouped, key[:, :, prefix:].transpose(2, 3)),   # each row's own
     ], dim=-1).float() * scaling
-    mask = attention_mask[..., prefix:]  # the prefix is visible to every query
     if groups > 1:
         mask = mask.repeat(1, 1, groups, 1)
     own = scores[..., prefix:]
