@@ -733,3 +733,25 @@ def test_without_a_time_limit_calls_run_in_the_calling_thread():
     current = threading.current_thread().name
     assert FunctionSet([thread_name], time_limit=None).execute(Call("thread_name", {"tag": ""})).content == current
     assert FunctionSet([thread_name]).execute(Call("thread_name", {"tag": ""})).content != current
+
+
+def test_closures_of_one_definition_each_call_their_own():
+    def make(total: list[int]):
+        def bump(by: int) -> int:
+            """Add to this set's running total and return it.
+
+            Example: bump(by=1)
+
+            Args:
+                by: how much to add.
+            """
+            total.append(by)
+            return sum(total)
+
+        return bump
+
+    first, second = FunctionSet([make([])]), FunctionSet([make([100])])  # the second reads the first's description
+    assert first.execute(Call("bump", {"by": 1})).content == "1"
+    assert second.execute(Call("bump", {"by": 1})).content == "101"
+    assert first.execute(Call("bump", {"by": 2})).content == "3"
+    assert first.describe() == second.describe()

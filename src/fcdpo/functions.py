@@ -29,6 +29,7 @@ Two surface syntaxes are understood:
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import json
 import keyword
@@ -762,6 +763,23 @@ class _Function:
 
 
 def _register(function: Callable[..., Any]) -> _Function:
+    """Check a function and read its description, signature and example call from it. Closures
+    made afresh for each chain (one knowledge base each) share their code, so what was read from
+    one is reused for the next, with the new callable."""
+    if isinstance(function, types.FunctionType):
+        key = (function.__code__, function.__doc__, function.__defaults__, repr(function.__kwdefaults__),
+               repr(function.__annotations__), id(function.__globals__))
+        cached = _REGISTERED.get(key)
+        if cached is None:
+            cached = _REGISTERED[key] = _read_function(function)
+        return dataclasses.replace(cached, callable=function)
+    return _read_function(function)
+
+
+_REGISTERED: dict[tuple, _Function] = {}
+
+
+def _read_function(function: Callable[..., Any]) -> _Function:
     name = getattr(function, "__name__", None)
     if not isinstance(name, str) or not _IDENTIFIER.match(name) or keyword.iskeyword(name):
         raise TypeError(f"{function!r} needs a plain function name to be callable by a model")
