@@ -5,7 +5,8 @@
 
 Both modes run the same greedy chains through the same agent: "batched" advances all chains together,
 one batched `generate` per step (what `rollout` does), which also runs the system prompt the chains
-share once per step instead of once per chain; "sequential" runs them one chain at a time. In both,
+share once per step instead of once per chain and, on CPU, reads its keys and values once for all rows
+(`fcdpo.prefix_attention`); "sequential" runs them one chain at a time. In both,
 a chain's next turn starts from the cache of its last one (`HFBackend(reuse_turns=True)`).
 Greedy decoding makes both produce the same chains, which the script checks, so the comparison is of
 speed alone. Needs the tiny lab's teacher: run notebook 01 (`make reproduce`) first.
