@@ -199,12 +199,7 @@ class HFBackend:
         # tokenizer itself does: none of its added tokens strips or matches neighbouring text.
         self._pieces: dict[str, list[int]] = {}
         self._added_ids = dict(tokenizer.get_added_vocab())
-        decoder = getattr(tokenizer, "added_tokens_decoder", {})
-        plain = all(not (getattr(t, "lstrip", True) or getattr(t, "rstrip", True) or getattr(t, "single_word", True)
-                         or getattr(t, "normalized", True)) for t in decoder.values())
-        self._added_tokens = re.compile("(" + "|".join(map(re.escape, sorted(self._added_ids, key=len, reverse=True)))
-                                        + ")") if plain and self._added_ids and len(decoder) == len(self._added_ids) \
-            else None
+        self._added_tokens = _added_token_splitter(tokenizer, self._added_ids)
         # Decoding keeps special tokens (`<tool_call>` may be one) and removes only these.
         self._strip_ids = self.stop_ids | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
 
@@ -495,6 +490,18 @@ def _use_prefix_attention(model: Any) -> bool:
         logger.info("keeping SDPA for %s: %s", getattr(config, "name_or_path", "the model"), exc)
         return False
     return base.config._attn_implementation == prefix_attention.NAME
+
+
+def _added_token_splitter(tokenizer: Any, added_ids: dict[str, int]) -> "re.Pattern[str] | None":
+    """A pattern whose `split` separates a text's added tokens (longest first, as tokenizers match
+    them) from the text between; None when some added token strips or is normalised with its
+    neighbours, or is not described, so that the text around it cannot be tokenized apart."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", {})
+    plain = all(not (getattr(t, "lstrip", True) or getattr(t, "rstrip", True) or getattr(t, "single_word", True)
+                     or getattr(t, "normalized", True)) for t in decoder.values())
+    if not added_ids or not plain or len(decoder) != len(added_ids):
+        return None
+    return re.compile("(" + "|".join(map(re.escape, sorted(added_ids, key=len, reverse=True))) + ")")
 
 
 def _plain_layers(cache: Any) -> bool:

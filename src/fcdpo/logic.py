@@ -602,8 +602,9 @@ def _instances(premises: list[Formula], conclusion: Formula) -> list[Formula] | 
     quantifier other than leading ∀s, a quantified conclusion, no premises with a quantifier at
     all (nothing to gain), or more than `MAX_INSTANCES` instances."""
     split = [_universal(p) for p in premises]
-    if (any(s is None for s in split) or _universal(conclusion) != ((), conclusion)
-            or all(not variables for variables, _ in split)):
+    goal = _universal(conclusion)
+    if (goal is None or goal[0]  # the conclusion must be quantifier-free
+            or any(s is None for s in split) or all(not variables for variables, _ in split)):
         return None
     names = sorted({name for f in (*premises, conclusion) for name, (role, _) in symbols(f).items()
                     if role == "constant"})
