@@ -11,7 +11,8 @@ a chain's next turn starts from the cache of its last one (`HFBackend(reuse_turn
 Greedy decoding makes both produce the same chains, which the script checks, so the comparison is of
 speed alone. Each of `--repeats` rounds draws fresh problems (so no round reuses another's
 tokenizations), and the speed-up is total sequential over total batched time: rounds of a second or
-two are noisy on a shared machine, and more of them steady the figure. Needs the tiny lab's teacher: run notebook 01 (`make reproduce`) first.
+two are noisy on a shared machine, and more of them steady the figure. Needs the tiny lab's teacher:
+run notebook 01 (`make reproduce`) first.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> None:
     print(f"model {backend.name}, {args.chains} chains per task, {args.threads} threads\n")
     print(f"{'round':5} {'task':6} {'mode':10} {'seconds':>8} {'chains/s':>9} {'tokens/s':>9}")
     totals = {"batched": 0.0, "sequential": 0.0}
-    rounds = []
+    speed_ups = []  # per task and round
     for name, settings in cfg.tasks.items():
         task = cfg.task(name)  # the functions the profile offers, as in the pipeline
         needed = args.chains * args.repeats + 2
@@ -66,10 +67,9 @@ def main() -> None:
                       f"{tokens / seconds[mode]:9.0f}")
             same = sum(a == b for a, b in zip(results["batched"], results["sequential"]))
             print(f"{r + 1:5} {name:6} identical chains in both modes: {same}/{len(batch)}")
-            rounds.append(seconds["sequential"] / seconds["batched"])
-    spread = f"{min(rounds):.1f}-{max(rounds):.1f}x" if len(rounds) > 1 else f"{rounds[0]:.1f}x"
+            speed_ups.append(seconds["sequential"] / seconds["batched"])
     print(f"\nspeed-up of batched over sequential: {totals['sequential'] / totals['batched']:.1f}x "
-          f"(per task and round: {spread})")
+          f"(per task and round: {min(speed_ups):.1f}-{max(speed_ups):.1f}x)")
 
 
 if __name__ == "__main__":
