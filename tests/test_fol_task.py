@@ -380,3 +380,35 @@ def test_the_instructions_name_only_the_functions_offered(offered, named, absent
     text = task.instructions
     assert all(name in text for name in named) and not any(name in text for name in absent)
     assert task.system_prompt().startswith(text)
+
+
+def test_a_text_order_chain_translates_every_statement_in_the_order_stated():
+    settings = dict(min_hops=1, max_hops=3, distractors=2)
+    reasoning = TASK.generate(60, seed=3, **settings)
+    text = TASK.generate(60, seed=3, chain="text", **settings)
+    for by_reasoning, by_text in zip(reasoning, text):
+        assert by_text.question == by_reasoning.question and by_text.answer == by_reasoning.answer
+        *records, ask = by_text.gold_chain
+        assert ask == by_reasoning.gold_chain[-1] and ask["name"] == "query"
+        assert len(records) == len(by_text.meta["premises_fol"])  # every fact and rule, once
+        sentences = by_text.question.split("\n")[0].rstrip(".").split(". ")
+        for sentence, call in zip(sentences, records):  # the i-th call records the i-th sentence
+            names = [str(v) for k, v in call["arguments"].items() if k != "negated"]
+            assert all(n.lower()[:4] in sentence.lower() for n in names), (sentence, call)
+        observations = TASK.functions().run_chain(by_text.gold_chain)
+        assert all(o.ok for o in observations) and TASK.check(observations[-1].content, by_text.answer)
+    with pytest.raises(ValueError, match="chain must be"):
+        TASK.generate(1, chain="shuffled")
+
+
+def test_the_brief_prompt_keeps_one_line_per_function_and_the_call_format():
+    full = get_task("fol", ["add_fact", "add_rule", "query"], function_examples=False)
+    brief = get_task("fol", ["add_fact", "add_rule", "query"], function_examples=False, brief_prompt=True)
+    text = brief.system_prompt("python")
+    lines = text.splitlines()
+    assert lines[1] == "Functions:" and len(lines) == 5
+    for name in ("add_fact", "add_rule", "query"):
+        assert sum(line.startswith(f"{name}(") for line in lines) == 1
+    assert "`add_fact(entity=..., concept=...)`" in lines[0] and "Final answer: <answer>" in lines[0]
+    assert len(text) < 0.75 * len(full.system_prompt("python"))
+    assert brief.system_prompt("json") == full.system_prompt("json")  # the json syntax is left as it is

@@ -33,9 +33,11 @@ class TaskConfig:
 
     train: int = 200  # problems the teacher is rolled out on
     eval: int = 200  # held-out problems, never seen in training
+    dev: int = 0  # held-out problems for choosing recipes (the lab's), never used to report results
     difficulty: dict[str, Any] = field(default_factory=dict)  # keyword arguments of Task.generate
     functions: list[str] | None = None  # the functions offered to the model (None: all of the task's)
     function_examples: bool = True  # show each function's example call in the prompt
+    brief_prompt: bool = False  # one line per function and a one-line call format (python syntax)
 
 
 @dataclass
@@ -90,6 +92,9 @@ class TrainingConfig:
     logging_steps: int = 5
     eval_steps: int = 0  # evaluate on the validation pairs every this many steps; 0: once, at the end
     seed: int = 0
+    # More training seeds: each method is also trained with each of these (adapter initialisation and
+    # data order), as `training/<method>-s<seed>/`, so results can be given as a mean over seeds.
+    extra_seeds: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -143,7 +148,8 @@ class Profile:
 
         if name not in self.tasks:
             return get_task(name)
-        return get_task(name, self.tasks[name].functions, self.tasks[name].function_examples)
+        settings = self.tasks[name]
+        return get_task(name, settings.functions, settings.function_examples, settings.brief_prompt)
 
     @property
     def run_path(self) -> Path:

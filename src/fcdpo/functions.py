@@ -950,8 +950,12 @@ class FunctionSet:
     def __len__(self) -> int:
         return len(self._functions)
 
-    def describe(self, examples: bool = True) -> str:
-        """Prompt text: per function its signature line, description and (with `examples`) `Example:` call."""
+    def describe(self, examples: bool = True, brief: bool = False) -> str:
+        """Prompt text: per function its signature line, description and (with `examples`) `Example:` call.
+
+        With `brief`, one line per function: its signature and the first sentence of its description."""
+        if brief:
+            return "\n".join(f"{f.signature_text()}: {_first_sentence(f.description)}" for f in self._functions.values())
         blocks = []
         for f in self._functions.values():
             description = "\n".join("  " + line if line else "" for line in f.description.splitlines())
@@ -1084,3 +1088,10 @@ def _schema_proxy(function: _Function) -> Callable[..., Any]:
         annotations["return"] = function.hints["return"]
     proxy.__annotations__ = annotations
     return proxy
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of a description, on one line."""
+    flat = " ".join(text.split())
+    end = flat.find(". ")
+    return flat if end < 0 else flat[: end + 1]

@@ -3,9 +3,12 @@
 from fcdpo.tasks.base import Problem, Task, load_problems, save_problems
 
 
-def get_task(name: str, functions: list[str] | None = None, function_examples: bool = True) -> Task:
+def get_task(
+    name: str, functions: list[str] | None = None, function_examples: bool = True, brief_prompt: bool = False
+) -> Task:
     """The task called `name` ("math" or "fol"), offering only `functions` if given, and describing
-    them with their example calls unless `function_examples` is false."""
+    them with their example calls unless `function_examples` is false (or in one line each with
+    `brief_prompt`, see `Task.system_prompt`)."""
     if name == "math":
         from fcdpo.tasks.math import MathTask
 
@@ -17,6 +20,7 @@ def get_task(name: str, functions: list[str] | None = None, function_examples: b
     else:
         raise ValueError(f"unknown task {name!r}; expected 'math' or 'fol'")
     task.function_examples = function_examples
+    task.brief_prompt = brief_prompt
     if functions is not None:
         task.function_names = tuple(functions)
         task.functions()  # fail now on an unknown name, not mid-run

@@ -54,6 +54,9 @@ class Task(abc.ABC):
     # (`add(a=..., b=...)`). Models trained from scratch copy the examples' numbers instead of the
     # question's (measured for the tiny-cpu profile); instruct models learn the syntax from them.
     function_examples: bool = True
+    # A short prompt: the task's first instruction, one line on the call format, and one line per
+    # function. Tiny models trained from scratch copy from the question far better behind it.
+    brief_prompt: bool = False
 
     def offered(self, functions: list[Callable[..., Any]]) -> list[Callable[..., Any]]:
         """`functions` narrowed to `function_names`; an unknown name is an error listing the valid ones."""
@@ -81,6 +84,10 @@ class Task(abc.ABC):
     def load(self, path: str | Path, limit: int | None = None) -> list[Problem]:
         """Problems from a benchmark file in its official format."""
 
+    def vocabulary(self) -> list[str]:
+        """Names the task's generator uses (entities, concepts), for tokenizers that keep them whole."""
+        return []
+
     def system_prompt(self, syntax: str = "python") -> str:
         """The prompt that tells the model what it can call and how to answer.
 
@@ -88,6 +95,12 @@ class Task(abc.ABC):
         where the chat template usually injects the schemas itself).
         """
         functions = self.functions()
+        if syntax == "python" and self.brief_prompt:
+            first = self.instructions.split(". ")[0].rstrip(".") + "."
+            return (
+                f"{first} One function call per turn, e.g. `{functions.example_call(False)}`; "
+                f"end with `Final answer: <answer>`.\nFunctions:\n{functions.describe(False, brief=True)}"
+            )
         if syntax == "python":
             example = functions.example_call(self.function_examples)
             how = (

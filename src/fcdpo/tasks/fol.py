@@ -467,12 +467,16 @@ class _Builder:
             self.rules.append(rule)
 
     # output ----------------------------------------------------------------------------------
-    def problem(self, problem_id: str) -> Problem:
+    def problem(self, problem_id: str, chain: str = "reasoning") -> Problem:
         rng = self.rng
+        statements: list[_Fact | _Rule] = [*self.facts, *self.rules]
         sentences = [f.text() for f in self.facts] + [r.text(rng) for r in self.rules]
-        rng.shuffle(sentences)
-        question = ". ".join(sentences) + f".\n{QUESTION_PREFIX} {self.query.text()}."
-        if self.label == UNKNOWN:
+        order = list(range(len(sentences)))
+        rng.shuffle(order)  # the same permutation a shuffle of the sentences themselves would make
+        question = ". ".join(sentences[i] for i in order) + f".\n{QUESTION_PREFIX} {self.query.text()}."
+        if chain == "text":  # every statement, in the order the question states it
+            steps = [statements[i] for i in order]
+        elif self.label == UNKNOWN:
             facts = [f for f in self.facts if f.entity == self.entity]
             steps = facts + _reachable_rules(facts, self.rules, self.entity)
         else:
@@ -524,6 +528,11 @@ class FolTask(Task):
             "and Unknown if neither does."
         )
 
+    def vocabulary(self) -> list[str]:
+        """The generator's names, concepts (also capitalised, as a sentence may start with them) and adjectives."""
+        nouns = _FICTIONAL_NOUNS + sorted(_PARENT.keys() | set(_PARENT.values()))
+        return [*_NAMES, *nouns, *(n.capitalize() for n in nouns), *_ADJECTIVES]
+
     def __init__(self, prover_timeout_ms: int = PROVER_TIMEOUT_MS) -> None:
         self.prover_timeout_ms = prover_timeout_ms
 
@@ -544,6 +553,7 @@ class FolTask(Task):
         max_hops: int = 3,
         distractors: int = 2,
         fictional: bool = True,
+        chain: str = "reasoning",
     ) -> list[Problem]:
         """`n` ProntoQA-style problems with labels True / False / Unknown in about equal shares.
 
@@ -554,7 +564,14 @@ class FolTask(Task):
         `fictional` picks made-up concepts (wumpus, yumpus, ...) over a real taxonomy (cat,
         feline, carnivore, ...). Problem `i` depends only on the seed, `i` and the settings, so a
         longer list extends a shorter one; ids are `fol-<seed>-<i>`.
+
+        `chain` picks the gold chain: "reasoning" records the entity's facts and the rules the
+        answer chains through, in that order, then queries; "text" records every statement in the
+        order the question states it (a sentence-by-sentence translation, as for FOLIO), then
+        queries. The questions are the same either way.
         """
+        if chain not in ("reasoning", "text"):
+            raise ValueError(f"chain must be 'reasoning' or 'text', got {chain!r}")
         if not 1 <= min_hops <= max_hops <= MAX_HOPS:
             raise ValueError(f"need 1 <= min_hops <= max_hops <= {MAX_HOPS}, got {min_hops} and {max_hops}")
         if not 0 <= distractors <= 6:
@@ -567,7 +584,7 @@ class FolTask(Task):
             hops = rng.randint(min_hops, max_hops)
             label = rng.choice(LABELS)
             builder = _Builder(rng, hops, label, distractors, fictional)
-            problems.append(builder.problem(f"fol-{seed}-{i}"))
+            problems.append(builder.problem(f"fol-{seed}-{i}", chain))
         return problems
 
     def check(self, predicted: str | None, gold: str) -> bool:
