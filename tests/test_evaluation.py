@@ -468,3 +468,39 @@ def test_the_report_table_reads_accuracy_with_its_interval_in_percent():
     low, high = bootstrap_interval([1.0, 0.0])
     assert row["accuracy [95% CI]"] == f"50.0% [{100 * low:.1f}, {100 * high:.1f}]"
     assert row["valid calls"] == "100.0%" and row["mean steps"] == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods over seeds
+
+
+def test_paired_gain_is_the_mean_over_seeds_minus_the_baseline_per_problem():
+    from fcdpo.evaluation import paired_gain
+
+    base = [chain(f"p{i}", correct=i < 2) for i in range(4)]  # 50%
+    seeds = [[chain(f"p{i}", correct=i < 3) for i in range(4)],  # 75%
+             [chain(f"p{i}", correct=True) for i in range(4)]]  # 100%
+    gain, low, high = paired_gain(seeds, base, resamples=200)
+    assert gain == pytest.approx(0.375) and low <= gain <= high
+    same, low, high = paired_gain([base], base, resamples=200)
+    assert (same, low, high) == (0.0, 0.0, 0.0)  # identical on every problem: no noise at all
+    assert math.isnan(paired_gain([[chain("other")]], base)[0])  # no shared problem
+
+
+def test_method_table_gives_each_method_over_its_seeds_and_dpo_against_sft():
+    from fcdpo.evaluation import method_table
+
+    def run(label, right):
+        return {(label, "math"): [chain(f"p{i}", correct=i in right) for i in range(10)]}
+
+    chains = {**run("student", {0}), **run("dpo", {0, 1, 2, 3}), **run("dpo-s1", {0, 1, 2, 3, 4, 5}),
+              **run("sft", {0, 1}), **run("teacher", set(range(10)))}
+    table = method_table(chains, {"dpo": ["dpo", "dpo-s1", "dpo-s2"], "sft": ["sft"]}, resamples=300)
+    rows = table.set_index("method")
+    assert list(rows.index) == ["dpo", "sft", "dpo − sft"]
+    assert rows.loc["dpo", "seeds"] == 2  # dpo-s2 has no chains: left out, not counted as zero
+    assert rows.loc["dpo", "accuracy"] == pytest.approx(0.5) and rows.loc["dpo", ["min", "max"]].tolist() == [0.4, 0.6]
+    assert rows.loc["dpo", "gain"] == pytest.approx(0.4) and rows.loc["dpo", "gain_low"] > 0
+    assert rows.loc["sft", "gain"] == pytest.approx(0.1)
+    assert rows.loc["dpo − sft", "gain"] == pytest.approx(0.3) and rows.loc["dpo − sft", "baseline"] == "sft"
+    assert method_table({**run("dpo", {1})}, {"dpo": ["dpo"]}).empty  # no student: nothing to compare with

@@ -11,13 +11,14 @@ from tests.scripted import ScriptedBackend
 
 # Small enough for `make test`: a few optimizer steps of a very small teacher and student.
 TINY_MODEL = {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "problems_per_task": 40}
-LAB = {"lab.teacher": {**TINY_MODEL, "sft": {"steps": 4, "batch_size": 4}},
+# A lab built in the run folder from these settings, not the shipped one (built from the profile's own).
+LAB = {"lab.shipped": None, "lab.teacher": {**TINY_MODEL, "sft": {"steps": 4, "batch_size": 4}},
        "lab.student": {**TINY_MODEL, "sft": {"steps": 2, "batch_size": 4}}}
 SMALL = {
     "tasks.math.train": 6, "tasks.math.eval": 4, "tasks.fol.train": 6, "tasks.fol.eval": 4,
     "rollouts.k": 2, "rollouts.batch_size": 12,
     "agent.max_steps": 4, "agent.max_new_tokens": 24,
-    "training.max_steps": 2, "training.batch_size": 2, "training.logging_steps": 1,
+    "training.max_steps": 2, "training.batch_size": 2, "training.logging_steps": 1, "training.extra_seeds": [1],
     "multi_agent.glpft.backbone_steps": 2, "multi_agent.glpft.role_steps": 1,
     "evaluation.resamples": 50,
 }
@@ -56,9 +57,12 @@ def test_the_five_notebooks_run_in_order_and_write_their_artifacts(tmp_path):
     for artifact in ("problems/math-eval.jsonl", "lab/teacher/config.json", "lab/student/config.json",
                      "rollouts/summary.csv", "preferences/train.jsonl", "training/dpo/adapter",
                      "training/sft/adapter", "training/dpo/curves.json", "training/glpft/report.json",
-                     "evaluation/summary.csv", "evaluation/metrics.json"):
+                     "training/dpo-s1/adapter", "training/sft-s1/adapter",
+                     "evaluation/summary.csv", "evaluation/metrics.json", "evaluation/methods.csv"):
         assert (run / artifact).exists(), f"missing {artifact}"
     figures = {p.stem for p in (tmp_path / "figures").glob("*.png")}
-    assert {"accuracy", "tradeoff", "failure_taxonomy", "dpo_training"} <= figures
+    assert {"accuracy", "tradeoff", "failure_taxonomy", "dpo_training", "gains"} <= figures
     models = {row["model"] for row in json.loads((run / "evaluation" / "summary.json").read_text())}
-    assert {"teacher", "student", "sft", "dpo", "multi"} <= models
+    assert {"teacher", "student", "sft", "dpo", "multi", "sft-s1", "dpo-s1"} <= models
+    methods = json.loads((run / "evaluation" / "methods.json").read_text())
+    assert {(row["method"], row["seeds"]) for row in methods} >= {("dpo", 2), ("sft", 2), ("dpo − sft", 2)}

@@ -237,7 +237,14 @@ def test_build_lab_reuses_its_cache_and_rebuilds_when_the_config_changes(tmp_pat
     other_data = build_lab(config, tmp_path, {"toy": _chats(9)[1:]}, log=quiet)
     assert not changed.reused and not other_data.reused
     assert len({first.path, changed.path, other_data.path}) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (first.path, changed.path, other_data.path))
+    builds = sorted(p.name for p in (first.path, changed.path, other_data.path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*builds, "models"])
+    student_only = LabConfig(vocab_size=300, teacher=recipe, student=ModelRecipe(
+        hidden_size=32, num_layers=1, num_heads=2, problems_per_task=8, sft=TINY_SFT, seed=1))
+    log = []
+    build_lab(student_only, tmp_path, {"toy": _chats(8)}, log=log.append)  # a new student, the same teacher
+    assert any("the teacher was trained by an earlier build" in m for m in log)
+    assert any("training the student" in m for m in log) and not any("training the teacher" in m for m in log)
 
 
 def test_lab_conversations_are_the_agents_gold_chains_without_held_out_questions():
@@ -273,3 +280,118 @@ def test_task_weights_set_each_tasks_share_of_the_training_rows():
                                                                  weights={"math": 3, "fol": 1})]
     with pytest.raises(ValueError, match="task_weights"):
         _interleave(conversations, 20, seed=0, rows=10, weights={"maths": 1})
+
+
+def test_listed_words_are_single_tokens_in_sentences_and_in_calls():
+    words = ["lempus", "Lempus", "Wren"]
+    corpus = ['Wren is a lempus. Lempuses are happy.\nadd_fact(entity="Wren", concept="lempus")'] * 30
+    tokenizer = build_tokenizer(corpus, vocab_size=300, words=words)
+    ids = tokenizer.encode(corpus[0])
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert pieces.count("lempus") == 2 and pieces.count("Wren") == 2 and "Lempus" in pieces  # `Lempus` + `es`
+    assert tokenizer.decode(ids) == corpus[0]
+    assert " lempus" not in pieces
+    plain = build_tokenizer(corpus, vocab_size=300)
+    assert " lempus" in [plain.decode([i]) for i in plain.encode(corpus[0])]  # BPE alone: two spellings
+
+
+def test_an_interrupted_build_resumes_and_keeps_the_finished_teacher(tmp_path):
+    recipe = ModelRecipe(hidden_size=32, num_layers=1, num_heads=2, problems_per_task=8, sft=TINY_SFT)
+    config = LabConfig(vocab_size=300, teacher=recipe, student=recipe)
+    calls = []
+
+    def stop_at_the_student(message):
+        calls.append(message)
+        if "training the student" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_lab(config, tmp_path, {"toy": _chats(8)}, log=stop_at_the_student)
+    partial = [p for p in tmp_path.iterdir() if p.name != "models"]
+    assert len(partial) == 1 and partial[0].name.endswith(".partial")
+    assert [p.name for p in (tmp_path / "models").glob("teacher-*/stats.json")]
+    log = []
+    lab = build_lab(config, tmp_path, {"toy": _chats(8)}, log=log.append)
+    assert any("the teacher was trained by an earlier build" in m for m in log)
+    assert not any("training the teacher" in m for m in log)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([lab.path.name, "models"])
+    fresh = build_lab(config, tmp_path / "other", {"toy": _chats(8)}, log=lambda _: None)
+    for role in ("teacher", "student"):  # resuming gives the same models as building in one go
+        a = AutoModelForCausalLM.from_pretrained(lab.path / role).state_dict()
+        b = AutoModelForCausalLM.from_pretrained(fresh.path / role).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sft_resumes_from_its_last_checkpoint(tokenizer, tmp_path):
+    chats = _chats(12)
+    settings = SFTSettings(steps=10, batch_size=2, warmup_steps=1, learning_rate=1e-3)
+    whole = build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0)
+    train_sft(whole, tokenizer, chats, settings)
+    first = build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        def interrupt(message):
+            if message.startswith("step 6/"):
+                raise KeyboardInterrupt
+        train_sft(first, tokenizer, chats, settings, log=interrupt, checkpoint_dir=tmp_path)
+    assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-5"]  # step 6 is reported before it is saved
+    resumed = build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0)
+    log = []
+    train_sft(resumed, tokenizer, chats, settings, log=log.append, checkpoint_dir=tmp_path)
+    assert log[0].startswith("resuming from") and log[0].endswith("checkpoint-5")
+    for name, weight in whole.state_dict().items():
+        assert torch.allclose(weight, resumed.state_dict()[name], atol=1e-6), name
+
+
+def test_an_exported_lab_is_checked_by_its_manifest(tmp_path):
+    from fcdpo.tinylab import LabError, export_lab, verify_shipped
+
+    recipe = ModelRecipe(hidden_size=32, num_layers=1, num_heads=2, problems_per_task=8, sft=TINY_SFT)
+    lab = build_lab(LabConfig(vocab_size=300, teacher=recipe, student=recipe), tmp_path / "builds",
+                    {"toy": _chats(8)}, log=lambda _: None)
+    measured = []
+    manifest = export_lab(lab, tmp_path / "shipped", "k" * 16,
+                          dev_accuracy=lambda t, s: measured.append((t.name, s.name)) or {"teacher": {"toy": 0.5}})
+    assert measured == [("teacher", "student")]
+    assert verify_shipped(tmp_path / "shipped") == manifest
+    assert manifest["key"] == "k" * 16 and manifest["dev_accuracy"] == {"teacher": {"toy": 0.5}}
+    assert {"teacher/model.safetensors", "student/model.safetensors", "teacher/tokenizer.json"} <= set(manifest["files"])
+    assert json.loads((tmp_path / "shipped" / "teacher" / "config.json").read_text())["dtype"] == "float16"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "shipped" / "teacher", dtype=torch.float32)
+    original = AutoModelForCausalLM.from_pretrained(lab.teacher_path).state_dict()
+    for name, weight in loaded.state_dict().items():
+        assert torch.allclose(weight, original[name], atol=1e-2), name
+    weights = tmp_path / "shipped" / "student" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(LabError, match=r"student/model.safetensors has sha256"):
+        verify_shipped(tmp_path / "shipped")
+    weights.unlink()
+    with pytest.raises(LabError, match=r"student/model.safetensors is missing"):
+        verify_shipped(tmp_path / "shipped")
+    (tmp_path / "shipped" / "manifest.json").write_text("{not json")
+    with pytest.raises(LabError, match="not a valid lab manifest"):
+        verify_shipped(tmp_path / "shipped")
+    with pytest.raises(LabError, match="make lab"):
+        verify_shipped(tmp_path / "nowhere")
+
+
+def test_a_profile_uses_its_shipped_lab_only_when_it_was_built_from_the_profiles_settings(tmp_path):
+    from fcdpo.config import load_profile
+    from fcdpo.tinylab import LabError, export_lab, profile_lab
+
+    tiny = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "problems_per_task": 20,
+            "sft": {"steps": 2, "batch_size": 2, "warmup_steps": 0}}
+    overrides = {"run_dir": str(tmp_path / "run"), "lab.shipped": None, "lab.teacher": tiny, "lab.student": tiny,
+                 "tasks.math.train": 3, "tasks.math.eval": 3, "tasks.math.dev": 3,
+                 "tasks.fol.train": 3, "tasks.fol.eval": 3, "tasks.fol.dev": 3}
+    built = profile_lab(load_profile("tiny-cpu", overrides), log=lambda _: None)
+    export_lab(built, tmp_path / "shipped", built.data_key)
+    shipped = {**overrides, "lab.shipped": str(tmp_path / "shipped"), "run_dir": str(tmp_path / "other")}
+    log = []
+    used = profile_lab(load_profile("tiny-cpu", shipped), log=log.append)
+    assert used.reused and used.path == tmp_path / "shipped" and "hashes checked" in log[0]
+    assert (tmp_path / "other" / "lab" / "teacher" / "model.safetensors").exists()
+    assert not (tmp_path / "other" / "lab" / "builds").exists()  # nothing was built
+    with pytest.raises(LabError, match="rebuild it with `make lab`"):
+        profile_lab(load_profile("tiny-cpu", {**shipped, "lab.data_seed": 7}), log=lambda _: None)
+    with pytest.raises(LabError, match="rebuild it with `make lab`"):  # other problems, other training data
+        profile_lab(load_profile("tiny-cpu", {**shipped, "tasks.fol.difficulty.distractors": 2}), log=lambda _: None)

@@ -309,3 +309,13 @@ def test_an_empty_student_spec_means_the_tiny_labs_student_in_the_run(tmp_path):
     assert student_reference(hub) == "org/model"
     with pytest.raises(TrainingError, match="local model"):
         student_reference(load_profile("tiny-cpu", {"student": {"kind": "openai", "model": "m", "base_url": "u"}}))
+
+
+def test_each_extra_seed_gets_its_own_label_and_folder():
+    from fcdpo.config import TrainingConfig
+    from fcdpo.training import TrainingError, seed_labels
+
+    assert seed_labels("dpo", TrainingConfig(seed=0)) == {"dpo": 0}
+    assert seed_labels("sft", TrainingConfig(seed=0, extra_seeds=[1, 2])) == {"sft": 0, "sft-s1": 1, "sft-s2": 2}
+    with pytest.raises(TrainingError, match="repeats a seed"):
+        seed_labels("dpo", TrainingConfig(seed=1, extra_seeds=[1]))

@@ -147,6 +147,73 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def paired_gain(
+    runs: Sequence[Sequence[Trajectory]], baseline: Sequence[Trajectory], resamples: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(gain, low, high): mean accuracy of `runs` (one list of chains per training seed) minus the
+    `baseline`'s on the same problems, with a paired bootstrap 95% interval over problems.
+
+    Each problem's gain is its mean correctness over the runs (and their samples) minus the
+    baseline's; problems are resampled with their seeds pooled, as the seeds see the same problems.
+    Only problems every run and the baseline answered count.
+    """
+    groups = [_by_problem(chains) for chains in runs]
+    base = _by_problem(baseline)
+    shared = sorted(set(base).intersection(*groups)) if groups else []
+    if not shared:
+        return (math.nan, math.nan, math.nan)
+    diffs = [
+        np.mean([np.mean([t.correct for t in g[p]]) for g in groups]) - np.mean([t.correct for t in base[p]])
+        for p in shared
+    ]
+    low, high = bootstrap_interval(diffs, resamples, 0.95, seed)
+    return (float(np.mean(diffs)), low, high)
+
+
+def method_table(
+    trajectories: Mapping[tuple[str, str], Sequence[Trajectory]],
+    methods: Mapping[str, Sequence[str]],
+    baseline: str = "student",
+    versus: tuple[str, str] | None = ("dpo", "sft"),
+    resamples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per (method, dataset): accuracy as mean over the method's seeds with their spread, and
+    the gain over `baseline` with a paired bootstrap interval (`paired_gain`).
+
+    `methods` maps a method to the model labels of its seeds (e.g. `{"dpo": ["dpo", "dpo-s1"]}`);
+    labels without chains are left out. With `versus`, a row "dpo − sft" gives the first method's
+    gain over the second, paired the same way (seeds pooled on each side).
+    """
+    datasets = sorted({dataset for _, dataset in trajectories})
+    rows = []
+    for dataset in datasets:
+        if (baseline, dataset) not in trajectories:
+            continue
+        base = trajectories[(baseline, dataset)]
+        pooled: dict[str, list[Sequence[Trajectory]]] = {}
+        for method, labels in methods.items():
+            runs = [trajectories[(label, dataset)] for label in labels if (label, dataset) in trajectories]
+            if not runs:
+                continue
+            pooled[method] = runs
+            accuracies = [accuracy_with_interval(chains, 1)[0] for chains in runs]
+            gain, low, high = paired_gain(runs, base, resamples, seed)
+            rows.append({"method": method, "dataset": dataset, "seeds": len(runs),
+                         "accuracy": float(np.mean(accuracies)), "min": min(accuracies), "max": max(accuracies),
+                         "baseline": baseline, "baseline_accuracy": accuracy_with_interval(base, 1)[0],
+                         "gain": gain, "gain_low": low, "gain_high": high})
+        if versus and all(m in pooled for m in versus):
+            first, second = (pooled[m] for m in versus)
+            # Paired per problem: the first method's mean over its seeds minus the second's.
+            gain, low, high = paired_gain(first, [t for chains in second for t in chains], resamples, seed)
+            rows.append({"method": f"{versus[0]} − {versus[1]}", "dataset": dataset,
+                         "seeds": min(len(first), len(second)), "accuracy": math.nan, "min": math.nan,
+                         "max": math.nan, "baseline": versus[1], "baseline_accuracy": math.nan,
+                         "gain": gain, "gain_low": low, "gain_high": high})
+    return pd.DataFrame(rows)
+
+
 def _by_problem(trajectories: Sequence[Trajectory]) -> dict[str, list[Trajectory]]:
     groups: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajectories:
@@ -339,9 +406,9 @@ def write_table(table: pd.DataFrame, folder: Path, stem: str) -> list[Path]:
 
 
 def read_tables(evaluation_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The tables an evaluation wrote: `{"metrics", "summary", "by_difficulty"}` (those present)."""
+    """The tables an evaluation wrote: `{"metrics", "summary", "by_difficulty", "methods"}` (those present)."""
     folder = Path(evaluation_dir)
-    return {stem: pd.read_csv(folder / f"{stem}.csv") for stem in ("metrics", "summary", "by_difficulty")
+    return {stem: pd.read_csv(folder / f"{stem}.csv") for stem in ("metrics", "summary", "by_difficulty", "methods")
             if (folder / f"{stem}.csv").exists()}
 
 
@@ -360,6 +427,7 @@ class Evaluation:
     by_difficulty: pd.DataFrame
     parameters: dict[str, float | None] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    methods: pd.DataFrame | None = None  # trained methods over their seeds, against the student (`method_table`)
 
 
 def decoding_name(samples: int, temperature: float) -> str:
@@ -607,7 +675,10 @@ def run_models(profile: "Profile") -> tuple[dict[str, dict[str, Any]], list[str]
             notes.append(f"{role}: {spec['model']} is not in {run} yet (notebook 01 builds it); skipped")
             continue
         specs[role] = spec
-    for label in ("sft", "dpo"):
+    from fcdpo.training import seed_labels
+
+    labels = [label for method in ("sft", "dpo") for label in seed_labels(method, profile.training)]
+    for label in labels:
         places = (f"training/{label}/adapter", f"training/{label}")
         adapter = next((place for place in places if (run / place / "adapter_config.json").exists()), None)
         if "student" not in specs:
@@ -681,10 +752,16 @@ def evaluate_run(profile: "Profile", models: Mapping[str, Any] | None = None, pr
     problems: dict[str, list[Problem]] = {name: splits["eval"] for name, splits in sets.items()}
     problems.update(benchmark_problems(settings.gsm8k_path, settings.folio_path, settings.benchmark_limit))
     tasks = {name: profile.task(name) for name in {p.task for items in problems.values() for p in items}}
-    return evaluate(
+    result = evaluate(
         models, tasks, problems, profile.agent, profile.run_path,
         samples=settings.samples, temperature=settings.temperature, seed=settings.seed,
         batch_size=settings.batch_size, resamples=settings.resamples, parameters=settings.parameters,
         training_questions=[p.question for splits in sets.values() for p in splits.get("train", [])],
         progress=progress,
     )
+    from fcdpo.training import seed_labels
+
+    methods = {method: list(seed_labels(method, profile.training)) for method in ("sft", "dpo")}
+    result.methods = method_table(result.trajectories, methods, resamples=settings.resamples, seed=settings.seed)
+    result.files += write_table(result.methods, result.folder, "methods")
+    return result

@@ -518,6 +518,38 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], out_dir: str | Pa
 # Everything at once
 
 
+EXTRA_SEED = r".+-s\d+"  # the label of a method trained with an extra seed (`fcdpo.training.seed_labels`)
+
+
+def gains_figure(methods: pd.DataFrame) -> Figure:
+    """Gain over the untrained student by method, one panel per dataset: the mean over seeds with its
+    paired bootstrap 95% interval (`fcdpo.evaluation.method_table`); the number of seeds in the label."""
+    methods = _as_frame(methods)
+    if methods.empty or "gain" not in methods:
+        raise ValueError("no method has a gain over the student to plot")
+    datasets = _ordered(methods["dataset"], list(DATASET_NAMES))
+    with rc_context(STYLE):
+        figure = _new_figure(3.2 * len(datasets) + 1.0, 3.4)
+        panels = figure.subplots(1, len(datasets), sharey=True, squeeze=False)[0]
+        for axes, dataset in zip(panels, datasets):
+            rows = methods[methods["dataset"] == dataset].reset_index(drop=True)
+            y = 100 * rows["gain"]
+            error = [100 * (rows["gain"] - rows["gain_low"]).clip(lower=0), 100 * (rows["gain_high"] - rows["gain"]).clip(lower=0)]
+            colours = ["tab:grey" if "−" in m else model_colors([m]).get(m, "tab:blue") for m in rows["method"]]
+            axes.bar(range(len(rows)), y, yerr=error, color=colours, capsize=4)
+            axes.axhline(0, color="black", linewidth=0.8)
+            axes.set_xticks(range(len(rows)))
+            axes.set_xticklabels([f"{m}\n({int(s)} seeds)" for m, s in zip(rows["method"], rows["seeds"])])
+            axes.set_title(DATASET_NAMES.get(dataset, dataset))
+        panels[0].set_ylabel("gain over the student (points)")
+    return figure
+
+
+def plot_gains(methods: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """`gains.png` / `.pdf`: see `gains_figure`."""
+    return save_figure(gains_figure(methods), out_dir, "gains")
+
+
 def plot_all(evaluation_dir: str | Path, out_dir: str | Path, training_dir: str | Path | None = None) -> dict[str, list[Path]]:
     """Every figure whose data exists: evaluation tables from `evaluation_dir` (written by
     `fcdpo.evaluation.evaluate`), DPO logs from `training_dir` (e.g. `<run>/training/dpo`).
@@ -528,12 +560,18 @@ def plot_all(evaluation_dir: str | Path, out_dir: str | Path, training_dir: str 
     tables = read_tables(evaluation_dir)
     metrics = tables.get("metrics", pd.DataFrame(columns=["model", "task", "dataset", "metric", "value"]))
     by_difficulty = tables.get("by_difficulty", pd.DataFrame())
+    # Per-model figures show each method's first seed; the `gains` figure shows every seed's mean.
+    metrics = metrics[~metrics["model"].astype(str).str.fullmatch(EXTRA_SEED)]
+    if "model" in by_difficulty:
+        by_difficulty = by_difficulty[~by_difficulty["model"].astype(str).str.fullmatch(EXTRA_SEED)]
     jobs = {
         "accuracy": lambda: plot_accuracy(metrics, out_dir),
         "tradeoff": lambda: plot_tradeoff(metrics, out_dir),
         "failure_taxonomy": lambda: plot_failure_taxonomy(metrics, out_dir),
         "accuracy_by_difficulty": lambda: plot_accuracy_by_difficulty(by_difficulty, out_dir),
     }
+    if "methods" in tables:
+        jobs["gains"] = lambda: plot_gains(tables["methods"], out_dir)
     step_table = Path(evaluation_dir) / "step_metrics.csv"
     if step_table.exists():
         jobs["step_metrics"] = lambda: plot_step_metrics(pd.read_csv(step_table), out_dir)

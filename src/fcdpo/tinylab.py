@@ -94,7 +94,11 @@ CHAT_TEMPLATE = (
 
 
 def build_tokenizer(
-    texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2, model_max_length: int = 2048
+    texts: Iterable[str],
+    vocab_size: int = 1024,
+    min_frequency: int = 2,
+    model_max_length: int = 2048,
+    words: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `texts`, with the chat template and special tokens.
 
@@ -108,6 +112,11 @@ def build_tokenizer(
         vocab_size: Upper bound on the vocabulary, special tokens and the 256 bytes included.
         min_frequency: A merge must occur at least this often in `texts`.
         model_max_length: The longest sequence callers may ask for.
+        words: Names to keep as single tokens wherever they stand, so that a name reads the same in a
+            sentence (`Wren is a lempus`, `Lempuses are ...`) and inside a call (`entity="Wren"`).
+            BPE would give ` lempus` after a space and `lempus` after a quote two unrelated spellings,
+            and a tiny model must then learn each pair separately before it can copy a name.
+            A plural or capitalised form not listed is the listed word plus its ending (`lempus` + `es`).
     """
     tokenizer = Tokenizer(models.BPE())
     # Exactly the pipeline `Qwen2Tokenizer` rebuilds when a saved Qwen2 model folder is loaded with
@@ -129,6 +138,10 @@ def build_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    if words:
+        from tokenizers import AddedToken
+
+        tokenizer.add_tokens([AddedToken(w, single_word=False, normalized=True) for w in dict.fromkeys(words)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token=IM_END,
@@ -219,8 +232,13 @@ def train_sft(
     conversations: Sequence[list[dict[str, Any]]],
     settings: SFTSettings | None = None,
     log: Callable[[str], Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train `model` in place on chat conversations with TRL's `SFTTrainer`; returns training stats.
+
+    With `checkpoint_dir`, the trainer saves its state there every 10% of the steps (the last
+    checkpoint only) and a later call with the same arguments resumes from it, so a long build that
+    is interrupted loses at most a tenth of its work.
 
     Batches take the conversations in the order given (cycling when `steps × batch_size` exceeds
     them), so the caller decides the mix and order. Only assistant turns (their content and
@@ -249,8 +267,9 @@ def train_sft(
     datasets.disable_progress_bars()  # a bar per preprocessing pass would flood notebook output
     try:
         with tempfile.TemporaryDirectory() as scratch:
+            saving = checkpoint_dir is not None
             config = SFTConfig(
-                output_dir=scratch,  # nothing is saved there: the caller saves the model
+                output_dir=str(checkpoint_dir) if saving else scratch,  # the caller saves the model itself
                 max_steps=settings.steps,
                 per_device_train_batch_size=settings.batch_size,
                 learning_rate=settings.learning_rate,
@@ -270,7 +289,9 @@ def train_sft(
                 fp16=False,
                 activation_checkpointing=False,  # on by default in TRL; tiny models need no memory saving
                 use_cpu=not torch.cuda.is_available(),
-                save_strategy="no",
+                save_strategy="steps" if saving else "no",
+                save_steps=max(1, settings.steps // 10),
+                save_total_limit=1,
                 report_to=[],
                 logging_steps=max(1, settings.steps // 20),  # loss history; every 10% goes to `log`
                 disable_tqdm=True,
@@ -284,7 +305,10 @@ def train_sft(
                 trainer.add_callback(_ProgressLog(log, every=2 * config.logging_steps))
             tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
             started = time.perf_counter()
-            trainer.train()
+            resume = saving and any(Path(checkpoint_dir).glob("checkpoint-*"))
+            if resume and log is not None:
+                log(f"resuming from {max(Path(checkpoint_dir).glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[1]))}")
+            trainer.train(resume_from_checkpoint=True if resume else None)
             seconds = time.perf_counter() - started
     finally:
         torch.set_num_threads(previous_threads)
@@ -307,12 +331,18 @@ class _ProgressLog(TrainerCallback):
     """Sends `step 70/700 · loss 0.61 · 95 s` to `log` every `every` steps."""
 
     def __init__(self, log: Callable[[str], Any], every: int) -> None:
-        self.log, self.every, self.started = log, every, time.perf_counter()
+        self.log, self.every, self.started, self.first_step = log, every, time.perf_counter(), 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs and (state.global_step % self.every == 0 or state.global_step == state.max_steps):
             elapsed = time.perf_counter() - self.started
-            self.log(f"step {state.global_step}/{state.max_steps} · loss {logs['loss']:.3f} · {elapsed:.0f} s")
+            done = state.global_step - self.first_step
+            left = elapsed / done * (state.max_steps - state.global_step) if done > 0 else float("nan")
+            self.log(f"step {state.global_step}/{state.max_steps} · loss {logs['loss']:.3f} · "
+                     f"{elapsed:.0f} s · about {left:.0f} s left")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step = time.perf_counter(), state.global_step
 
 
 def shared_prefix_loss(
@@ -430,6 +460,10 @@ class LabConfig:
     """
 
     vocab_size: int = 1024
+    # A folder (relative to the repository root) holding a built, shipped lab with its manifest.
+    # When set, runs use it after checking its hashes and never rebuild unless asked (`make lab`).
+    shipped: str | None = None
+    whole_words: bool = False  # keep the tasks' names and concepts single tokens (see build_tokenizer)
     data_seed: int = 1000
     teacher: ModelRecipe = field(default_factory=ModelRecipe)
     student: ModelRecipe = field(
@@ -448,6 +482,7 @@ class Lab:
     student_path: Path
     report: dict[str, Any]  # key, config, gold chains per task, per-model training stats, build seconds
     reused: bool  # True when the cache already held this build
+    data_key: str = ""  # what it was trained on, without library versions (set by `profile_lab`)
 
 
 def lab_conversations(
@@ -489,20 +524,36 @@ def lab_conversations(
     return result
 
 
-def lab_key(config: LabConfig, conversations: dict[str, list[list[dict[str, Any]]]]) -> str:
+def lab_key(
+    config: LabConfig,
+    conversations: dict[str, list[list[dict[str, Any]]]],
+    words: Sequence[str] = (),
+    versions: bool = True,
+) -> str:
     """The cache key: a hash of the config, the training conversations and the library versions.
 
     Hashing the conversations (not only the settings) means a change in a task's generator, prompt
-    or offered functions rebuilds the lab instead of reusing models trained on other data.
+    or offered functions rebuilds the lab instead of reusing models trained on other data. Without
+    `versions`, the key leaves the library versions out: it names what a shipped lab was trained
+    on, which another machine's libraries do not change.
     """
+    settings = asdict(config)
+    settings.pop("shipped", None)  # where the lab is kept, not what it is
+    return _digest(settings, conversations, words, versions)
+
+
+def _digest(settings: dict[str, Any], conversations: dict[str, list[list[dict[str, Any]]]],
+            words: Sequence[str], versions: bool) -> str:
     import tokenizers
     import transformers
     import trl
 
     digest = hashlib.sha256()
-    digest.update(json.dumps(asdict(config), sort_keys=True).encode())
-    versions = [LAB_FORMAT, torch.__version__, transformers.__version__, trl.__version__, tokenizers.__version__]
-    digest.update(json.dumps(versions).encode())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    libraries = [torch.__version__, transformers.__version__, trl.__version__, tokenizers.__version__]
+    digest.update(json.dumps([LAB_FORMAT, *(libraries if versions else [])]).encode())
+    if words:
+        digest.update(json.dumps(list(words)).encode())
     for name in sorted(conversations):
         digest.update(name.encode())
         for chat in conversations[name]:
@@ -510,23 +561,38 @@ def lab_key(config: LabConfig, conversations: dict[str, list[list[dict[str, Any]
     return digest.hexdigest()[:16]
 
 
+def _model_key(config: LabConfig, role: str, conversations: dict[str, list[list[dict[str, Any]]]],
+               words: Sequence[str]) -> str:
+    """The key of one model of a lab: its recipe, plus what its tokenizer and data depend on, so a
+    change to the student's recipe keeps the teacher (and back). The other role's recipe matters
+    only through how many conversations are drawn, which are hashed themselves."""
+    settings = asdict(config)
+    settings.pop("shipped", None)
+    settings.pop("student" if role == "teacher" else "teacher")
+    return f"{role}-{_digest({'role': role, **settings}, conversations, words, versions=True)}"
+
+
 def build_lab(
     config: LabConfig,
     cache_dir: str | Path,
     conversations: dict[str, list[list[dict[str, Any]]]],
     log: Callable[[str], Any] = print,
+    words: Sequence[str] = (),
 ) -> Lab:
     """Build (or reuse) the tokenizer, teacher and student under `cache_dir/<lab_key>/`.
 
     `conversations` are the gold chains per task (see `lab_conversations`); the teacher learns from
     the first `teacher.problems_per_task` of each task and the student from the first
     `student.problems_per_task`, tasks shuffled together. The build is deterministic for the same
-    config, data and library versions. It is written to a temporary folder that is renamed into
-    place only when complete, so an interrupted build never leaves a half-written cache.
+    config, data and library versions. It is written to `.<key>.partial/` and renamed into place only
+    when complete, so an interrupted build never leaves a half-written cache. Each trained model is
+    also kept in `models/<its own key>/` (its recipe, the tokenizer's settings and the data), so a
+    rerun after an interruption, or a build that changes only the student's recipe, reuses a
+    finished teacher; a model in training resumes from its last checkpoint.
     `report.json` there records the config, the data counts and, per model, its parameters,
     steps, seconds, tokens per second and final loss.
     """
-    key = lab_key(config, conversations)
+    key = lab_key(config, conversations, words)
     root = Path(cache_dir)
     path = root / key
     if (path / "report.json").exists():
@@ -536,80 +602,95 @@ def build_lab(
 
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    try:
-        texts = [m.get("content") or "" for chats in conversations.values() for chat in chats for m in chat]
-        tokenizer = build_tokenizer(texts, vocab_size=config.vocab_size)
-        report: dict[str, Any] = {
-            "key": key,
-            "config": asdict(config),
-            "conversations": {name: len(chats) for name, chats in conversations.items()},
-            "vocab_size": len(tokenizer),
-            "models": {},
-        }
-        for role in ("teacher", "student"):
-            recipe: ModelRecipe = getattr(config, role)
-            model = build_model(
-                tokenizer,
-                hidden_size=recipe.hidden_size,
-                num_layers=recipe.num_layers,
-                num_heads=recipe.num_heads,
-                intermediate_size=recipe.intermediate_size,
-                seed=recipe.seed,
-            )
-            log(
-                f"tiny lab {key}: training the {role} ({_count_parameters(model):,} parameters, "
-                f"{recipe.sft.steps} steps of {recipe.sft.batch_size})"
-            )
-            rows = _interleave(conversations, recipe.problems_per_task, seed=recipe.sft.seed,
-                               rows=recipe.sft.steps * recipe.sft.batch_size, weights=recipe.task_weights)
-            stats = {"parameters": _count_parameters(model), **train_sft(model, tokenizer, rows, recipe.sft, log)}
-            report["models"][role] = stats
-            log(
-                f"tiny lab {key}: {role} trained in {stats['seconds']:.0f} s "
-                f"({stats['tokens_per_second']} tokens/s, final loss {stats['loss']})"
-            )
-            model.save_pretrained(building / role)
-            tokenizer.save_pretrained(building / role)
-        report["seconds"] = round(time.perf_counter() - started, 1)
-        (building / "report.json").write_text(json.dumps(report, indent=2))
-        if path.exists():  # left by an interrupted or concurrent build; ours is complete
-            shutil.rmtree(path)
-        building.rename(path)
-    finally:
-        if building.exists():
-            shutil.rmtree(building, ignore_errors=True)
+    building = root / f".{key}.partial"
+    building.mkdir(exist_ok=True)
+    texts = [m.get("content") or "" for chats in conversations.values() for chat in chats for m in chat]
+    tokenizer = build_tokenizer(texts, vocab_size=config.vocab_size, words=words)
+    # The partial folder stays on an error or an interruption, so that a rerun resumes from it.
+    report: dict[str, Any] = {
+        "key": key,
+        "config": asdict(config),
+        "conversations": {name: len(chats) for name, chats in conversations.items()},
+        "vocab_size": len(tokenizer),
+        "models": {},
+    }
+    for role in ("teacher", "student"):
+        recipe: ModelRecipe = getattr(config, role)
+        kept = root / "models" / _model_key(config, role, conversations, words)
+        finished = kept / "stats.json"
+        if finished.exists():
+            report["models"][role] = json.loads(finished.read_text())
+            log(f"tiny lab {key}: the {role} was trained by an earlier build ({kept.name}); reused")
+            shutil.copytree(kept, building / role, dirs_exist_ok=True, ignore=shutil.ignore_patterns("stats.json"))
+            continue
+        model = build_model(
+            tokenizer,
+            hidden_size=recipe.hidden_size,
+            num_layers=recipe.num_layers,
+            num_heads=recipe.num_heads,
+            intermediate_size=recipe.intermediate_size,
+            seed=recipe.seed,
+        )
+        log(
+            f"tiny lab {key}: training the {role} ({_count_parameters(model):,} parameters, "
+            f"{recipe.sft.steps} steps of {recipe.sft.batch_size})"
+        )
+        rows = _interleave(conversations, recipe.problems_per_task, seed=recipe.sft.seed,
+                           rows=recipe.sft.steps * recipe.sft.batch_size, weights=recipe.task_weights)
+        checkpoints = root / "models" / f".{kept.name}.checkpoints"
+        stats = {"parameters": _count_parameters(model),
+                 **train_sft(model, tokenizer, rows, recipe.sft, log, checkpoint_dir=checkpoints)}
+        report["models"][role] = stats
+        log(
+            f"tiny lab {key}: {role} trained in {stats['seconds']:.0f} s "
+            f"({stats['tokens_per_second']} tokens/s, final loss {stats['loss']})"
+        )
+        model.save_pretrained(building / role)
+        tokenizer.save_pretrained(building / role)
+        shutil.copytree(building / role, kept, dirs_exist_ok=True)
+        finished.write_text(json.dumps(stats, indent=2))  # last: marks the kept model complete
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    report["seconds"] = round(time.perf_counter() - started, 1)  # this run's share of the build
+    report["train_seconds"] = round(sum(m["seconds"] for m in report["models"].values()), 1)
+    (building / "report.json").write_text(json.dumps(report, indent=2))
+    if path.exists():  # left by a concurrent build; ours is complete
+        shutil.rmtree(path)
+    building.rename(path)
     return Lab(path, path / "teacher", path / "student", report, reused=False)
 
 
-def profile_lab(profile: "Profile", log: Callable[[str], Any] = print) -> Lab:
-    """The lab a profile's `lab` section describes, built or reused, published at `<run>/lab/`.
+def profile_lab(profile: "Profile", log: Callable[[str], Any] = print, rebuild: bool = False) -> Lab:
+    """The lab a profile's `lab` section describes, published at `<run>/lab/`.
 
     The models learn the profile's tasks with their offered functions, difficulty and call syntax,
-    on problems outside the profile's train and eval splits. Builds are cached in
-    `<run>/lab/builds/<key>/`; the current one is copied to `<run>/lab/teacher` and
-    `<run>/lab/student`, the paths the profile's backends load.
+    on problems outside the profile's train, eval and dev splits. When the section names a
+    `shipped` lab, that one is used once its manifest's hashes check out and it was trained on what
+    this profile describes; otherwise (or with `rebuild`) the lab is built, cached in
+    `<run>/lab/builds/<key>/`. The models are copied to `<run>/lab/teacher` and `<run>/lab/student`,
+    the paths the profile's backends load.
 
     Raises:
         ValueError: when the profile has no `lab` section.
         fcdpo.config.ConfigError: for an unknown or mistyped key in it.
+        LabError: when the shipped lab's files do not match its manifest, or it was built from
+            other settings or data than the profile's.
     """
     from fcdpo.config import build
-    from fcdpo.tasks import split_problems
 
     if profile.lab is None:
         raise ValueError(f"profile {profile.name!r} has no `lab` section; only tiny-lab profiles build models")
     config = build(LabConfig, profile.lab, where=f"profile {profile.name!r}: lab")
     tasks = {name: profile.task(name) for name in profile.tasks}
     difficulty = {name: dict(settings.difficulty) for name, settings in profile.tasks.items()}
-    held_out = set()
-    for name, settings in profile.tasks.items():
-        sizes = {"eval": settings.eval, "train": settings.train}
-        for problems in split_problems(tasks[name], sizes, profile.seed, **difficulty[name]).values():
-            held_out.update(p.question for p in problems)
+    held_out = {p.question for splits in _held_out_sets(profile).values() for ps in splits.values() for p in ps}
     conversations = lab_conversations(config, tasks, difficulty, profile.agent.syntax, held_out)
+    words = [w for name in sorted(tasks) for w in tasks[name].vocabulary()] if config.whole_words else []
     lab_dir = profile.run_path / "lab"
-    lab = build_lab(config, lab_dir / "builds", conversations, log=log)
+    if config.shipped and not rebuild:
+        lab = _shipped(config, conversations, words, log)
+    else:
+        lab = build_lab(config, lab_dir / "builds", conversations, log=log, words=words)
+    lab.data_key = lab_key(config, conversations, words, versions=False)
     for role, source in (("teacher", lab.teacher_path), ("student", lab.student_path)):
         target = lab_dir / role
         if target.exists():
@@ -653,3 +734,204 @@ def _interleave(
 
 def _count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _held_out_sets(profile: "Profile") -> dict[str, dict[str, list["Problem"]]]:
+    """The profile's eval, train and dev problems per task: the lab never trains on any of them."""
+    from fcdpo.tasks import split_problems
+
+    sets = {}
+    for name, settings in profile.tasks.items():
+        sizes = {"eval": settings.eval, "train": settings.train, "dev": settings.dev}
+        sets[name] = split_problems(profile.task(name), sizes, profile.seed, **settings.difficulty)
+    return sets
+
+
+# ------------------------------------------------------------------------------------------------
+# Shipped labs: a build exported with a manifest, committed, checked before every use
+
+
+MANIFEST = "manifest.json"
+
+
+class LabError(ValueError):
+    """A shipped lab that cannot be used: a file missing or changed, or built from other settings."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _repository_root() -> Path:
+    from fcdpo.config import CONFIG_DIR
+
+    return CONFIG_DIR.parent
+
+
+def _commit() -> str:
+    """The repository's commit, with `+changes` when the work tree differs from it ("unknown" outside git)."""
+    import subprocess
+
+    root = _repository_root()
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--", "src", "configs"], cwd=root,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+
+
+def export_lab(lab: Lab, destination: str | Path, data_key: str,
+               dev_accuracy: Callable[[Path, Path], dict[str, Any]] | None = None,
+               dtype: torch.dtype = torch.float16) -> dict[str, Any]:
+    """Write `lab`'s teacher and student to `destination` for committing, with a manifest.
+
+    Weights are stored as safetensors in `dtype` (half the size of fp32; loaders compute in fp32
+    on CPU), each model folder with its tokenizer. `manifest.json` records the lab config, its key
+    (`data_key`: settings and training data, without library versions), the commit of the code
+    that built it, build time, library versions, the held-out accuracy `dev_accuracy(teacher_dir,
+    student_dir)` returns for the exported weights, and the sha256 of every file. Returns the manifest.
+    """
+    import tokenizers
+    import transformers
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    destination = Path(destination)
+    if destination.exists():
+        shutil.rmtree(destination)
+    destination.mkdir(parents=True)
+    for role, source in (("teacher", lab.teacher_path), ("student", lab.student_path)):
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model.save_pretrained(destination / role)
+        AutoTokenizer.from_pretrained(source).save_pretrained(destination / role)
+    files = sorted(p for p in destination.rglob("*") if p.is_file())
+    accuracy = dev_accuracy(destination / "teacher", destination / "student") if dev_accuracy else None
+    manifest = {
+        "format": LAB_FORMAT,
+        "key": data_key,
+        "build_key": lab.report.get("key"),
+        "config": lab.report.get("config"),
+        "commit": _commit(),
+        "built": time.strftime("%Y-%m-%d", time.gmtime()),
+        "build_seconds": lab.report.get("train_seconds", lab.report.get("seconds")),
+        "models": lab.report.get("models"),
+        "conversations": lab.report.get("conversations"),
+        "libraries": {"torch": torch.__version__, "transformers": transformers.__version__,
+                      "trl": trl.__version__, "tokenizers": tokenizers.__version__},
+        "weights_dtype": str(dtype).removeprefix("torch."),
+        "dev_accuracy": accuracy,
+        "files": {str(p.relative_to(destination)): _sha256(p) for p in files},
+        "megabytes": round(sum(p.stat().st_size for p in files) / 1e6, 2),
+    }
+    (destination / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def verify_shipped(folder: str | Path) -> dict[str, Any]:
+    """The manifest of the shipped lab in `folder`, once every file it lists has its recorded sha256.
+
+    Raises:
+        LabError: naming the folder and the first file that is missing or differs, or a manifest
+            that is absent or unreadable.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if not isinstance(files, dict) or not files:
+            raise ValueError("it lists no files")
+    except FileNotFoundError:
+        raise LabError(f"no shipped lab at {folder}: {MANIFEST} is missing (build one with `make lab`)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LabError(f"{path} is not a valid lab manifest: {exc}") from None
+    for name, expected in sorted(files.items()):
+        file = folder / name
+        if not file.is_file():
+            raise LabError(f"shipped lab {folder}: {name} is missing (listed in {MANIFEST})")
+        actual = _sha256(file)
+        if actual != expected:
+            raise LabError(f"shipped lab {folder}: {name} has sha256 {actual[:16]}…, the manifest says "
+                           f"{str(expected)[:16]}…; restore it (git checkout -- {folder}) or rebuild with `make lab`")
+    return manifest
+
+
+def _shipped(config: LabConfig, conversations: dict[str, list[list[dict[str, Any]]]], words: Sequence[str],
+             log: Callable[[str], Any]) -> Lab:
+    folder = Path(config.shipped)
+    folder = folder if folder.is_absolute() else _repository_root() / folder
+    manifest = verify_shipped(folder)
+    key = lab_key(config, conversations, words, versions=False)
+    if manifest.get("key") != key:
+        raise LabError(
+            f"the shipped lab in {folder} was trained on lab key {manifest.get('key')}, but this profile's lab "
+            f"settings, tasks and prompts give {key}: rebuild it with `make lab`, or unset lab.shipped to build "
+            "into the run folder"
+        )
+    log(f"tiny lab {key}: using the shipped lab in {folder} (built {manifest.get('built')} at "
+        f"{str(manifest.get('commit'))[:12]}, hashes checked)")
+    return Lab(folder, folder / "teacher", folder / "student", manifest, reused=True)
+
+
+def dev_accuracy(profile: "Profile", teacher: Path, student: Path, log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Greedy accuracy of `teacher` and `student` on the profile's dev split, per task, through the agent."""
+    from fcdpo.agent import Agent
+    from fcdpo.backends import load_backend
+
+    sets = _held_out_sets(profile)
+    result: dict[str, Any] = {}
+    for role, folder in (("teacher", teacher), ("student", student)):
+        backend = load_backend({"kind": "hf", "model": str(folder), "batch_size": 64})
+        for name, splits in sets.items():
+            problems = splits["dev"]
+            if not problems:
+                continue
+            chains = Agent(profile.task(name), backend, profile.agent).run(problems)
+            right = sum(c.correct for c in chains)
+            result.setdefault(role, {})[name] = {"problems": len(chains), "correct": right,
+                                                 "accuracy": round(right / len(chains), 4)}
+            log(f"dev {role} {name}: {right}/{len(chains)}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`make lab`: build a profile's tiny lab from its seed, measure it on the dev split, export it."""
+    import argparse
+
+    from fcdpo.config import build, load_profile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--profile", default="tiny-cpu")
+    parser.add_argument("--out", help="where to export (default: the profile's lab.shipped)")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dotted profile key, e.g. lab.teacher.seed=1 (YAML value), repeatable")
+    args = parser.parse_args(argv)
+    import yaml
+
+    overrides = {}
+    for item in args.override:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"expected KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    profile = load_profile(args.profile, overrides)
+    config = build(LabConfig, profile.lab or {}, where=f"profile {profile.name!r}: lab")
+    out = args.out or config.shipped
+    if not out:
+        parser.error(f"profile {profile.name!r} names no lab.shipped folder; give --out")
+    stamp = lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)  # noqa: E731
+    lab = profile_lab(profile, log=stamp, rebuild=True)
+    destination = Path(out) if Path(out).is_absolute() else _repository_root() / out
+    manifest = export_lab(lab, destination, lab.data_key,
+                          dev_accuracy=lambda t, s: dev_accuracy(profile, t, s, log=stamp))
+    stamp(f"exported to {destination} ({manifest['megabytes']} MB): dev accuracy {json.dumps(manifest['dev_accuracy'])}")
+
+
+if __name__ == "__main__":
+    main()

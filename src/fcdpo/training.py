@@ -30,7 +30,7 @@ import os
 import resource
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -721,18 +721,36 @@ def student_reference(profile: Any) -> str:
     return str(in_run) if in_run.exists() else model
 
 
+def seed_labels(method: str, settings: TrainingConfig) -> dict[str, int]:
+    """The run labels of `method` and their seeds: `method` for `settings.seed`, then `method-s<seed>`
+    for each of `settings.extra_seeds` (each label names a folder under `training/` and a model in
+    the evaluation)."""
+    labels = {method: settings.seed}
+    for seed in settings.extra_seeds:
+        if seed == settings.seed or f"{method}-s{seed}" in labels:
+            raise TrainingError(f"training.extra_seeds {settings.extra_seeds} repeats a seed (training.seed is {settings.seed})")
+        labels[f"{method}-s{seed}"] = seed
+    return labels
+
+
 def train_from_profile(
-    profile: Any, method: str, preferences: "DatasetDict | None" = None, progress: bool = False
+    profile: Any, method: str, preferences: "DatasetDict | None" = None, progress: bool = False,
+    seed: int | None = None,
 ) -> TrainingResult:
     """Notebook 03 in one call: train the profile's student with `method` on the run's preference pairs.
 
-    Reads `preferences/` in the run folder (unless given) and writes `training/<method>/`.
+    Reads `preferences/` in the run folder (unless given) and writes `training/<method>/`, or with a
+    `seed` other than `training.seed`, `training/<method>-s<seed>/` with that seed.
     """
     from fcdpo.preferences import load_preferences
 
     run = profile.run_path
     preferences = preferences if preferences is not None else load_preferences(run / "preferences")
-    return train(method, student_reference(profile), preferences, profile.training, run / "training" / method,
+    settings = profile.training
+    label = method
+    if seed is not None and seed != settings.seed:
+        settings, label = replace(settings, seed=seed), f"{method}-s{seed}"
+    return train(method, student_reference(profile), preferences, settings, run / "training" / label,
                  progress=progress)
 
 
@@ -780,6 +798,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the student of a profile on its run's preference pairs.")
     parser.add_argument("--profile", default="tiny-cpu", help="a name from configs/ or a YAML path")
     parser.add_argument("--method", choices=METHODS, default="dpo")
+    parser.add_argument("--seed", type=int, help="train with this seed into training/<method>-s<seed>/")
     parser.add_argument("-o", "--override", action="append", default=[],
                         help="dotted profile key=value (YAML value), repeatable, e.g. training.max_steps=10")
     args = parser.parse_args(argv)
@@ -789,7 +808,7 @@ def main(argv: list[str] | None = None) -> None:
         if not sep:
             parser.error(f"expected key=value, got {text!r}")
         overrides[key] = yaml.safe_load(value)
-    result = train_from_profile(load_profile(args.profile, overrides), args.method)
+    result = train_from_profile(load_profile(args.profile, overrides), args.method, seed=args.seed)
     if result.trainer.accelerator.is_main_process:
         print(json.dumps({k: result.report[k] for k in ("method", "steps", "seconds", "dropped_too_long")}))
 
