@@ -149,6 +149,9 @@ class HFBackend:
                 from fcdpo.training import named_chat_template
 
                 tokenizer.chat_template = named_chat_template(chat_template)
+            from fcdpo.chat_templates import check_chat_template  # a refused tool turn fails here, not mid-run
+
+            check_chat_template(tokenizer, model_ref, "the backend's chat_template", history=False)
             if adapter_ref is not None:
                 from peft import PeftModel
 

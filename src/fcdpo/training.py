@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fcdpo.chat_templates import QWEN3_TOOLS_TEMPLATE, ChatTemplateError, check_chat_template
 from fcdpo.config import TrainingConfig
 from fcdpo.preferences import restore_messages, restore_tools
 
@@ -77,7 +78,8 @@ MISTRAL_TOOLS_TEMPLATE = (
     "{%- endif %}"
     "{%- endfor %}"
 )
-CHAT_TEMPLATES = {"mistral-tools": MISTRAL_TOOLS_TEMPLATE}
+# Replacements for templates that cannot be trained with as they are (see fcdpo.chat_templates).
+CHAT_TEMPLATES = {"mistral-tools": MISTRAL_TOOLS_TEMPLATE, "qwen3-tools": QWEN3_TOOLS_TEMPLATE}
 
 
 class TrainingError(ValueError):
@@ -384,6 +386,10 @@ def load_tokenizer(model: str | Path, settings: TrainingConfig) -> Any:
         raise TrainingError(f"cannot load the tokenizer of {str(model)!r}: {exc}") from exc
     if settings.chat_template:
         tokenizer.chat_template = named_chat_template(settings.chat_template)
+    try:  # a template that refuses tool turns or rewrites earlier turns fails here, naming its replacement
+        check_chat_template(tokenizer, str(model), "training.chat_template")
+    except ChatTemplateError as exc:
+        raise TrainingError(str(exc)) from exc
     if tokenizer.pad_token is None:  # Mistral has none; padding sits under a zero attention mask
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
