@@ -110,6 +110,37 @@ def test_names_outside_a_quantifier_are_constants_and_inside_are_variables():
     assert symbols(formula) == {"Tall": ("predicate", 1), "Short": ("predicate", 1), "x": ("constant", 0)}
 
 
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("Hand-made(toy1)", {"Hand-made", "toy1"}),
+        ("Taught(dr.smith, o’brien)", {"Taught", "dr.smith", "o’brien"}),
+        ("Owns(mary's_sister, apple_inc.)", {"Owns", "mary's_sister", "apple_inc."}),
+        ("Located(st.louis, u.s.) ∧ Is_old(st.louis)", {"Located", "Is_old", "st.louis", "u.s."}),
+    ],
+)
+def test_folio_names_may_hold_dots_dashes_apostrophes_and_underscores(text, names):
+    formula = parse_formula(text)
+    assert set(symbols(formula)) == names
+    assert parse_formula(format_formula(formula)) == formula
+
+
+def test_a_dot_or_dash_joins_a_name_only_where_a_name_follows():
+    assert parse_formula("∀x.P(x)") == parse_formula("∀x P(x)")  # the quantifier's dot
+    assert parse_formula("∃y.Q(y)") == parse_formula("∃y Q(y)")
+    assert parse_formula("A->B") == parse_formula("A → B")  # not a name `A-`
+    assert parse_formula("P(a)-> Q(a)") == parse_formula("P(a) → Q(a)")
+
+
+def test_both_biconditional_arrows_and_xor_are_connectives():
+    assert parse_formula("P(a) ⟷ Q(a)") == parse_formula("P(a) ↔ Q(a)")
+    assert parse_formula("P(a) ⊕ Q(a)").op == "⊕"
+    kb = KnowledgeBase()
+    kb.add("∀x (Hand-made(x) ⟷ Crafted(x))")
+    kb.add("Hand-made(o’brien’s_chair)")
+    assert kb.prove("Crafted(o’brien’s_chair)") == "True"
+
+
 def test_symbols_lists_predicates_with_arity_and_constants():
     formula = parse_formula("∀x (Loves(x, mary) → Happy(x)) ∧ Raining ∧ john = jack")
     assert symbols(formula) == {

@@ -127,20 +127,15 @@ class HFBackend:
         reuse_turns: bool = True,
     ):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_ref = _checked_reference(model, "model")
         adapter_ref = _checked_reference(adapter, "adapter") if adapter is not None else None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = _resolve_dtype(dtype, device)
-        kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": device}}
-        if load_in_4bit:
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=dtype,
-            )
+        from fcdpo.loading import model_kwargs
+
+        kwargs = model_kwargs(load_in_4bit=load_in_4bit, dtype=dtype, device_map={"": device})
         try:
             loaded = AutoModelForCausalLM.from_pretrained(model_ref, **kwargs)
             tokenizer_ref = adapter_ref if adapter_ref and _has_tokenizer(adapter_ref) else model_ref
@@ -149,6 +144,9 @@ class HFBackend:
                 from fcdpo.training import named_chat_template
 
                 tokenizer.chat_template = named_chat_template(chat_template)
+            from fcdpo.chat_templates import check_chat_template  # a refused tool turn fails here, not mid-run
+
+            check_chat_template(tokenizer, model_ref, "the backend's chat_template", history=False)
             if adapter_ref is not None:
                 from peft import PeftModel
 
@@ -545,19 +543,9 @@ def _has_tokenizer(reference: str) -> bool:
 
 
 def _resolve_dtype(dtype: "str | torch.dtype | None", device: str) -> "torch.dtype":
-    import torch
+    from fcdpo.loading import resolve_dtype  # the one place every stage's dtype is decided
 
-    if dtype is None:
-        if device.startswith("cuda"):
-            # Emulated bf16 (a T4 reports it) is slow: only native support counts.
-            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"dtype {dtype!r} is not a torch dtype (e.g. 'bfloat16', 'float16', 'float32')")
-    return resolved
+    return resolve_dtype(dtype, device)
 
 
 def _end_of_turn_ids(model: Any, tokenizer: Any) -> set[int]:

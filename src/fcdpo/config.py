@@ -29,11 +29,19 @@ class ConfigError(ValueError):
 
 @dataclass
 class TaskConfig:
-    """How many problems of one task each stage uses, and how hard they are."""
+    """Where one task's problems come from, how many each stage uses, and how hard generated ones are."""
 
-    train: int = 200  # problems the teacher is rolled out on
-    eval: int = 200  # held-out problems, never seen in training
-    dev: int = 0  # held-out problems for choosing recipes (the lab's), never used to report results
+    # "generated" (the task's seeded generator), or a real dataset (fcdpo.tasks.sources): "gsm8k"
+    # for math; "folio", "prontoqa" or "proofwriter" for fol. A real dataset's training problems come
+    # from its train split and held-out ones from its test / validation split.
+    source: str = "generated"
+    train: int | None = 200  # problems the teacher is rolled out on (real data: a seeded sample; None: all)
+    eval: int | None = 200  # held-out problems, never seen in training (real data: the first rows; None: all)
+    dev: int = 0  # generated only: held-out problems for choosing recipes (the lab's), never reported as results
+    train_path: str | None = None  # real data: a local file of the train split (relative: to the repository)
+    eval_path: str | None = None  # real data: a local file of the held-out split; None: from the hub
+    hub: str | None = None  # real data: another hub id than the default (openai/gsm8k, tasksource/folio)
+    strict: bool = False  # real data: a malformed row is an error (default: skipped, counted and reported)
     difficulty: dict[str, Any] = field(default_factory=dict)  # keyword arguments of Task.generate
     functions: list[str] | None = None  # the functions offered to the model (None: all of the task's)
     function_examples: bool = True  # show each function's example call in the prompt

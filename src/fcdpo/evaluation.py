@@ -222,41 +222,52 @@ def _by_problem(trajectories: Sequence[Trajectory]) -> dict[str, list[Trajectory
 
 
 def accuracy_with_interval(
-    trajectories: Sequence[Trajectory], resamples: int = 1000, level: float = 0.95, seed: int = 0
+    trajectories: Sequence[Trajectory], resamples: int = 1000, level: float = 0.95, seed: int = 0,
+    unscored: int = 0,
 ) -> tuple[float, float, float]:
     """(accuracy, low, high): the share of correct chains and its bootstrap interval over problems.
 
     With several samples per problem, a problem's chains are resampled together (each problem
     contributes its share of correct samples), so the interval is not made narrower by the samples.
+    `unscored` problems (benchmark rows whose gold answer cannot be read) count as not solved.
     """
-    if not trajectories:
+    if not trajectories and not unscored:
         return (math.nan, math.nan, math.nan)
     per_problem = [np.mean([t.correct for t in group]) for group in _by_problem(trajectories).values()]
+    per_problem += [0.0] * unscored
     low, high = bootstrap_interval(per_problem, resamples, level, seed)
     return (float(np.mean(per_problem)), low, high)
 
 
-def chain_metrics(trajectories: Sequence[Trajectory], resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
+def chain_metrics(
+    trajectories: Sequence[Trajectory], resamples: int = 1000, seed: int = 0, unscored: int = 0
+) -> dict[str, dict]:
     """Every metric of a group of chains: `{metric: {"value", "ci_low", "ci_high"}}`.
 
     Rates over call attempts are NaN when the chains made no call attempt; an empty group gives
-    an empty dict. See the module docstring for the definitions.
+    an empty dict. See the module docstring for the definitions. `unscored` problems (benchmark rows
+    whose gold answer cannot be read; no chain was run) count in `problems` and as not solved in
+    accuracy and pass@k, and are reported as `unscored_problems`.
     """
-    if not trajectories:
+    if not trajectories and not unscored:
         return {}
     nan = math.nan
     problems = _by_problem(trajectories)
-    accuracy, low, high = accuracy_with_interval(trajectories, resamples, seed=seed)
+    accuracy, low, high = accuracy_with_interval(trajectories, resamples, seed=seed, unscored=unscored)
     values: dict[str, float] = {
         "chains": len(trajectories),
-        "problems": len(problems),
+        "problems": len(problems) + unscored,
     }
     metrics = {name: {"value": float(v), "ci_low": nan, "ci_high": nan} for name, v in values.items()}
     metrics["accuracy"] = {"value": accuracy, "ci_low": low, "ci_high": high}
-    samples = min(len(group) for group in problems.values())
+    samples = min((len(group) for group in problems.values()), default=1)
     if samples > 1:
         rates = [pass_at_k(len(g), sum(t.correct for t in g), samples) for g in problems.values()]
+        rates += [0.0] * unscored
         metrics[f"pass@{samples}"] = {"value": float(np.mean(rates)), "ci_low": nan, "ci_high": nan}
+    metrics["unscored_problems"] = {"value": float(unscored), "ci_low": nan, "ci_high": nan}
+    if not trajectories:
+        return metrics
 
     errors = Counter()
     for t in trajectories:
@@ -268,6 +279,7 @@ def chain_metrics(trajectories: Sequence[Trajectory], resamples: int = 1000, see
         return count / attempts if attempts else nan
 
     chains = len(trajectories)
+    scored = len(problems) or 1
     values = {
         "answered_rate": sum(t.answer is not None for t in trajectories) / chains,
         "valid_call_rate": rate(calls - errors["unknown_function"] - errors["bad_arguments"]),
@@ -277,9 +289,9 @@ def chain_metrics(trajectories: Sequence[Trajectory], resamples: int = 1000, see
         "execution_error_rate": rate(errors["execution_error"]),
         "mean_steps": sum(t.steps for t in trajectories) / chains,
         "mean_calls": calls / chains,
-        "prompt_tokens_per_problem": sum(t.tokens.get("prompt", 0) for t in trajectories) / len(problems),
-        "generated_tokens_per_problem": sum(t.tokens.get("completion", 0) for t in trajectories) / len(problems),
-        "seconds_per_problem": sum(t.seconds for t in trajectories) / len(problems),
+        "prompt_tokens_per_problem": sum(t.tokens.get("prompt", 0) for t in trajectories) / scored,
+        "generated_tokens_per_problem": sum(t.tokens.get("completion", 0) for t in trajectories) / scored,
+        "seconds_per_problem": sum(t.seconds for t in trajectories) / scored,
     }
     outcomes = Counter(outcome(t) for t in trajectories)
     values.update({f"outcome_{name}": outcomes[name] / chains for name in OUTCOMES})
@@ -296,11 +308,13 @@ def metrics_table(
     parameters: Mapping[str, float | None] | None = None,
     resamples: int = 1000,
     seed: int = 0,
+    unscored: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """The tidy table: one row per (model, dataset, metric), columns `METRIC_COLUMNS`.
 
     `trajectories` maps (model label, dataset name) to that model's chains on that dataset (one
     task per dataset). `parameters` adds a `parameters` row per model and dataset where known.
+    `unscored` maps a dataset to its rows that could not be graded (counted as not solved).
     `ci_low` / `ci_high` are the 95% bootstrap bounds for accuracy, NaN for other metrics.
     """
     rows = []
@@ -308,7 +322,7 @@ def metrics_table(
         if not chains:
             continue
         task = _single_task(chains, f"{model}/{dataset}")
-        metrics = chain_metrics(chains, resamples, seed)
+        metrics = chain_metrics(chains, resamples, seed, unscored=(unscored or {}).get(dataset, 0))
         count = (parameters or {}).get(model)
         if count is not None:
             metrics["parameters"] = {"value": float(count), "ci_low": math.nan, "ci_high": math.nan}
@@ -479,7 +493,14 @@ def evaluate(
     for label in [*models, *problems]:
         if not _NAME.fullmatch(label):
             raise ValueError(f"label {label!r} must be letters, digits or _ . + - (it names files)")
-    datasets = {name: (list(items), _dataset_task(name, items, tasks)) for name, items in problems.items()}
+    # A benchmark row that cannot be graded (`meta["unscored"]`, see fcdpo.tasks.sources) is not run:
+    # it counts as not solved, so accuracy stays out of every row of the file.
+    unscored = {name: sum(1 for p in items if p.meta.get("unscored")) for name, items in problems.items()}
+    for name, count in unscored.items():
+        if count:
+            print(f"{name}: {count} row(s) cannot be graded and count as not solved")
+    datasets = {name: ([p for p in items if not p.meta.get("unscored")], _dataset_task(name, items, tasks))
+                for name, items in problems.items()}
     seen = set(training_questions)
     for name, (items, _) in datasets.items():
         leaked = [p.id for p in items if p.question in seen]
@@ -542,7 +563,7 @@ def evaluate(
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "models.json").write_text(json.dumps(known, indent=1, default=str) + "\n")
-    metrics = metrics_table(results, counts, resamples, seed)
+    metrics = metrics_table(results, counts, resamples, seed, unscored)
     summary = summary_table(metrics)
     by_difficulty = difficulty_table(results, resamples, seed)
     files = [folder / "models.json"]
@@ -711,17 +732,20 @@ def benchmark_problems(
 
     A None path skips that benchmark with a printed note; a relative path is read from `root`
     (default: the repository root). A path that is set but missing is an error (FileNotFoundError),
-    so a typo is not mistaken for "skip". `limit` keeps the first problems of each.
+    so a typo is not mistaken for "skip". `limit` keeps the first rows of each.
+
+    Every row of a file is kept: a row that is not a record or whose gold answer cannot be read is a
+    placeholder that `evaluate` counts as not solved (see `fcdpo.tasks.sources.held_out`), and what
+    was read is printed, with the rows that could not be.
     """
     from fcdpo.config import CONFIG_DIR
-    from fcdpo.tasks.fol import FolTask
-    from fcdpo.tasks.math import MathTask
+    from fcdpo.tasks.sources import held_out, load_split
 
     base = Path(root) if root is not None else CONFIG_DIR.parent
     found: dict[str, list[Problem]] = {}
-    for name, path, load, key in (
-        ("gsm8k", gsm8k_path, MathTask().load, "evaluation.gsm8k_path"),
-        ("folio", folio_path, FolTask().load, "evaluation.folio_path"),
+    for name, path, task, key in (
+        ("gsm8k", gsm8k_path, "math", "evaluation.gsm8k_path"),
+        ("folio", folio_path, "fol", "evaluation.folio_path"),
     ):
         if path is None:
             print(f"{name}: no file given ({key} is not set); skipped")
@@ -729,8 +753,9 @@ def benchmark_problems(
         file = Path(path) if Path(path).is_absolute() else base / path
         if not file.is_file():
             raise FileNotFoundError(f"{key} is {str(path)!r}, but there is no file at {file}")
-        found[name] = load(file, limit=limit)
-        print(f"{name}: {len(found[name])} problems from {file}")
+        loaded = load_split(name, "test", file, limit=limit)
+        found[name] = held_out(loaded, task, "benchmark")
+        print(loaded.summary())
     return found
 
 

@@ -185,20 +185,15 @@ def _trainable(model: "torch.nn.Module") -> int:
 
 def _load_base(model_ref: str, config: GLPFTConfig) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
+
+    from fcdpo.loading import model_kwargs
 
     cuda = torch.cuda.is_available()
-    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if config.load_in_4bit:
-        if not cuda:
-            raise ValueError("glpft.load_in_4bit needs a CUDA GPU (bitsandbytes cannot train 4-bit layers on CPU); "
-                             "set load_in_4bit: false")
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
-        kwargs["device_map"] = {"": 0}
+    if config.load_in_4bit and not cuda:
+        raise ValueError("glpft.load_in_4bit needs a CUDA GPU (bitsandbytes cannot train 4-bit layers on CPU); "
+                         "set load_in_4bit: false")
+    kwargs = model_kwargs(load_in_4bit=config.load_in_4bit, device_map={"": 0} if config.load_in_4bit else None)
     model = AutoModelForCausalLM.from_pretrained(model_ref, **kwargs)
     if config.load_in_4bit:
         from peft import prepare_model_for_kbit_training
@@ -218,6 +213,8 @@ def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, confi
     import datasets
     import torch
     from trl import SFTConfig, SFTTrainer
+
+    from fcdpo.loading import compute_dtype, mixed_precision
 
     if stage not in STAGES:
         raise ValueError(f"unknown GLPFT stage {stage!r}; expected one of {STAGES}")
@@ -241,8 +238,7 @@ def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, confi
         completion_only_loss=not whole_chains,
         seed=config.seed,
         data_seed=config.seed,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        fp16=False,
+        **mixed_precision(compute_dtype(), cuda),  # fp16 on a T4, never its emulated bf16
         activation_checkpointing=config.gradient_checkpointing,
         use_cpu=not cuda,
         save_strategy="no",
@@ -302,7 +298,9 @@ def train_glpft(
     count and the multi-LLM agent's total (three role adapters).
     """
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
+
+    from fcdpo.loading import lora_config
 
     from fcdpo.config import TrainingConfig
     from fcdpo.training import load_tokenizer
@@ -320,8 +318,7 @@ def train_glpft(
     for stage in STAGES:
         torch.manual_seed(config.seed)  # the same LoRA initialisation for the same seed
         if stage == "backbone":
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
+            lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
             peft_model = get_peft_model(base, lora)
         else:
             peft_model = PeftModel.from_pretrained(base, str(output / "backbone"), is_trainable=True)

@@ -9,7 +9,7 @@ Notation (each Unicode symbol has an ASCII spelling):
     ∨   |             disjunction
     ⊕   ^             exclusive or
     →   ->            implication (right-associative)
-    ↔   <->           biconditional
+    ↔   ⟷  <->        biconditional
     =   ≠  !=         equality / inequality of terms
 
 Binding strength, tightest first: ¬, ∧, then ∨ and ⊕ (same level, left to right), →, ↔.
@@ -18,8 +18,11 @@ A quantifier's scope reaches as far right as possible (as in NLTK and most textb
 
 Atoms are predicates applied to terms, `Tall(john)`, `Loves(x, y)`, or a bare identifier used as a
 proposition, `Raining`. A term is an identifier: a bound variable where a quantifier over that name
-is in scope, a constant otherwise. Identifiers are letters, digits and underscores; `forall` and
-`exists` are reserved. Each name keeps one role in a formula and across a knowledge base: a
+is in scope, a constant otherwise. Identifiers start with a letter, digit or underscore and go on
+with those, apostrophes (`'`, `’`) and, where another name character follows, `.` and `-`
+(`Dr.Smith`, `Hand-made`, `O’Brien`; a `.` before `)` or `,` also belongs to the name: `apple_inc.`),
+as FOLIO's names do; a quantifier's variable is letters, digits and underscores only, so `∀x.P(x)`
+reads as before. `forall` and `exists` are reserved. Each name keeps one role in a formula and across a knowledge base: a
 predicate of a fixed arity, a proposition, or a constant.
 
 Every malformed input raises `FormulaError`, whose message names the problem and its character
@@ -167,7 +170,7 @@ _SYMBOLS = [  # longest first so "<->" is not read as "<" then "->"
     ("<->", "↔"), ("->", "→"), ("!=", "≠"),
     ("∀", "∀"), ("∃", "∃"), ("¬", "¬"), ("~", "¬"), ("!", "¬"),
     ("∧", "∧"), ("&", "∧"), ("∨", "∨"), ("|", "∨"), ("⊕", "⊕"), ("^", "⊕"),
-    ("→", "→"), ("↔", "↔"), ("≠", "≠"), ("=", "="),
+    ("→", "→"), ("↔", "↔"), ("⟷", "↔"), ("≠", "≠"), ("=", "="),
     ("(", "("), (")", ")"), (",", ","), (".", "."),
 ]
 _KEYWORDS = {"forall": "∀", "exists": "∃"}
@@ -185,6 +188,25 @@ def _is_name_char(ch: str) -> bool:
     return ch.isalpha() or ch in "0123456789_"
 
 
+_APOSTROPHES = "'’"
+_JOINERS = ".-"  # inside a name only where a name character follows (so `->` and `∀x.` stay symbols)
+
+
+def _name_end(text: str, start: int, plain: bool) -> int:
+    """Where the identifier starting at `start` ends; `plain` reads letters, digits and `_` only."""
+    i, n = start, len(text)
+    while i < n:
+        ch = text[i]
+        if _is_name_char(ch) or (not plain and ch in _APOSTROPHES):
+            i += 1
+        elif not plain and ch in _JOINERS and i + 1 < n and (
+                _is_name_char(text[i + 1]) or (ch == "." and text[i + 1] in "),")):
+            i += 1
+        else:
+            break
+    return i
+
+
 def _describe(token: _Token) -> str:
     return "end of formula" if token.kind == "end" else repr(token.text)
 
@@ -199,8 +221,8 @@ def _tokenize(text: str) -> list[_Token]:
             continue
         if _is_name_char(ch):
             start = i
-            while i < n and _is_name_char(text[i]):
-                i += 1
+            after_quantifier = bool(tokens) and tokens[-1].kind in ("∀", "∃")
+            i = _name_end(text, start, plain=after_quantifier)
             word = text[start:i]
             tokens.append(_Token(_KEYWORDS.get(word, "name"), word, start))
             continue

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fcdpo.chat_templates import QWEN3_TOOLS_TEMPLATE, ChatTemplateError, check_chat_template
 from fcdpo.config import TrainingConfig
 from fcdpo.preferences import restore_messages, restore_tools
 
@@ -77,7 +78,8 @@ MISTRAL_TOOLS_TEMPLATE = (
     "{%- endif %}"
     "{%- endfor %}"
 )
-CHAT_TEMPLATES = {"mistral-tools": MISTRAL_TOOLS_TEMPLATE}
+# Replacements for templates that cannot be trained with as they are (see fcdpo.chat_templates).
+CHAT_TEMPLATES = {"mistral-tools": MISTRAL_TOOLS_TEMPLATE, "qwen3-tools": QWEN3_TOOLS_TEMPLATE}
 
 
 class TrainingError(ValueError):
@@ -305,13 +307,10 @@ def _dpo_trainer_class() -> type:
 
 
 def compute_dtype() -> "torch.dtype":
-    """bf16 on GPUs that support it, fp16 on other GPUs (a T4), fp32 on CPU."""
-    import torch
+    """bf16 on GPUs that support it natively, fp16 on other GPUs (a T4), fp32 on CPU (`fcdpo.loading`)."""
+    from fcdpo.loading import compute_dtype as decide
 
-    if torch.cuda.is_available():
-        # Without `including_emulation=False` a T4 says yes and then runs bf16 in slow emulation.
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    return torch.float32
+    return decide()
 
 
 def _launched_processes() -> int:
@@ -351,23 +350,15 @@ def load_student(model: str | Path, settings: TrainingConfig) -> tuple[Any, Any]
 
 def _load_base(model: str | Path, settings: TrainingConfig) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
-    dtype = compute_dtype()
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if settings.load_in_4bit:
-        quantization = {
-            "load_in_4bit": True,
-            "bnb_4bit_quant_type": "nf4",
-            "bnb_4bit_use_double_quant": True,
-            "bnb_4bit_compute_dtype": dtype,
-        }
-        if _sharded_launch():
-            quantization["bnb_4bit_quant_storage"] = dtype
-        else:  # each process holds its whole (quantised) model on its own device
-            device = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
-            kwargs["device_map"] = {"": device}
-        kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
+    from fcdpo.loading import model_kwargs
+
+    device_map = None
+    if settings.load_in_4bit:  # each process holds its whole (quantised) model on its own device
+        device_map = {"": int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"}
+    kwargs = model_kwargs(load_in_4bit=settings.load_in_4bit, dtype=compute_dtype(), device_map=device_map,
+                          sharded=settings.load_in_4bit and _sharded_launch())
     try:
         return AutoModelForCausalLM.from_pretrained(str(model), **kwargs)
     except (OSError, ValueError) as exc:
@@ -384,6 +375,10 @@ def load_tokenizer(model: str | Path, settings: TrainingConfig) -> Any:
         raise TrainingError(f"cannot load the tokenizer of {str(model)!r}: {exc}") from exc
     if settings.chat_template:
         tokenizer.chat_template = named_chat_template(settings.chat_template)
+    try:  # a template that refuses tool turns or rewrites earlier turns fails here, naming its replacement
+        check_chat_template(tokenizer, str(model), "training.chat_template")
+    except ChatTemplateError as exc:
+        raise TrainingError(str(exc)) from exc
     if tokenizer.pad_token is None:  # Mistral has none; padding sits under a zero attention mask
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -421,17 +416,10 @@ def _gradient_checkpointing(settings: TrainingConfig) -> bool:
 
 
 def lora_config(settings: TrainingConfig) -> Any:
-    """The PEFT LoRA configuration of both methods."""
-    from peft import LoraConfig
+    """The PEFT LoRA configuration of both methods (`fcdpo.loading.lora_config`)."""
+    from fcdpo.loading import lora_config as make
 
-    return LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=list(settings.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    return make(settings.lora_r, settings.lora_alpha, settings.lora_dropout, settings.target_modules)
 
 
 def _adapter_dtype_for_training(model: Any) -> None:

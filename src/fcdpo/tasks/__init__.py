@@ -61,24 +61,56 @@ def split_problems(task: Task, sizes: dict[str, int], seed: int = 0, **difficult
 def problem_sets(profile, splits: tuple[str, ...] = ("eval", "train")) -> dict[str, dict[str, list[Problem]]]:
     """Every task's problem splits for a profile, written to `<run>/problems/<task>-<split>.jsonl`.
 
-    Sizes and difficulty come from the profile's `tasks` section; returns `{task: {split: problems}}`.
+    Sizes and the source come from the profile's `tasks` section; returns `{task: {split: problems}}`.
+    A generated task draws disjoint seeded splits (`split_problems`). A real dataset
+    (`fcdpo.tasks.sources`) gives its test / validation rows as `eval`, with a placeholder for every
+    row that cannot be graded (evaluation counts it as not solved), and a seeded sample of its train
+    split as `train`, without any held-out question; what was read is printed.
     """
+    from fcdpo.tasks.sources import SOURCES, TASK_OF_SOURCE, real_splits
+
     out: dict[str, dict[str, list[Problem]]] = {}
     for name, settings in profile.tasks.items():
         task = get_task(name, settings.functions)
         sizes = {split: getattr(settings, split) for split in splits}
-        out[name] = split_problems(task, sizes, profile.seed, **settings.difficulty)
+        if settings.source not in SOURCES:
+            raise ValueError(f"tasks.{name}.source is {settings.source!r}; expected one of {list(SOURCES)}")
+        if settings.source == "generated":
+            missing = [split for split, size in sizes.items() if size is None]
+            if missing:
+                raise ValueError(f"tasks.{name}: generated problems need a number for {missing}, not null")
+            out[name] = split_problems(task, sizes, profile.seed, **settings.difficulty)
+        else:
+            if TASK_OF_SOURCE[settings.source] != name:
+                raise ValueError(f"tasks.{name}.source is {settings.source!r}, a dataset of the "
+                                 f"{TASK_OF_SOURCE[settings.source]!r} task")
+            paths = {split: _repository_path(getattr(settings, f"{split}_path")) for split in ("train", "eval")}
+            out[name], report = real_splits(settings.source, name, sizes, profile.seed, paths=paths,
+                                            hub=settings.hub, strict=settings.strict)
+            for line in report:
+                print(line)
         offered = set(task.functions().names)
         for split, problems in out[name].items():
             for problem in problems:
                 missing = {step["name"] for step in problem.gold_chain} - offered
-                if missing:
+                if missing and settings.source == "generated":
                     raise ValueError(
                         f"{name}: problem {problem.id}'s gold chain calls {sorted(missing)}, which the profile's "
                         f"tasks.{name}.functions leaves out"
                     )
             save_problems(problems, profile.run_path / "problems" / f"{name}-{split}.jsonl")
     return out
+
+
+def _repository_path(path: str | None):
+    """A profile's file path: as given when absolute, else relative to the repository root."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    from fcdpo.config import CONFIG_DIR
+
+    return Path(path) if Path(path).is_absolute() else CONFIG_DIR.parent / path
 
 
 __all__ = ["Problem", "Task", "get_task", "load_problems", "problem_sets", "save_problems", "split_problems"]

@@ -42,6 +42,11 @@ class Problem:
         return cls(**row)
 
 
+class DatasetUnavailableError(RuntimeError):
+    """A real dataset could not be loaded from the Hugging Face Hub (e.g. offline); the message names
+    the dataset and how to provide a local file instead."""
+
+
 class Task(abc.ABC):
     """The interface shared by `MathTask` and `FolTask`."""
 

@@ -16,7 +16,6 @@ dropped) and entities lower-case constants (`Alex` -> `alex`), as in FOLIO.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -36,6 +35,7 @@ LABELS = (TRUE, FALSE, UNKNOWN)
 QUESTION_PREFIX = "True, false, or unknown:"
 MAX_NAME_CHARS = 60
 MAX_HOPS = 5
+MAX_FOLIO_PREMISES = 100  # premises of one FOLIO record (the official files have at most about 20)
 PROVER_TIMEOUT_MS = 2000
 CALL_TIME_LIMIT_S = 5.0  # above the prover's own budget, so z3 reports its timeout itself
 
@@ -77,13 +77,52 @@ def entity_constant(entity: str) -> str:
     return name
 
 
+# Plurals that no suffix rule undoes, and words ending in "-uses" whose singular ends in "-use".
+_IRREGULAR_SINGULARS = {
+    "mice": "mouse", "wolves": "wolf", "people": "person", "children": "child", "men": "man",
+    "women": "woman", "geese": "goose", "feet": "foot", "teeth": "tooth", "leaves": "leaf",
+    "knives": "knife", "wives": "wife", "lives": "life", "halves": "half", "calves": "calf",
+    "elves": "elf", "shelves": "shelf", "loaves": "loaf", "thieves": "thief", "oxen": "ox",
+}
+_USE_WORDS = frozenset({
+    "houses", "causes", "uses", "fuses", "excuses", "blouses", "spouses", "muses", "abuses",
+    "clauses", "pauses", "refuses", "accuses", "amuses", "warehouses", "greenhouses",
+})
+
+
+def singular(word: str) -> str:
+    """The singular of an English noun as ProntoQA-style text writes it: `jompuses` -> `jompus`,
+    `cats` -> `cat`, `daisies` -> `daisy`, `mice` -> `mouse`. Words that do not look plural
+    (`wumpus`, `nervous`, `glass`, `red`) come back unchanged, and so does a singular."""
+    lower = word.lower()
+    if lower in _IRREGULAR_SINGULARS:
+        return _IRREGULAR_SINGULARS[lower]
+    if len(lower) <= 3 or not lower.endswith("s"):
+        return lower
+    if lower in _USE_WORDS:
+        return lower[:-1]
+    if lower.endswith("ies") and len(lower) > 4:
+        return lower[:-3] + "y"
+    if lower.endswith(("sses", "shes", "ches", "xes", "zzes", "uses")):
+        return lower[:-2]
+    if lower.endswith(("ss", "us", "is")):
+        return lower
+    return lower[:-1]
+
+
 def concept_predicate(concept: str) -> str:
     """The predicate a concept becomes: `"wumpus"` -> `Wumpus`, `"a living thing"` -> `Living_thing`.
+
+    A plural is one predicate with its singular (`"jompuses"` and `"jompus"` -> `Jompus`, `"living
+    things"` -> `Living_thing`): ProntoQA-style text says "Jompuses are not lorpuses" where a call
+    names the singular. Only the last word is made singular.
 
     Raises:
         ValueError: as for `entity_constant`.
     """
-    name = _clean_name(concept, "concept").lower()
+    words = _clean_name(concept, "concept").lower().split("_")
+    words[-1] = singular(words[-1])
+    name = "_".join(words)
     return name[0].upper() + name[1:]
 
 
@@ -601,27 +640,26 @@ class FolTask(Task):
         `conclusion-FOL`, `label`; premises as a newline-separated string or a list).
 
         The gold chain adds each FOL premise and proves the FOL conclusion. Records whose
-        formulas the prover cannot read are skipped with a logged warning (`strict=True` raises
-        instead). Note that some FOLIO annotations do not entail their own label, so a gold chain
-        may end in another label than the answer. A line that is not a FOLIO record raises
-        ValueError naming the file and line.
+        formulas the prover cannot read are skipped with a logged warning naming the file, line,
+        premise, formula and position (`strict=True` raises instead). Note that some FOLIO
+        annotations do not entail their own label, so a gold chain may end in another label than
+        the answer. A line that is not a FOLIO record raises ValueError naming the file and line.
+        For every row of a file, with unreadable ones counted, see `fcdpo.tasks.sources.read_folio`.
         """
+        from fcdpo.tasks.sources import read_folio
+
+        loaded = read_folio(path, strict=True)
         problems: list[Problem] = []
-        with Path(path).open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if limit is not None and len(problems) >= limit:
-                    break
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    problem = _folio_problem(json.loads(line), number)
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    if isinstance(exc, FormulaError) and not strict:
-                        logger.warning("%s: skipped, its formulas cannot be read (%s)", where, exc)
-                        continue
-                    raise ValueError(f"{where}: not a FOLIO record ({_reason(exc)})") from exc
-                problems.append(problem)
+        for problem, row in zip(loaded.problems, loaded.problem_rows):
+            if limit is not None and len(problems) >= limit:
+                break
+            error = problem.meta.get("gold_chain_error")
+            if error is not None:
+                if strict:
+                    raise ValueError(f"{path}:{row}: {error}")
+                logger.warning("%s:%s: skipped, its formulas cannot be read (%s)", path, row, error)
+                continue
+            problems.append(problem)
         return problems
 
 
@@ -631,12 +669,6 @@ def _label_in(text: str) -> str | None:
         return None
     word = words[-1].lower()
     return UNKNOWN if word in ("unknown", "uncertain") else word.capitalize()
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, KeyError):
-        return f"missing key {exc.args[0]!r}"
-    return str(exc)
 
 
 def _lines(value: Any, key: str) -> list[str]:
@@ -652,24 +684,31 @@ def _lines(value: Any, key: str) -> list[str]:
     return items
 
 
-def _folio_problem(record: Any, number: int) -> Problem:
+def folio_record(record: Any, number: int, *, max_premises: int = MAX_FOLIO_PREMISES) -> Problem:
+    """One official FOLIO record as a Problem, its formulas not yet read (see `folio_formula_error`).
+
+    Raises:
+        KeyError, TypeError, ValueError: the record is not a FOLIO record (a key is missing, a
+            field has the wrong type, more than `max_premises` premises) or its label is not True,
+            False or Uncertain.
+    """
     if not isinstance(record, dict):
         raise ValueError("expected a JSON object")
     premises = _lines(record["premises"], "premises")
     premises_fol = _lines(record["premises-FOL"], "premises-FOL")
+    for key, items in (("premises", premises), ("premises-FOL", premises_fol)):
+        if len(items) > max_premises:
+            raise ValueError(f"{key!r} has {len(items)} entries; the limit is {max_premises}")
     conclusion, conclusion_fol, label = record["conclusion"], record["conclusion-FOL"], record["label"]
     for key, value in (("conclusion", conclusion), ("conclusion-FOL", conclusion_fol), ("label", label)):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{key!r} must be a non-empty string")
-    answers = {"true": TRUE, "false": FALSE, "uncertain": UNKNOWN, "unknown": UNKNOWN}
-    answer = answers.get(label.strip().lower())
+    answer = label_of(label)
     if answer is None:
         raise ValueError(f"label {label!r} is not True, False or Uncertain")
-    kb = KnowledgeBase()  # reads every formula against one signature, as the gold chain will
-    for formula in premises_fol:
-        kb.add(formula)
-    kb.parse(conclusion_fol)
     example_id = record.get("example_id", record.get("id"))
+    if not isinstance(example_id, (int, str)) or isinstance(example_id, bool):
+        example_id = None
     question = "\n".join(premises) + f"\n{QUESTION_PREFIX} {conclusion.strip()}"
     chain = [{"name": "add_premise", "arguments": {"formula": p}} for p in premises_fol]
     chain.append({"name": "prove", "arguments": {"conclusion": conclusion_fol.strip()}})
@@ -687,3 +726,32 @@ def _folio_problem(record: Any, number: int) -> Problem:
             "conclusion_fol": conclusion_fol.strip(),
         },
     )
+
+
+def folio_formula_error(problem: Problem) -> str | None:
+    """Why a FOLIO problem's gold formulas cannot be read, or None when they all can.
+
+    The message names the premise (1-based, of how many) or the conclusion, the formula and the
+    position in it, e.g. `premise 2 of 3 'Tall(x' : 1 unclosed '(' (position 6)`. All formulas are
+    read against one signature, as the gold chain will add them.
+    """
+    premises = problem.meta.get("premises_fol") or []
+    kb = KnowledgeBase()
+    for index, formula in enumerate(premises, 1):
+        try:
+            kb.add(formula)
+        except FormulaError as exc:
+            return f"premise {index} of {len(premises)} {formula!r}: {exc}"
+    conclusion = problem.meta.get("conclusion_fol", "")
+    try:
+        kb.parse(conclusion)
+    except FormulaError as exc:
+        return f"conclusion {conclusion!r}: {exc}"
+    return None
+
+
+def label_of(text: Any) -> str | None:
+    """True / False / Unknown for a benchmark label (`True`, `false`, `Uncertain`, `Unknown`), else None."""
+    if not isinstance(text, str):
+        return None
+    return {"true": TRUE, "false": FALSE, "uncertain": UNKNOWN, "unknown": UNKNOWN}.get(text.strip().lower())

@@ -14,7 +14,6 @@ from the official GSM8K jsonl via `load_gsm8k`, whose calculator annotations `<<
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -27,7 +26,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import sympy
 
 from fcdpo.functions import FunctionSet, format_value
-from fcdpo.tasks.base import Problem, Task
+from fcdpo.tasks.base import DatasetUnavailableError, Problem, Task
 from fcdpo.tasks.calculator import MAX_MAGNITUDE, evaluate_expression
 
 __all__ = [
@@ -563,7 +562,7 @@ _HUB_DATASET = "openai/gsm8k"
 _GSM8K_URL = "https://github.com/openai/grade-school-math/tree/master/grade_school_math/data"
 
 
-class GSM8KUnavailableError(RuntimeError):
+class GSM8KUnavailableError(DatasetUnavailableError):
     """GSM8K could not be fetched from the Hugging Face Hub; pass a local jsonl path instead."""
 
 
@@ -626,25 +625,12 @@ def gsm8k_problem(record: dict[str, Any], problem_id: str) -> Problem:
 
 
 def _read_gsm8k_file(path: str | Path, limit: int | None) -> list[Problem]:
+    from fcdpo.tasks.sources import read_gsm8k
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no GSM8K file at {path}; expected the official jsonl (see {_GSM8K_URL})")
-    problems: list[Problem] = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if limit is not None and len(problems) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc})") from exc
-            try:
-                problems.append(gsm8k_problem(record, f"gsm8k-{path.stem}-{len(problems)}"))
-            except ValueError as exc:
-                raise ValueError(f"{path}:{number}: {exc}") from exc
-    return problems
+    return read_gsm8k(path, strict=True, limit=limit).problems
 
 
 @contextlib.contextmanager

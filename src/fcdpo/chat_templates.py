@@ -1,0 +1,143 @@
+"""Chat templates that fcdpo can train with, and a check that names the fix for one it cannot.
+
+Training needs two things of a student's chat template (`fcdpo.training.assistant_tokens`):
+
+- it renders every turn fcdpo writes: system, user, assistant (text or native `tool_calls`) and
+  `tool` results, with `tools`;
+- its history is stable: the prompt rendered with the generation prompt is a prefix of the prompt
+  and the next turn, and a conversation's rendering is a prefix of its continuation's. Otherwise the
+  tokens the model is trained on are not the tokens it saw when it wrote them.
+
+Two families' own templates fail one of these:
+
+- Mistral-7B-Instruct-v0.2 raises on `tool` messages (its roles must alternate user / assistant).
+  `mistral-tools` (in `fcdpo.training.CHAT_TEMPLATES`) shows a tool result as an instruction turn.
+- Qwen3 gives the last assistant turn a think block (`<think>\\n\\n</think>\\n\\n`) and drops it once a
+  later turn exists, so its history is not stable. `qwen3-tools` below is Qwen3's non-thinking format
+  (the one `enable_thinking=False` gives) with the empty think block on every assistant turn, outside
+  the `{% generation %}` markers: it is in the prompt the model continues, never in what it is trained
+  to write.
+
+`template_fault` finds these problems by rendering a short conversation, and `check_chat_template`
+turns one into an error that says which template to set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+QWEN3_TOOLS_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
+    "{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": "
+    "<args-json-object>}\\n</tool_call><|im_end|>\\n' }}"
+    "{%- elif messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}"
+    "{%- generation %}"
+    "{%- if message.content %}{{- message.content }}{%- endif %}"
+    "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}"
+    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    "{{- '<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
+    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
+    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>' }}"
+    "{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+)
+
+# A conversation with every kind of turn fcdpo writes (python-syntax calls as text, tool results).
+PROBE = [
+    {"role": "system", "content": "You solve problems by calling functions."},
+    {"role": "user", "content": "What is 2 + 3?"},
+    {"role": "assistant", "content": "add(a=2, b=3)"},
+    {"role": "tool", "content": "5"},
+    {"role": "assistant", "content": "Final answer: 5"},
+]
+
+
+class ChatTemplateError(ValueError):
+    """A chat template that fcdpo cannot train with; the message says what to set instead."""
+
+
+def replacement_for(template: str | None) -> str | None:
+    """The named template to use instead of `template`, for the families known to need one."""
+    if not isinstance(template, str):
+        return None
+    if "<think>" in template and "<|im_start|>" in template:
+        return "qwen3-tools"
+    if "[INST]" in template:
+        return "mistral-tools"
+    return None
+
+
+def template_fault(tokenizer: Any, messages: list[dict[str, Any]] | None = None,
+                   tools: list[dict[str, Any]] | None = None, history: bool = True) -> str | None:
+    """Why the tokenizer's chat template cannot be trained with on `messages` (default: `PROBE`), or None.
+
+    Checks that the conversation renders and, with `history`, that each assistant turn's prompt
+    (rendered with the generation prompt) begins the rendering through that turn, and that the
+    rendering through each turn begins the whole conversation's. Generation alone needs only the
+    first (`history=False`).
+    """
+    template = tokenizer.chat_template
+    if template is None:
+        return "it has no chat template"
+    messages = messages or PROBE
+
+    def render(part: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(part, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
+
+    try:
+        whole = render(messages)
+    except Exception as exc:  # noqa: BLE001 - jinja raises its own error types, and templates raise_exception
+        return f"its chat template cannot render tool turns ({type(exc).__name__}: {exc})"
+    if not history:
+        return None
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before, through = render(messages[:index], True), render(messages[: index + 1])
+        if not through.startswith(before):
+            return (f"its prompt for the assistant turn at message {index} is not a prefix of the rendering "
+                    "through that turn")
+        if not whole.startswith(through):
+            return (f"its history is not stable: the assistant turn at message {index} renders differently "
+                    "once later turns follow it")
+    return None
+
+
+def check_chat_template(tokenizer: Any, where: str, setting: str = "chat_template", history: bool = True) -> None:
+    """Raise ChatTemplateError naming the template to set when the tokenizer's cannot be used.
+
+    `where` names the model in the message and `setting` the profile key that picks a template;
+    `history=False` checks only what generation needs (see `template_fault`).
+    """
+    fault = template_fault(tokenizer, history=history)
+    if fault is None:
+        return
+    template = tokenizer.chat_template
+    replacement = replacement_for(template if isinstance(template, str) else None)
+    fix = (f"set {setting}: {replacement}" if replacement else
+           f"set {setting} to a .jinja template with {{% generation %}} markers that renders tool turns")
+    raise ChatTemplateError(f"the chat template of {where!r} cannot be used: {fault}; {fix}")

@@ -1,0 +1,85 @@
+"""One place that decides how models are loaded for every stage: compute dtype, 4-bit quantisation,
+device map and LoRA.
+
+    dtype = compute_dtype()                    # bf16 on GPUs with native bf16, fp16 on others (a T4), fp32 on CPU
+    kwargs = model_kwargs(load_in_4bit=True)   # for AutoModelForCausalLM.from_pretrained
+    lora = lora_config(16, 32, 0.05, ["q_proj", "v_proj"])
+
+Rollouts and evaluation (`fcdpo.backends`), DPO / SFT (`fcdpo.training`) and GLPFT (`fcdpo.glpft`) all
+take these from here, so no stage trains or generates in a dtype another stage would not choose (a
+T4 reports bf16 support, but only through slow emulation: only native support counts).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def compute_dtype(device: str | None = None) -> "torch.dtype":
+    """bf16 on CUDA devices with native bf16, fp16 on other CUDA devices, fp32 on CPU.
+
+    `device` None means CUDA when it is available."""
+    import torch
+
+    on_gpu = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
+    if not on_gpu:
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
+def resolve_dtype(dtype: "str | torch.dtype | None", device: str | None = None) -> "torch.dtype":
+    """A dtype given by name or as a torch dtype, or `compute_dtype(device)` for None."""
+    import torch
+
+    if dtype is None:
+        return compute_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"dtype {dtype!r} is not a torch dtype (e.g. 'bfloat16', 'float16', 'float32')")
+    return resolved
+
+
+def mixed_precision(dtype: "torch.dtype", on_gpu: bool) -> dict[str, bool]:
+    """The trainer's `bf16` / `fp16` flags for a compute dtype: mixed precision only on a GPU."""
+    import torch
+
+    return {"bf16": on_gpu and dtype == torch.bfloat16, "fp16": on_gpu and dtype == torch.float16}
+
+
+def quantization_config(dtype: "torch.dtype", storage: "torch.dtype | None" = None) -> Any:
+    """QLoRA's 4-bit base: NF4 with double quantisation, computing in `dtype`; `storage` keeps the packed
+    weights in another dtype (FSDP and DeepSpeed shard them in the compute dtype)."""
+    from transformers import BitsAndBytesConfig
+
+    settings: dict[str, Any] = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": dtype}
+    if storage is not None:
+        settings["bnb_4bit_quant_storage"] = storage
+    return BitsAndBytesConfig(**settings)
+
+
+def model_kwargs(*, load_in_4bit: bool = False, dtype: "torch.dtype | None" = None,
+                 device_map: Any = None, sharded: bool = False) -> dict[str, Any]:
+    """Keyword arguments of `from_pretrained`: the dtype, the 4-bit config if asked, a device map.
+
+    `sharded` (FSDP / DeepSpeed) stores 4-bit weights in the compute dtype and places nothing."""
+    dtype = dtype if dtype is not None else compute_dtype()
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if load_in_4bit:
+        kwargs["quantization_config"] = quantization_config(dtype, storage=dtype if sharded else None)
+    if device_map is not None and not sharded:
+        kwargs["device_map"] = device_map
+    return kwargs
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:
+    """The LoRA adapter of every trained stage (no bias, causal LM)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                      bias="none", task_type="CAUSAL_LM")
