@@ -10,6 +10,8 @@ run folder (`runs/<profile>/notebooks/`), never back into `notebooks/`, which st
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +47,12 @@ def reproduce(
     """
     import papermill
 
+    from fcdpo.progress import HEADLESS
+
     run_path = load_profile(profile).run_path
+    # The kernels inherit this environment: long steps report in lines, which papermill forwards
+    # here from each cell's stdout as it runs, under its own bar over the notebook's cells.
+    os.environ.setdefault(HEADLESS, "1")
     output_dir = Path(output_dir) if output_dir else run_path / "notebooks"
     output_dir.mkdir(parents=True, exist_ok=True)
     executed = []
@@ -59,7 +66,8 @@ def reproduce(
             parameters={"profile": profile, **(parameters or {})},
             kernel_name="python3",
             cwd=str(NOTEBOOK_DIR),
-            progress_bar=False,
+            progress_bar={"desc": notebook.stem, "unit": "cell", "leave": True},
+            stdout_file=sys.stdout,
         )
         print(f"  done in {time.perf_counter() - started:.0f} s → {target}", flush=True)
         executed.append(target)

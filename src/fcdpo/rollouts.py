@@ -13,8 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from tqdm.auto import tqdm
 
+from fcdpo.progress import bar as progress_bar
 from fcdpo.agent import Agent, Trajectory
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def rollout(
     _drop_torn_tail(path)
 
     correct = sum(t.correct for t in existing.values())
-    bar = tqdm(total=len(wanted), initial=len(existing), desc=f"rollouts {agent.task.name}", disable=not progress)
+    bar = progress_bar(total=len(wanted), initial=len(existing), desc=f"rollouts {agent.task.name}", disable=not progress)
     with path.open("a") as out:
 
         def write(trajectory: Trajectory) -> None:

@@ -28,10 +28,10 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
-    TrainerCallback,
 )
 
 from fcdpo.preferences import arrow_safe
+from fcdpo.progress import trainer_callback
 
 if TYPE_CHECKING:
     from fcdpo.config import Profile
@@ -302,7 +302,7 @@ def train_sft(
             )
             trainer.remove_callback(PrinterCallback)  # progress goes to `log`, in one line per report
             if log is not None:
-                trainer.add_callback(_ProgressLog(log, every=2 * config.logging_steps))
+                trainer.add_callback(trainer_callback(log, "", every=2 * config.logging_steps))
             tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
             started = time.perf_counter()
             resume = saving and any(Path(checkpoint_dir).glob("checkpoint-*"))
@@ -325,24 +325,6 @@ def train_sft(
         "tokens_per_second": round(tokens / seconds) if seconds else 0,
         "loss": round(sum(tail) / len(tail), 4),
     }
-
-
-class _ProgressLog(TrainerCallback):
-    """Sends `step 70/700 · loss 0.61 · 95 s` to `log` every `every` steps."""
-
-    def __init__(self, log: Callable[[str], Any], every: int) -> None:
-        self.log, self.every, self.started, self.first_step = log, every, time.perf_counter(), 0
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs and (state.global_step % self.every == 0 or state.global_step == state.max_steps):
-            elapsed = time.perf_counter() - self.started
-            done = state.global_step - self.first_step
-            left = elapsed / done * (state.max_steps - state.global_step) if done > 0 else float("nan")
-            self.log(f"step {state.global_step}/{state.max_steps} · loss {logs['loss']:.3f} · "
-                     f"{elapsed:.0f} s · about {left:.0f} s left")
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started, self.first_step = time.perf_counter(), state.global_step
 
 
 def shared_prefix_loss(

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from fcdpo.chat_templates import QWEN3_TOOLS_TEMPLATE, ChatTemplateError, check_chat_template
 from fcdpo.config import TrainingConfig
 from fcdpo.preferences import restore_messages, restore_tools
+from fcdpo.progress import headless, trainer_callback
 
 if TYPE_CHECKING:
     import torch
@@ -657,7 +658,7 @@ def _trainer(
         eval_steps=settings.eval_steps if evaluate_during else None,
         save_strategy="no",
         report_to=[],
-        disable_tqdm=not progress,
+        disable_tqdm=not progress or headless(),  # a headless run logs lines instead (below)
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
@@ -687,6 +688,9 @@ def _trainer(
             peft_config=lora_config(settings),
         )
     _adapter_dtype_for_training(trainer.model)
+    if progress and headless():
+        every = settings.logging_steps * max(1, steps // (10 * settings.logging_steps))  # about 10 lines, on logged steps
+        trainer.add_callback(trainer_callback(print, f"{method} {output_dir.name}: ", every))
     return trainer
 
 

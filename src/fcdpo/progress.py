@@ -1,0 +1,75 @@
+"""Progress of long steps, in a notebook and on the terminal of a headless run.
+
+In JupyterLab and on Colab, bars are tqdm's notebook widgets. `make reproduce` runs the notebooks
+with papermill, whose kernels have no screen: there `fcdpo.pipeline` sets `HEADLESS` in the
+environment, and the same bars become one plain line every `TQDM_MININTERVAL` seconds (default
+20) on the kernel's stdout, which the pipeline forwards to the terminal:
+
+    rollouts math:  42%|####2     | 2016/4800 [00:41<00:56, 49.2it/s]
+
+This module only formats; it imports nothing of fcdpo.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+HEADLESS = "FCDPO_HEADLESS_PROGRESS"  # set (to anything) by fcdpo.pipeline for the notebooks' kernels
+
+
+def headless() -> bool:
+    """Whether progress goes to the terminal as lines (a papermill run) rather than to widgets."""
+    return bool(os.environ.get(HEADLESS))
+
+
+class _Lines:
+    """A file for tqdm that turns its in-place redraws (`\\r…`) into one whole line per update."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip("\n")
+        if line.strip():
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def bar(**kwargs: Any) -> Any:
+    """A tqdm bar: notebook widgets or the console normally, whole lines in a headless run."""
+    if headless():
+        from tqdm.std import tqdm
+
+        interval = float(os.environ.get("TQDM_MININTERVAL", 20))
+        return tqdm(file=_Lines(sys.stdout), mininterval=interval, maxinterval=interval, ascii=True, **kwargs)
+    from tqdm.auto import tqdm
+
+    return tqdm(**kwargs)
+
+
+def trainer_callback(log: Callable[[str], Any], what: str, every: int) -> Any:
+    """A `transformers.TrainerCallback` that sends `what step 70/700 · loss 0.61 · 95 s · about 855 s left`
+    to `log` every `every` steps and at the last step (steps resumed from a checkpoint do not count
+    towards the estimate)."""
+    from transformers import TrainerCallback
+
+    class StepLog(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started, self.first_step = time.perf_counter(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            step = state.global_step
+            if not logs or "loss" not in logs or (step % every and step != state.max_steps):
+                return
+            elapsed = time.perf_counter() - self.started
+            done = step - self.first_step
+            left = f" · about {elapsed / done * (state.max_steps - step):.0f} s left" if done > 0 else ""
+            log(f"{what}step {step}/{state.max_steps} · loss {logs['loss']:.3f} · {elapsed:.0f} s{left}")
+
+    return StepLog()
