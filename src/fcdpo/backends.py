@@ -299,13 +299,13 @@ class HFBackend:
             with torch.inference_mode():
                 prefix = self.model(input_ids=input_ids[:1, :held].to(device), use_cache=True)
             if one_row_prefix:
-                sources = [(layer.keys[0], layer.values[0]) for layer in prefix.past_key_values.layers]
+                sources = [(layer.keys[0], layer.values[0]) for layer in prefix.cache.layers]
                 _preallocate(cache, len(prompts), held, sources)
                 for layer, (keys, values) in zip(cache.layers, sources):
                     layer.keys[0, :, :held] = keys
                     layer.values[0, :, :held] = values
             else:
-                for layer, source in zip(cache.layers, prefix.past_key_values.layers):
+                for layer, source in zip(cache.layers, prefix.cache.layers):
                     layer.update(source.keys.expand(len(prompts), -1, -1, -1),
                                  source.values.expand(len(prompts), -1, -1, -1))
         # Explicit values, so that the model's own generation config (top_k=20, ...) does not apply.
@@ -317,7 +317,7 @@ class HFBackend:
 
         with torch.inference_mode(), prefix_attention.shared_prefix(shared if one_row_prefix else 0):
             output = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                         generation_config=config, past_key_values=cache)
+                                         generation_config=config, cache=cache)
         completions = []
         for prompt, row in zip(prompts, output[:, width:].tolist()):
             end = next((k for k, token in enumerate(row) if token in self.stop_ids), None)

@@ -365,7 +365,7 @@ def shared_prefix_loss(
     for prefix, rows in groups.items():
         prefix_out = model.model(input_ids=input_ids[rows[0], : len(prefix)][None], use_cache=True)
         cache = DynamicCache(config=model.config)  # sliding-window layers keep only their window
-        for layer, (keys, values, *_) in enumerate(prefix_out.past_key_values):
+        for layer, (keys, values, *_) in enumerate(prefix_out.cache):
             cache.layers[layer].update(keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1))
         width = max(lengths[r] - len(prefix) for r in rows)
         suffix = slice(len(prefix), len(prefix) + width)
@@ -374,7 +374,7 @@ def shared_prefix_loss(
             attention_mask=torch.cat(
                 [attention_mask.new_ones((len(rows), len(prefix))), attention_mask[rows, suffix]], dim=1
             ),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         logits = out.logits[:, :-1].float()
