@@ -95,6 +95,8 @@ class Trajectory:
     tokens: dict[str, int]  # prompt / completion tokens over the chain
     seconds: float
     meta: dict[str, Any] = field(default_factory=dict)  # the problem's meta (steps, hops, source)
+    # What wrote the chain (model, agent, settings, temperature, seed); set by `fcdpo.rollouts.rollout`.
+    producer: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
