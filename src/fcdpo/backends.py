@@ -1056,6 +1056,26 @@ _KINDS: dict[str, tuple[type, set[str], set[str]]] = {
 }
 
 
+def check_backend_spec(spec: Any) -> type:
+    """The backend class a spec names; ValueError for a missing or unknown kind, a missing required
+    key or an unknown key, naming the valid keys. Nothing is loaded or connected."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"backend spec must be a mapping, got {spec!r}")
+    kind = spec.get("kind")
+    if kind not in _KINDS:
+        raise ValueError(f"backend spec: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    cls, required, optional = _KINDS[kind]
+    arguments = {key for key in spec if key != "kind"}
+    unknown = sorted(arguments - required - optional, key=str)
+    if unknown:
+        raise ValueError(f"backend spec: unknown key(s) {unknown} for kind {kind!r}; "
+                         f"valid keys are {sorted(required | optional | {'kind'})}")
+    missing = sorted(required - arguments)
+    if missing:
+        raise ValueError(f"backend spec: kind {kind!r} needs {missing}")
+    return cls
+
+
 def load_backend(spec: dict, root: str | Path | None = None) -> Backend:
     """A backend from a profile's spec: `kind` ("hf" or "openai") plus that class's arguments.
 
@@ -1065,20 +1085,9 @@ def load_backend(spec: dict, root: str | Path | None = None) -> Backend:
     `root` (the run folder) is read from there. A missing `kind`, an unknown kind, a missing required key or an unknown
     key is a ValueError naming the valid keys.
     """
-    if not isinstance(spec, dict):
-        raise ValueError(f"backend spec must be a mapping, got {spec!r}")
-    kind = spec.get("kind")
-    if kind not in _KINDS:
-        raise ValueError(f"backend spec: kind must be one of {sorted(_KINDS)}, got {kind!r}")
-    cls, required, optional = _KINDS[kind]
+    cls = check_backend_spec(spec)
+    kind = spec["kind"]
     arguments = {key: value for key, value in spec.items() if key != "kind"}
-    unknown = sorted(set(arguments) - required - optional)
-    if unknown:
-        raise ValueError(f"backend spec: unknown key(s) {unknown} for kind {kind!r}; "
-                         f"valid keys are {sorted(required | optional | {'kind'})}")
-    missing = sorted(required - set(arguments))
-    if missing:
-        raise ValueError(f"backend spec: kind {kind!r} needs {missing}")
     resolved = False
     if root is not None:  # a relative local path names a folder inside the run (the tiny lab's models)
         for key in ("model", "adapter"):
