@@ -42,6 +42,8 @@ class FaultServer:
     def __init__(self, behave):
         self.behave = behave
         self.requests: list[bytes] = []
+        self.peers: list[tuple] = []  # each request's client address: one per connection
+        self.paths: list[str] = []  # each request's target, as the request line gave it
         self.stop = threading.Event()
         server = self
 
@@ -52,6 +54,8 @@ class FaultServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 index = len(server.requests)
                 server.requests.append(body)
+                server.peers.append(self.client_address)
+                server.paths.append(self.path)
                 try:
                     server.behave(self, index)
                 except OSError:  # the client hung up on a misbehaving answer, as it should
@@ -124,6 +128,15 @@ def reset(handler, index):
 def sequence(*behaviours):
     """The i-th request gets the i-th behaviour; later ones get the last."""
     return lambda handler, index: behaviours[min(index, len(behaviours) - 1)](handler, index)
+
+
+def keep_alive(body=GOOD):
+    """A good answer over HTTP/1.1 that leaves the connection open for the next request."""
+    def behave(handler, index):
+        handler.protocol_version = "HTTP/1.1"
+        send(body=body)(handler, index)
+        handler.close_connection = False
+    return behave
 
 
 def chunked(parts: list[bytes]):
@@ -369,7 +382,7 @@ def test_a_bad_request_is_not_retried(serve):
 
 def test_a_body_cut_short_is_retried_then_reported(serve):
     server = serve(raw(b"HTTP/1.0 200 OK\r\nContent-Length: 5000\r\n\r\n" + GOOD[:40]))
-    assert_retried_then_failed(server, backend_for(server.url), "connection failed (IncompleteRead")
+    assert_retried_then_failed(server, backend_for(server.url), "connection failed (RemoteProtocolError: peer closed connection")
 
 
 def test_garbage_instead_of_http_is_retried_then_reported(serve):
@@ -379,7 +392,7 @@ def test_garbage_instead_of_http_is_retried_then_reported(serve):
 
 def test_a_connection_closed_without_an_answer_is_retried_then_reported(serve):
     server = serve(raw(b""))
-    assert_retried_then_failed(server, backend_for(server.url), "connection failed (RemoteDisconnected")
+    assert_retried_then_failed(server, backend_for(server.url), "connection failed (RemoteProtocolError: Server disconnected")
 
 
 def test_a_reset_connection_is_retried_then_reported(serve):
@@ -423,6 +436,34 @@ def test_a_body_dripped_after_prompt_headers_is_cut_off_at_the_deadline(serve):
 
     server = serve(behave)
     assert_retried_then_failed(server, backend_for(server.url), f"no answer within {TIMEOUT_S} s (3×)")
+
+
+def test_headers_dripped_on_a_reused_connection_are_cut_off_at_the_deadline(serve):
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(GOOD), GOOD)
+    server = serve(sequence(keep_alive(), drip(answer)))
+    backend = backend_for(server.url, max_retries=0)
+    assert isinstance(outcome(backend), Completion)
+    result = outcome(backend)
+    assert isinstance(result, BackendError) and f"no answer within {TIMEOUT_S} s (1×)" in str(result)
+    assert len(server.peers) == 2 and server.peers[0] == server.peers[1]  # the second request reused the connection
+
+
+def test_the_proxy_the_environment_names_is_used(serve, monkeypatch):
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = serve(send())
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/v1"))
+    assert isinstance(outcome(backend_for("http://model-server.invalid/v1")), Completion)
+    assert proxy.paths == ["http://model-server.invalid/v1/chat/completions"]
+
+
+def test_a_proxy_that_drips_the_answer_is_cut_off_at_the_deadline(serve, monkeypatch):
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    answer = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(GOOD), GOOD)
+    proxy = serve(drip(answer))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/v1"))
+    assert_retried_then_failed(proxy, backend_for("http://model-server.invalid/v1"), f"no answer within {TIMEOUT_S} s (3×)")
 
 
 def test_a_listener_that_never_accepts_times_out():

@@ -22,22 +22,29 @@ Completion text is untrusted model output: it is returned as written (tool-call 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
-import http.client
 import json
 import logging
 import os
 import re
-import socket
-import ssl
+import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+try:  # the HTTP library the openai client is built on: httpx2 from openai 3 on, httpx before
+    import httpcore2 as httpcore
+    import httpx2 as httpx
+except ImportError:
+    import httpcore
+    import httpx
 
 from fcdpo.safe_text import scrub, scrub_text
 
@@ -650,6 +657,8 @@ class OpenAIBackend:
         backoff: float = 0.5,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ):
+        import openai
+
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         if max_retries < 0:
@@ -670,9 +679,10 @@ class OpenAIBackend:
         self.max_response_bytes = max_response_bytes
         self.retry_delays = [min(backoff * 2**attempt, MAX_BACKOFF_S) for attempt in range(max_retries)]
         self.sleep: Callable[[float], None] = time.sleep  # how retries wait; replaceable in tests
-        self._url = url
-        self._path = url.path.rstrip("/") + "/chat/completions"
-        self._api_key = os.environ.get(api_key_env) or "EMPTY"
+        # The client's own retries are off: every retry is the loop in `_request`, with the delays above.
+        self._client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
+                                     timeout=timeout, max_retries=0,
+                                     http_client=_http_client(timeout, max_response_bytes))
 
     def complete(
         self,
@@ -709,30 +719,37 @@ class OpenAIBackend:
         if seed is not None:
             request["seed"] = seed
         if self.native_tools and tools:
-            request["tools"] = tools
+            request["tools"] = scrub(tools)
         return self._request(request)
 
     def _request(self, request: dict[str, Any]) -> Completion:
-        """POST `request` until an attempt gives a completion; BackendError when none does."""
-        body = encode_request(request)
+        """Send `request` until an attempt gives a completion; BackendError when none does."""
+        import openai
+
         failures: dict[str, int] = {}  # what went wrong, in order of first occurrence, with counts
         for attempt in range(self.max_retries + 1):
             retry_after = None
             try:
-                status, headers, data = self._post(body)
-            except _AttemptFailed as exc:
-                failure = str(exc)
+                with _attempt_deadline(self.timeout):
+                    raw = self._client.chat.completions.with_raw_response.create(**request)
+                    data = raw.http_response.content
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                failure = f"HTTP {status}: {_server_message(exc.response.content)}"
+                if not (status in (408, 429) or status >= 500):
+                    raise BackendError(f"{self.base_url} (model {self.name!r}) refused the request: {failure}") from None
+                retry_after = _retry_after_seconds(exc.response.headers.get("retry-after"))
+            except openai.APITimeoutError:
+                failure = f"no answer within {self.timeout} s"
+            except openai.APIConnectionError as exc:
+                failure = f"connection failed ({_root_cause(exc)})"
+            except openai.OpenAIError as exc:
+                raise BackendError(f"{self.base_url} (model {self.name!r}) refused the request: {exc}") from None
             else:
-                if 200 <= status < 300:
-                    try:
-                        return decode_completion(data, self.native_tools)
-                    except MalformedReply as exc:
-                        failure = f"HTTP {status} but {exc}"
-                else:
-                    failure = f"HTTP {status}: {_server_message(data)}"
-                    if not (status in (408, 429) or status >= 500):
-                        raise BackendError(f"{self.base_url} (model {self.name!r}) refused the request: {failure}")
-                    retry_after = _retry_after_seconds(headers.get("retry-after"))
+                try:
+                    return decode_completion(data, self.native_tools)
+                except MalformedReply as exc:
+                    failure = f"HTTP {raw.status_code} but {exc}"
             failures[failure] = failures.get(failure, 0) + 1
             if attempt < self.max_retries:
                 delay = self.retry_delays[attempt]
@@ -746,88 +763,146 @@ class OpenAIBackend:
         summary = "; ".join(f"{failure} ({count}×)" for failure, count in failures.items())
         raise BackendError(f"{self.base_url} (model {self.name!r}) failed {self.max_retries + 1} attempt(s): {summary}")
 
-    def _post(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        """One attempt: (status, lower-cased headers, body), all of it within `timeout` seconds.
-
-        Raises `_AttemptFailed` when the connection fails, drops, or the deadline passes, and when
-        the answer is longer than `max_response_bytes`. A watchdog shuts the socket down at the
-        deadline, which ends any read or write in progress however the server paces its bytes.
-        """
-        url = self._url
-        if url.scheme == "https":
-            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                url.hostname, url.port, timeout=self.timeout, context=ssl.create_default_context())
-        else:
-            connection = http.client.HTTPConnection(url.hostname, url.port, timeout=self.timeout)
-        expired = threading.Event()
-        opened: list[socket.socket] = []  # the connection's socket, once there is one
-
-        def expire() -> None:
-            expired.set()
-            for sock in opened:
-                try:  # the plain socket's shutdown, also under TLS: any blocked read or write ends at once
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        watchdog = threading.Timer(self.timeout, expire)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            connection.connect()
-            # Kept here: http.client drops `connection.sock` once a response that closes the
-            # connection has begun, while its body is still read through that socket.
-            opened.append(connection.sock)
-            if expired.is_set():  # the deadline passed while connecting
-                expire()
-            connection.request("POST", self._path, body=body, headers={
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "Authorization": f"Bearer {self._api_key}",
-                "User-Agent": "fcdpo",
-            })
-            response = connection.getresponse()
-            headers = {key.lower(): value for key, value in response.getheaders()}
-            declared = headers.get("content-length", "")
-            if declared.strip().isdigit() and int(declared) > self.max_response_bytes:
-                raise _AttemptFailed(f"an answer of {int(declared)} bytes, more than the "
-                                     f"{self.max_response_bytes} accepted")
-            data = bytearray()
-            while True:
-                chunk = response.read1(65536)
-                if not chunk:
-                    break
-                data += chunk
-                if len(data) > self.max_response_bytes:
-                    raise _AttemptFailed(f"an answer longer than the {self.max_response_bytes} bytes accepted")
-            if expired.is_set():  # the socket was shut down while the answer was still coming
-                raise _AttemptFailed(f"no answer within {self.timeout} s")
-            if response.length:  # `read1` ends quietly when the connection closes early
-                raise _AttemptFailed(f"connection failed (IncompleteRead: the answer stopped after {len(data)} "
-                                     f"bytes, {response.length} short of its Content-Length)")
-            return response.status, headers, bytes(data)
-        except _AttemptFailed:
-            raise
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            if expired.is_set() or isinstance(exc, TimeoutError):
-                raise _AttemptFailed(f"no answer within {self.timeout} s") from None
-            raise _AttemptFailed(f"connection failed ({type(exc).__name__}: {exc})") from None
-        finally:
-            watchdog.cancel()
-            connection.close()
-
 
 class MalformedReply(BackendError):
     """A server's answer that is not the chat completion the API promises (retried by the backend)."""
 
 
-class _AttemptFailed(Exception):
-    """One attempt got no answer (its message says why); the request may be retried."""
+# --------------------------------------------------------------------------- bounds on each attempt
+#
+# The client reads the answer as httpx does, through httpcore's network streams. Two bounds are added:
+# - a deadline per attempt: every connect, read and write of the attempt's thread waits at most until
+#   it (`_attempt_deadline`, `_DeadlineBackend`), so a server that sends one byte at a time, in the
+#   headers or the body, is cut off there, not after a read timeout per byte;
+# - a size bound: an answer whose Content-Length is too long is not read, and one that keeps coming
+#   is cut off once it passes the bound (`_bound_answer_size`).
+
+_attempt = threading.local()  # .deadline: time.monotonic() by which this thread's attempt must end
 
 
-def encode_request(request: dict[str, Any]) -> bytes:
-    """The request as UTF-8 JSON; lone surrogates in its strings are sent as U+FFFD."""
-    return json.dumps(scrub(request), ensure_ascii=False).encode("utf-8")
+@contextlib.contextmanager
+def _attempt_deadline(seconds: float) -> Iterator[None]:
+    _attempt.deadline = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _attempt.deadline = None
+
+
+def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
+    """`timeout` shortened to the time left before this thread's deadline; `expired` once it has passed."""
+    deadline = getattr(_attempt, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the attempt's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose reads and writes end by the deadline of the attempt using it."""
+
+    def __init__(self, stream: Any, errors: Any):
+        self._stream = stream
+        self._errors = errors  # the httpcore module the stream comes from, for its exception types
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _time_left(timeout, self._errors.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _time_left(timeout, self._errors.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        timeout = _time_left(timeout, self._errors.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout), self._errors)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, with `_DeadlineStream`s and connects that end by the deadline."""
+
+    def __init__(self, backend: Any, errors: Any):
+        self._backend = backend
+        self._errors = errors
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> Any:
+        timeout = _time_left(timeout, self._errors.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options),
+                               self._errors)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> Any:
+        timeout = _time_left(timeout, self._errors.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, socket_options), self._errors)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _SizedStream(httpx.SyncByteStream):
+    """An answer's body that fails with a ReadError once more than `limit` bytes have come."""
+
+    def __init__(self, stream: Any, limit: int):
+        self._stream = stream
+        self._limit = limit
+
+    def __iter__(self) -> Iterator[bytes]:
+        size = 0
+        for chunk in self._stream:
+            size += len(chunk)
+            if size > self._limit:
+                raise httpx.ReadError(f"an answer longer than the {self._limit} bytes accepted")
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _bound_answer_size(limit: int) -> Callable[[Any], None]:
+    """An httpx response hook: answers longer than `limit` bytes fail with a ReadError."""
+    def hook(response: Any) -> None:
+        declared = response.headers.get("content-length", "")
+        if declared.strip().isdigit() and int(declared) > limit:
+            raise httpx.ReadError(f"an answer of {int(declared)} bytes, more than the {limit} accepted")
+        response.stream = _SizedStream(response.stream, limit)
+    return hook
+
+
+def _http_client(timeout: float, max_response_bytes: int) -> Any:
+    """The HTTP client of an `OpenAIBackend`: httpx's, with its proxies from the environment and its
+    connection pool, plus the deadline and size bounds above. Answers are asked for uncompressed, so
+    that the size bound is the size read; redirects are not followed."""
+    import openai
+
+    client = openai.DefaultHttpxClient(timeout=timeout, follow_redirects=False,
+                                       headers={"Accept-Encoding": "identity"},
+                                       event_hooks={"response": [_bound_answer_size(max_response_bytes)]})
+    # httpx builds one transport for direct connections and one per proxy; each holds an httpcore
+    # connection pool, whose network backend is where the deadline can bound every read and write.
+    for transport in [client._transport, *client._mounts.values()]:
+        pool = getattr(transport, "_pool", None)
+        if pool is None:  # a URL pattern the environment says not to proxy, or not an HTTP transport
+            continue
+        errors = sys.modules[type(pool).__module__.partition(".")[0]]
+        pool._network_backend = _DeadlineBackend(pool._network_backend, errors)
+    return client
+
+
+def _root_cause(exc: BaseException) -> str:
+    """`Type: message` of the first exception in `exc`'s chain of causes that says what went wrong."""
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    named = [e for e in chain if isinstance(e, OSError)] or [e for e in chain[1:] if str(e)] or chain
+    cause = named[0]
+    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
 
 
 def _bounded_int(digits: str) -> int:
