@@ -59,18 +59,23 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.syntax not in SYNTAXES:
             raise ValueError(f"agent.syntax must be one of {SYNTAXES}, got {self.syntax!r}")
-        for name in ("max_steps", "max_errors", "max_new_tokens", "token_budget", "max_calls_per_turn"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"agent.{name} must be a whole number of at least 1, got {value!r}")
-        if isinstance(self.few_shot, bool) or not isinstance(self.few_shot, int) or self.few_shot < 0:
-            raise ValueError(f"agent.few_shot must be a whole number of at least 0, got {self.few_shot!r}")
+        check_counts(self, "agent", ("max_steps", "max_errors", "max_new_tokens", "token_budget",
+                                     "max_calls_per_turn"))
+        check_counts(self, "agent", ("few_shot",), least=0)
 
     @property
     def max_turn_chars(self) -> int:
         """The longest model turn kept in a chain; longer text (a server that ignores `max_tokens`)
         is cut, so it is neither stored, sent back, nor written whole."""
         return max(16_000, 16 * self.max_new_tokens)
+
+
+def check_counts(config: Any, section: str, names: tuple[str, ...], least: int = 1) -> None:
+    """ValueError naming `section.name` when one of `config`'s counts `names` is not a whole number >= `least`."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{section}.{name} must be a whole number of at least {least}, got {value!r}")
 
 
 @dataclass

@@ -163,6 +163,11 @@ _AT_LEAST = {
     "TrainingConfig": {"lora_r": 1, "max_steps": 0, "batch_size": 1, "grad_accumulation": 1, "max_length": 1,
                        "logging_steps": 1, "eval_steps": 0},
     "EvaluationConfig": {"samples": 1, "batch_size": 1, "resamples": 1},
+    # the lab section (fcdpo.tinylab.LabConfig, read with `build` here and by the lab itself)
+    "LabConfig": {"vocab_size": 1},
+    "ModelRecipe": {"hidden_size": 1, "num_layers": 1, "num_heads": 1, "intermediate_size": 1,
+                    "problems_per_task": 1},
+    "SFTSettings": {"steps": 1, "batch_size": 1, "warmup_steps": 0, "max_length": 1, "threads": 1},
 }
 
 
@@ -218,7 +223,8 @@ def load_profile(name_or_path: str | Path = "tiny-cpu", overrides: dict[str, Any
 
 
 def _check_profile(profile: Profile, where: str) -> None:
-    """What `build` cannot check from the types alone: names, run_dir, task settings, backend specs."""
+    """What `build` cannot check from the types alone: names, run_dir, task settings, the lab section,
+    backend specs."""
     if not _PROFILE_NAME.match(profile.name) or ".." in profile.name:
         raise ConfigError(f"{where}:name: {profile.name!r} must be letters, digits and _ . + - (it names the run folder)")
     try:
@@ -243,6 +249,10 @@ def _check_profile(profile: Profile, where: str) -> None:
             if wrong:
                 raise ConfigError(f"{where}:tasks.{task_name}.difficulty: unknown key(s) {wrong}; "
                                   f"valid keys are {accepted}")
+    if profile.lab is not None:  # read by the lab only when it builds; its mistakes are found here
+        from fcdpo.tinylab import LabConfig
+
+        build(LabConfig, profile.lab, f"{where}:lab")
     from fcdpo.backends import check_backend_spec
 
     for role in ("teacher", "student"):

@@ -59,6 +59,7 @@ from fcdpo.agent import (
     Trajectory,
     advance_all,
     assistant_message,
+    check_counts,
     gold_messages,
     read_turn,
     tool_message,
@@ -281,8 +282,7 @@ class MultiAgentConfig:
     def __post_init__(self) -> None:
         if self.syntax not in SYNTAXES:
             raise ValueError(f"multi_agent.syntax must be one of {SYNTAXES}, got {self.syntax!r}")
-        if self.max_steps < 1:
-            raise ValueError(f"multi_agent.max_steps must be at least 1, got {self.max_steps}")
+        check_counts(self, "multi_agent", ("max_steps", "max_errors", "max_new_tokens", "token_budget"))
 
 
 class _Chain:
