@@ -67,7 +67,7 @@ class AgentConfig:
     def max_turn_chars(self) -> int:
         """The longest model turn kept in a chain; longer text (a server that ignores `max_tokens`)
         is cut, so it is neither stored, sent back, nor written whole."""
-        return max(16_000, 16 * self.max_new_tokens)
+        return turn_char_limit(self.max_new_tokens)
 
 
 def check_counts(config: Any, section: str, names: tuple[str, ...], least: int = 1) -> None:
@@ -76,6 +76,17 @@ def check_counts(config: Any, section: str, names: tuple[str, ...], least: int =
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{section}.{name} must be a whole number of at least {least}, got {value!r}")
+
+
+def turn_char_limit(max_new_tokens: int) -> int:
+    """The longest model turn kept in a chain whose turns get `max_new_tokens` each."""
+    return max(16_000, 16 * max_new_tokens)
+
+
+def untrusted_turn(completion: "Completion", max_chars: int) -> tuple[str, list[dict] | None]:
+    """A model turn's text and tool calls as a chain keeps them: lone surrogates become U+FFFD, and
+    text longer than `max_chars` (a server that ignores `max_tokens`) is cut."""
+    return _bounded(scrub_text(completion.text or ""), max_chars), scrub(completion.tool_calls)
 
 
 @dataclass
@@ -275,9 +286,7 @@ class Agent:
         chain.steps += 1
         chain.prompt_tokens += completion.prompt_tokens
         chain.completion_tokens += completion.completion_tokens
-        # Model output is untrusted: lone surrogates become U+FFFD, and an enormous turn is cut.
-        text = _bounded(scrub_text(completion.text or ""), config.max_turn_chars)
-        tool_calls = scrub(completion.tool_calls)
+        text, tool_calls = untrusted_turn(completion, config.max_turn_chars)
         turn = read_turn(text, tool_calls, chain.functions, config.syntax)
         if turn.kind == "answer":
             chain.messages.append({"role": "assistant", "content": text.strip()})
