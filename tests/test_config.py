@@ -60,3 +60,71 @@ def test_a_profile_can_leave_the_example_calls_out_of_the_prompt():
     for text in (prompt_messages(without.generate(1)[0], without, AgentConfig())[0]["content"],
                  role_prompt(without, "caller")):
         assert "Example:" not in text and "divide(a: float, b: float) -> float" in text
+
+
+# --------------------------------------------------------------------------- mistakes named by file and key
+
+
+def profile_file(tmp_path, text, name="bad.yaml", data=None):
+    path = tmp_path / name
+    path.write_bytes(data if data is not None else text.encode("utf-8"))
+    return path
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("name: bad\ntasks:\n  math:\n    difficulty:\n      max_stpes: 3\n",
+     ["tasks.math.difficulty", "max_stpes", "max_steps"]),
+    ("name: bad\nagent:\n  syntax: yaml\n", ["agent", "syntax must be one of", "'yaml'"]),
+    ("name: bad\nteacher:\n  kind: openai\n  model: m\n  base_url: http://x/v1\n  time_out: 5\n",
+     ["teacher", "time_out", "'timeout'"]),
+    ("name: bad\nstudent:\n  kind: hf\n", ["student", "needs ['model']"]),
+    ("name: bad\nrun_dir: runs/{name}-{seed}\n", ["run_dir", "unknown placeholder(s) ['seed']"]),
+    ("name: bad\nrun_dir: runs/{name\n", ["run_dir", "not a valid pattern"]),
+    ("name: bad\nrollouts:\n  k: -3\n", ["rollouts:k", "must be at least 1, got -3"]),
+    ("name: bad\nevaluation:\n  samples: 0\n", ["evaluation:samples", "at least 1"]),
+    ("name: bad\ntasks:\n  math:\n    train: -1\n", ["tasks.math:train", "at least 0"]),
+    ("name: bad\nagent:\n  max_errors: 0\n", ["agent", "max_errors must be a whole number of at least 1"]),
+    ("name: bad\nmulti_agent:\n  agent:\n    token_budget: 0\n",
+     ["multi_agent:agent", "token_budget must be a whole number of at least 1, got 0"]),
+    ("name: bad\nmulti_agent:\n  agent:\n    max_errors: -2\n",
+     ["multi_agent:agent", "max_errors must be a whole number of at least 1, got -2"]),
+    ("name: bad\nmulti_agent:\n  glpft:\n    role_steps: 0\n", ["multi_agent:glpft", "role_steps must be at least 1"]),
+    ("name: bad\nlab:\n  vocab_size: 0\n", ["lab:vocab_size", "must be at least 1, got 0"]),
+    ("name: bad\nlab:\n  teacher:\n    num_layers: -1\n", ["lab:teacher:num_layers", "must be at least 1, got -1"]),
+    ("name: bad\nlab:\n  student:\n    sft: {steps: 0}\n", ["lab:student:sft:steps", "must be at least 1, got 0"]),
+    ("name: bad\nlab:\n  teacher:\n    hidden_sise: 64\n", ["lab:teacher", "hidden_sise", "valid keys"]),
+    ("name: bad\nseed: 1\nseed: 2\n", ["key 'seed' is given twice", "line 2"]),
+    ("name: bad\nrollouts:\n  k: 2\n  temperature: 1.0\n  k: 3\n", ["key 'k' is given twice"]),
+    ("", ["the profile is empty"]),
+    ("# only a comment\n", ["the profile is empty"]),
+    ("{}\n", ["the profile is empty"]),
+    ("name: ../../etc\n", ["name", "'../../etc' must be letters"]),
+    ("name: a/b\n", ["name", "'a/b' must be letters"]),
+])
+def test_a_mistake_in_a_profile_is_an_error_naming_the_file_and_key(tmp_path, text, fragments):
+    with pytest.raises(ConfigError) as info:
+        load_profile(profile_file(tmp_path, text))
+    message = str(info.value)
+    assert "bad.yaml" in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_a_profile_that_is_not_utf8_is_an_error_naming_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad.yaml: not UTF-8 text \(byte 9"):
+        load_profile(profile_file(tmp_path, None, data="name: caf\u00e9\n".encode("latin-1")))
+
+
+@pytest.mark.parametrize("name", ["../tiny-cpu", "../../configs/tiny-cpu", "a/../tiny-cpu", "..", "/etc/passwd"])
+def test_a_profile_name_cannot_reach_outside_configs(name):
+    with pytest.raises(ConfigError, match="must be letters, digits"):
+        load_profile(name)
+
+
+def test_valid_difficulty_and_backend_keys_still_load(tmp_path):
+    path = profile_file(tmp_path, "name: good\nrun_dir: runs/x-{name}\ntasks:\n  math:\n    difficulty:\n"
+                                  "      max_steps: 3\n  fol:\n    difficulty:\n      max_hops: 2\n"
+                                  "teacher:\n  kind: openai\n  model: m\n  base_url: http://127.0.0.1:1/v1\n"
+                                  "  timeout: 5\n  max_response_bytes: 1000\n", name="good.yaml")
+    profile = load_profile(path)
+    assert profile.tasks["math"].difficulty == {"max_steps": 3} and profile.run_path.name == "x-good"

@@ -1,8 +1,11 @@
 """The formula parser and the z3 prover behind the FOL task."""
 
+import itertools
 import time
+import types
 
 import pytest
+import z3
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fcdpo.logic import (
@@ -504,3 +507,51 @@ def test_proofs_in_many_threads_at_once_get_their_own_answers():
         answers = list(pool.map(prove, range(200)))
     assert answers == ["False" if i % 2 == 0 else "True" for i in range(200)]
     assert len(logic._IDLE_CONTEXTS) <= logic._MAX_IDLE_CONTEXTS
+
+
+# --------------------------------------------------------------------------- grounding inside the budget
+
+
+def wide_premises(disjuncts: int, constants: int) -> list[str]:
+    wide = " ∨ ".join(f"P{i}(x, y)" for i in range(disjuncts))
+    return [f"∀x ∀y ({wide})"] + [f"Q(c{i})" for i in range(constants)]
+
+
+def test_grounding_that_would_be_too_large_leaves_the_quantifiers_to_z3():
+    from fcdpo.logic import MAX_GROUND_NODES, _instances
+
+    premises = [parse_formula(p) for p in wide_premises(60, 40)]  # 1,600 instances of ~180 nodes each
+    assert 1600 < 10_000 and 1600 * 180 > MAX_GROUND_NODES
+    assert _instances(premises, parse_formula("Q(c1)")) is None
+    assert _instances(premises[:1] + premises[1:4], parse_formula("Q(c1)")) is not None  # 9 instances
+
+
+def test_grounding_stops_when_the_time_budget_is_spent(monkeypatch):
+    import fcdpo.logic as logic
+
+    substituted = []
+    real = logic._substitute
+    monkeypatch.setattr(logic, "_substitute", lambda f, v: substituted.append(1) or real(f, v))
+    premises = [parse_formula(p) for p in wide_premises(10, 30)]  # 900 instances
+    with pytest.raises(logic._OutOfTime):
+        logic._instances(premises, parse_formula("Q(c1)"), deadline=time.monotonic() - 1)
+    assert substituted == []  # a spent budget stops grounding before the first instance
+    assert len(logic._instances(premises, parse_formula("Q(c1)"), deadline=time.monotonic() + 600)) == 930
+    whole = len(substituted)  # substitutions (recursive) that all 930 instances take
+    substituted.clear()
+    kb = KnowledgeBase(timeout_ms=1)
+    for premise in wide_premises(10, 30):
+        kb.add(premise)
+    looks = itertools.count()  # the clock stands still for 100 looks, then the budget is long gone
+    monkeypatch.setattr(logic, "time", types.SimpleNamespace(monotonic=lambda: 0.0 if next(looks) < 100 else 60.0))
+    with pytest.raises(ProofTimeout, match="no answer within 1 ms"):
+        kb.prove("Q(c1)")
+    assert 0 < len(substituted) < whole / 2  # stopped part-way through the instances
+
+
+def test_a_spent_budget_while_translating_is_a_timeout_too():
+    from fcdpo.logic import _decide
+
+    premises = [parse_formula(p) for p in wide_premises(5, 3)]
+    outcome = _decide(z3.Context(), premises, parse_formula("Q(c1)"), 1500, deadline=time.monotonic() - 1)
+    assert outcome == "no answer within 1500 ms"

@@ -248,6 +248,39 @@ def test_native_json_tool_calls_are_executed():
     assert t.tools == MATH.functions().schemas()
 
 
+def test_a_caller_turn_with_many_tool_calls_runs_none_and_parses_none(monkeypatch):
+    import fcdpo.multi_agent as multi_agent
+
+    parsed = []  # the tool-call lists the caller's reader parsed
+    real = multi_agent.calls_from_tool_calls
+    monkeypatch.setattr(multi_agent, "calls_from_tool_calls", lambda calls, **kw: parsed.append(calls) or real(calls, **kw))
+    many = [{"type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}] * 300
+    backends = team({APPLES: [CALL_ADD, CONCLUSION_THOUGHT]}, {APPLES: [many]}, {APPLES: ["Final answer: 5"]})
+    [t] = run(backends, syntax="json")
+    assert t.calls == 0 and t.errors["parse_error"] == 1 and parsed == []
+    assert "expected exactly one tool call, got 300" in t.messages[4]["content"]
+    assert roles_of(t) == ["system", "user", "planner", "caller", "user", "planner", "summarizer"]
+
+
+def test_an_overlong_role_turn_is_cut_and_lone_surrogates_replaced():
+    import json
+
+    from fcdpo.functions import TRUNCATION_MARKER
+
+    config = MultiAgentConfig(max_new_tokens=32)
+    long_thought = "Next: caller \ud800 " + "x" * 100_000
+    backends = team({APPLES: [long_thought, CONCLUSION_THOUGHT]}, {APPLES: ["add(a=2, b=3)"]},
+                    {APPLES: ["Final answer: 5 " + "y" * 100_000]})
+    [t] = run(backends, max_new_tokens=32)
+    planner, summarizer = t.messages[2], t.messages[-1]
+    assert planner["content"].startswith("Next: caller \ufffd x")
+    assert len(planner["content"]) <= config.max_turn_chars + len(TRUNCATION_MARKER) + 10
+    assert planner["content"].endswith(TRUNCATION_MARKER.format(n=len(long_thought) - config.max_turn_chars))
+    assert len(summarizer["content"]) <= config.max_turn_chars + len(TRUNCATION_MARKER) + 10
+    assert t.calls == 1 and t.stop == "answer"
+    json.dumps(t.messages, ensure_ascii=False).encode("utf-8")  # storable as UTF-8
+
+
 def test_role_backends_need_exactly_the_three_roles():
     with pytest.raises(ValueError, match="missing \\['summarizer'\\]"):
         RoleBackends({"planner": RoleScript({}), "caller": RoleScript({})})

@@ -28,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from fcdpo.functions import Call, FunctionSet, ParseError, calls_from_tool_calls
+from fcdpo.functions import TRUNCATION_MARKER, Call, FunctionSet, ParseError, calls_from_tool_calls
+from fcdpo.safe_text import scrub, scrub_text
 
 if TYPE_CHECKING:
     from fcdpo.backends import Backend, Completion
@@ -53,10 +54,39 @@ class AgentConfig:
     max_new_tokens: int = 96  # per model turn
     token_budget: int = 1024  # generated tokens per chain
     few_shot: int = 0  # gold chains of other problems shown in the system prompt
+    max_calls_per_turn: int = 8  # native tool calls run from one model turn; further ones are an error
 
     def __post_init__(self) -> None:
         if self.syntax not in SYNTAXES:
             raise ValueError(f"agent.syntax must be one of {SYNTAXES}, got {self.syntax!r}")
+        check_counts(self, "agent", ("max_steps", "max_errors", "max_new_tokens", "token_budget",
+                                     "max_calls_per_turn"))
+        check_counts(self, "agent", ("few_shot",), least=0)
+
+    @property
+    def max_turn_chars(self) -> int:
+        """The longest model turn kept in a chain; longer text (a server that ignores `max_tokens`)
+        is cut, so it is neither stored, sent back, nor written whole."""
+        return turn_char_limit(self.max_new_tokens)
+
+
+def check_counts(config: Any, section: str, names: tuple[str, ...], least: int = 1) -> None:
+    """ValueError naming `section.name` when one of `config`'s counts `names` is not a whole number >= `least`."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{section}.{name} must be a whole number of at least {least}, got {value!r}")
+
+
+def turn_char_limit(max_new_tokens: int) -> int:
+    """The longest model turn kept in a chain whose turns get `max_new_tokens` each."""
+    return max(16_000, 16 * max_new_tokens)
+
+
+def untrusted_turn(completion: "Completion", max_chars: int) -> tuple[str, list[dict] | None]:
+    """A model turn's text and tool calls as a chain keeps them: lone surrogates become U+FFFD, and
+    text longer than `max_chars` (a server that ignores `max_tokens`) is cut."""
+    return _bounded(scrub_text(completion.text or ""), max_chars), scrub(completion.tool_calls)
 
 
 @dataclass
@@ -81,6 +111,8 @@ class Trajectory:
     tokens: dict[str, int]  # prompt / completion tokens over the chain
     seconds: float
     meta: dict[str, Any] = field(default_factory=dict)  # the problem's meta (steps, hops, source)
+    # What wrote the chain (model, agent, settings, temperature, seed); set by `fcdpo.rollouts.rollout`.
+    producer: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -254,14 +286,25 @@ class Agent:
         chain.steps += 1
         chain.prompt_tokens += completion.prompt_tokens
         chain.completion_tokens += completion.completion_tokens
-        turn = read_turn(completion.text, completion.tool_calls, chain.functions, config.syntax)
+        text, tool_calls = untrusted_turn(completion, config.max_turn_chars)
+        turn = read_turn(text, tool_calls, chain.functions, config.syntax)
         if turn.kind == "answer":
-            chain.messages.append({"role": "assistant", "content": completion.text.strip()})
+            chain.messages.append({"role": "assistant", "content": text.strip()})
             chain.answer = turn.answer
             chain.finish("answer")
             return
         if turn.kind == "call":
-            for call in turn.calls:
+            for index, call in enumerate(turn.calls):
+                if sum(chain.errors.values()) >= config.max_errors:
+                    break  # the rest of the turn's calls are not run
+                if index == config.max_calls_per_turn:
+                    chain.errors["parse_error"] += 1
+                    chain.messages.append({
+                        "role": "user",
+                        "content": f"Error: {len(turn.calls)} function calls in one turn; only the first "
+                        f"{config.max_calls_per_turn} were run. Make fewer calls per turn.",
+                    })
+                    break
                 chain.messages.append(assistant_message(call, config.syntax))
                 observation = chain.functions.execute(call)
                 chain.calls += 1
@@ -269,7 +312,7 @@ class Agent:
                     chain.errors[observation.error] += 1
                 chain.messages.append(tool_message(call, observation.content))
         elif turn.kind == "parse_error":
-            chain.messages.append({"role": "assistant", "content": completion.text.strip()})
+            chain.messages.append({"role": "assistant", "content": text.strip()})
             chain.errors["parse_error"] += 1
             chain.messages.append({
                 "role": "user",
@@ -277,7 +320,7 @@ class Agent:
                 f"`{chain.functions.example_call()}`, or `Final answer: <answer>`.",
             })
         else:  # a thought: keep it, the next turn continues the chain
-            chain.messages.append({"role": "assistant", "content": completion.text.strip()})
+            chain.messages.append({"role": "assistant", "content": text.strip()})
         if sum(chain.errors.values()) >= config.max_errors:
             chain.finish("max_errors")
         elif chain.steps >= config.max_steps:
@@ -307,6 +350,12 @@ class Agent:
             seconds=round(chain.seconds, 4),
             meta=dict(problem.meta),
         )
+
+
+def _bounded(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + TRUNCATION_MARKER.format(n=len(text) - limit)
 
 
 # Threads that run a step's function calls: chains keep separate function sets (a knowledge base

@@ -12,7 +12,9 @@ one `Completion` per chat, in the order of the chats.
   optional 4-bit NF4 quantisation). Chats are left-padded and advance together in one batched
   `generate`, one token step for all rows at a time.
 - `OpenAIBackend` sends each chat as one request to an OpenAI-compatible server (vLLM, Ollama,
-  `transformers serve`, OpenAI) with many requests in flight, and retries transient failures.
+  `transformers serve`, OpenAI) with many requests in flight, and retries transient failures. Each
+  attempt has a total deadline and a size bound, and every answer is checked field by field: what a
+  server sends can fail a request with a `BackendError`, never crash or hang the caller.
 
 Completion text is untrusted model output: it is returned as written (tool-call markup such as
 `<tool_call>` included) and parsed by the caller.
@@ -20,15 +22,31 @@ Completion text is untrusted model output: it is returned as written (tool-call 
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import email.utils
 import json
 import logging
 import os
 import re
+import sys
+import threading
 import time
+import urllib.parse
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+try:  # the HTTP library the openai client is built on: httpx2 from openai 3 on, httpx before
+    import httpcore2 as httpcore
+    import httpx2 as httpx
+except ImportError:
+    import httpcore
+    import httpx
+
+from fcdpo.safe_text import scrub, scrub_text
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +55,10 @@ logger = logging.getLogger(__name__)
 
 END_OF_TURN = "<|im_end|>"  # ChatML's end of an assistant turn (Qwen2 and the tiny lab)
 MAX_BACKOFF_S = 30.0  # longest wait between two attempts of one request
+MAX_RETRY_AFTER_S = 120.0  # longest `Retry-After` a server may ask for; a longer one is a BackendError
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 2**20  # longest answer read from a server
+_MAX_INT_DIGITS = 64  # longer integers in a server's JSON make the answer malformed
+_MAX_SERVER_MESSAGE = 500  # characters of a server's error message quoted in a BackendError
 
 
 class BackendError(RuntimeError):
@@ -586,22 +608,29 @@ class OpenAIBackend:
 
     Args:
         model: The model name the server knows (for `transformers serve <folder>`, the folder as given).
-        base_url: e.g. "http://127.0.0.1:8000/v1".
+        base_url: e.g. "http://127.0.0.1:8000/v1" (http or https).
         api_key_env: Environment variable holding the API key. When it is unset the key "EMPTY" is
             sent, which local servers (vLLM, Ollama, transformers serve) accept.
         max_concurrency: Requests in flight at once.
-        timeout: Seconds one attempt may take (connecting and answering).
-        max_retries: Further attempts after a timeout, a refused or dropped connection, HTTP 429 or
-            HTTP 5xx, waiting `backoff`, 2·`backoff`, 4·`backoff`, ... seconds (at most 30) before
-            each. Any other error (400, 404, 422, ...) raises a `BackendError` at once.
+        timeout: Seconds one attempt may take in all: connecting, sending and reading the whole
+            answer. A server that goes silent, or sends its answer a byte at a time, is cut off then.
+        max_retries: Further attempts after a timeout, a refused or dropped connection, HTTP 408, 429
+            or 5xx, or a 200 answer that is not a chat completion (not JSON, cut short, a field of the
+            wrong type, ...), waiting `backoff`, 2·`backoff`, 4·`backoff`, ... seconds (at most 30)
+            before each, or longer when the server's `Retry-After` header asks for it (a server that
+            asks for more than `MAX_RETRY_AFTER_S` is a `BackendError` at once). Any other error
+            (400, 404, 422, ...) raises a `BackendError` at once.
         native_tools: Pass `tools` to the server and return its parsed `message.tool_calls` as
             `{"type": "function", "function": {"name": ..., "arguments": dict}}` (`arguments` stays the
             server's string when it is not a JSON object). When False, tools are not sent and any tool
             calls the server parsed anyway are written back into the text as
             `<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`, so the caller reads text only.
         backoff: Seconds before the first retry.
+        max_response_bytes: A longer answer is not read further; the attempt fails (and is retried).
 
     With a seed, request i of a call gets `seed + i`, so copies of one chat sample different turns.
+    Everything the server sends is untrusted: lone surrogates in its strings become U+FFFD, and
+    what is sent is valid UTF-8 whatever the chat holds.
     """
 
     def __init__(
@@ -614,6 +643,7 @@ class OpenAIBackend:
         max_retries: int = 4,
         native_tools: bool = True,
         backoff: float = 0.5,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ):
         import openai
 
@@ -621,17 +651,26 @@ class OpenAIBackend:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be at least 1, got {max_response_bytes}")
+        url = urllib.parse.urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
         self.name = model
         self.base_url = base_url
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.max_retries = max_retries
         self.native_tools = native_tools
+        self.max_response_bytes = max_response_bytes
         self.retry_delays = [min(backoff * 2**attempt, MAX_BACKOFF_S) for attempt in range(max_retries)]
         self.sleep: Callable[[float], None] = time.sleep  # how retries wait; replaceable in tests
         # The client's own retries are off: every retry is the loop in `_request`, with the delays above.
         self._client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
-                                     timeout=timeout, max_retries=0)
+                                     timeout=timeout, max_retries=0,
+                                     http_client=_http_client(timeout, max_response_bytes))
 
     def complete(
         self,
@@ -668,48 +707,287 @@ class OpenAIBackend:
         if seed is not None:
             request["seed"] = seed
         if self.native_tools and tools:
-            request["tools"] = tools
-        response = self._request(request)
-        if not response.choices:
-            raise BackendError(f"{self.base_url} (model {self.name!r}) answered with no choices")
-        choice = response.choices[0]
-        text = choice.message.content or ""
-        tool_calls = [_tool_call_dict(call) for call in choice.message.tool_calls or []] or None
-        if tool_calls and not self.native_tools:
-            text += "".join(_tool_call_markup(call) for call in tool_calls)
-            tool_calls = None
-        usage = response.usage
-        return Completion(
-            text=text,
-            tool_calls=tool_calls,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            finish_reason="length" if choice.finish_reason == "length" else "stop",
-        )
+            request["tools"] = scrub(tools)
+        return self._request(request)
 
-    def _request(self, request: dict[str, Any]) -> Any:
+    def _request(self, request: dict[str, Any]) -> Completion:
+        """Send `request` until an attempt gives a completion; BackendError when none does."""
         import openai
 
         failures: dict[str, int] = {}  # what went wrong, in order of first occurrence, with counts
         for attempt in range(self.max_retries + 1):
+            retry_after = None
             try:
-                return self._client.chat.completions.create(**request)
+                with _attempt_deadline(self.timeout):
+                    raw = self._client.chat.completions.with_raw_response.create(**request)
+                    data = raw.http_response.content
             except openai.APIStatusError as exc:
-                transient = exc.status_code == 429 or exc.status_code >= 500
-                failure = f"HTTP {exc.status_code}: {_server_message(exc)}"
+                status = exc.status_code
+                failure = f"HTTP {status}: {_server_message(exc.response.content)}"
+                if not (status in (408, 429) or status >= 500):
+                    raise BackendError(f"{self.base_url} (model {self.name!r}) refused the request: {failure}") from None
+                retry_after = _retry_after_seconds(exc.response.headers.get("retry-after"))
             except openai.APITimeoutError:
-                transient, failure = True, f"no answer within {self.timeout} s"
+                failure = f"no answer within {self.timeout} s"
             except openai.APIConnectionError as exc:
-                transient, failure = True, f"connection failed ({exc.__cause__ or exc})"
-            except openai.APIError as exc:  # e.g. an answer that is not a chat completion
-                transient, failure = False, str(exc)
-            if not transient:
-                raise BackendError(f"{self.base_url} (model {self.name!r}) refused the request: {failure}")
+                failure = f"connection failed ({_root_cause(exc)})"
+            except openai.OpenAIError as exc:
+                raise BackendError(f"{self.base_url} (model {self.name!r}) refused the request: {exc}") from None
+            else:
+                try:
+                    return decode_completion(data, self.native_tools)
+                except MalformedReply as exc:
+                    failure = f"HTTP {raw.status_code} but {exc}"
             failures[failure] = failures.get(failure, 0) + 1
             if attempt < self.max_retries:
-                self.sleep(self.retry_delays[attempt])
+                delay = self.retry_delays[attempt]
+                if retry_after is not None:
+                    if retry_after > MAX_RETRY_AFTER_S:
+                        raise BackendError(
+                            f"{self.base_url} (model {self.name!r}) answered {failure} and asked to be retried "
+                            f"after {retry_after:g} s, longer than the {MAX_RETRY_AFTER_S:g} s this backend waits")
+                    delay = max(delay, retry_after)
+                self.sleep(delay)
         summary = "; ".join(f"{failure} ({count}×)" for failure, count in failures.items())
         raise BackendError(f"{self.base_url} (model {self.name!r}) failed {self.max_retries + 1} attempt(s): {summary}")
+
+
+class MalformedReply(BackendError):
+    """A server's answer that is not the chat completion the API promises (retried by the backend)."""
+
+
+# --------------------------------------------------------------------------- bounds on each attempt
+#
+# The client reads the answer as httpx does, through httpcore's network streams. Two bounds are added:
+# - a deadline per attempt: every connect, read and write of the attempt's thread waits at most until
+#   it (`_attempt_deadline`, `_DeadlineBackend`), so a server that sends one byte at a time, in the
+#   headers or the body, is cut off there, not after a read timeout per byte;
+# - a size bound: an answer whose Content-Length is too long is not read, and one that keeps coming
+#   is cut off once it passes the bound (`_bound_answer_size`).
+
+_attempt = threading.local()  # .deadline: time.monotonic() by which this thread's attempt must end
+
+
+@contextlib.contextmanager
+def _attempt_deadline(seconds: float) -> Iterator[None]:
+    _attempt.deadline = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _attempt.deadline = None
+
+
+def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
+    """`timeout` shortened to the time left before this thread's deadline; `expired` once it has passed."""
+    deadline = getattr(_attempt, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the attempt's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose reads and writes end by the deadline of the attempt using it."""
+
+    def __init__(self, stream: Any, errors: Any):
+        self._stream = stream
+        self._errors = errors  # the httpcore module the stream comes from, for its exception types
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _time_left(timeout, self._errors.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _time_left(timeout, self._errors.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        timeout = _time_left(timeout, self._errors.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout), self._errors)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, with `_DeadlineStream`s and connects that end by the deadline."""
+
+    def __init__(self, backend: Any, errors: Any):
+        self._backend = backend
+        self._errors = errors
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> Any:
+        timeout = _time_left(timeout, self._errors.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options),
+                               self._errors)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> Any:
+        timeout = _time_left(timeout, self._errors.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, socket_options), self._errors)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _SizedStream(httpx.SyncByteStream):
+    """An answer's body that fails with a ReadError once more than `limit` bytes have come."""
+
+    def __init__(self, stream: Any, limit: int):
+        self._stream = stream
+        self._limit = limit
+
+    def __iter__(self) -> Iterator[bytes]:
+        size = 0
+        for chunk in self._stream:
+            size += len(chunk)
+            if size > self._limit:
+                raise httpx.ReadError(f"an answer longer than the {self._limit} bytes accepted")
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _bound_answer_size(limit: int) -> Callable[[Any], None]:
+    """An httpx response hook: answers longer than `limit` bytes fail with a ReadError."""
+    def hook(response: Any) -> None:
+        declared = response.headers.get("content-length", "")
+        if declared.strip().isdigit() and int(declared) > limit:
+            raise httpx.ReadError(f"an answer of {int(declared)} bytes, more than the {limit} accepted")
+        response.stream = _SizedStream(response.stream, limit)
+    return hook
+
+
+def _http_client(timeout: float, max_response_bytes: int) -> Any:
+    """The HTTP client of an `OpenAIBackend`: httpx's, with its proxies from the environment and its
+    connection pool, plus the deadline and size bounds above. Answers are asked for uncompressed, so
+    that the size bound is the size read; redirects are not followed."""
+    import openai
+
+    client = openai.DefaultHttpxClient(timeout=timeout, follow_redirects=False,
+                                       headers={"Accept-Encoding": "identity"},
+                                       event_hooks={"response": [_bound_answer_size(max_response_bytes)]})
+    # httpx builds one transport for direct connections and one per proxy; each holds an httpcore
+    # connection pool, whose network backend is where the deadline can bound every read and write.
+    for transport in [client._transport, *client._mounts.values()]:
+        pool = getattr(transport, "_pool", None)
+        if pool is None:  # a URL pattern the environment says not to proxy, or not an HTTP transport
+            continue
+        errors = sys.modules[type(pool).__module__.partition(".")[0]]
+        pool._network_backend = _DeadlineBackend(pool._network_backend, errors)
+    return client
+
+
+def _root_cause(exc: BaseException) -> str:
+    """`Type: message` of the first exception in `exc`'s chain of causes that says what went wrong."""
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    named = [e for e in chain if isinstance(e, OSError)] or [e for e in chain[1:] if str(e)] or chain
+    cause = named[0]
+    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(digits)} digits")
+    return int(digits)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_untrusted_json(text: str | bytes) -> Any:
+    """JSON from a server or a model: ValueError for anything that is not plain JSON, including
+    NaN/Infinity, integers over 64 digits, invalid UTF-8 and nesting too deep to parse."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")  # UnicodeDecodeError is a ValueError
+    try:
+        return scrub(json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant))
+    except RecursionError:
+        raise ValueError("nesting too deep") from None
+
+
+def decode_completion(data: bytes | str | Any, native_tools: bool = True) -> Completion:
+    """A `Completion` from a chat completion answer: its body (bytes or text) or its parsed JSON.
+
+    Anything that is not what the API promises raises `MalformedReply` (a `BackendError`) naming
+    what is wrong. `content` may be null (a turn with only tool calls), a string, or a list of text
+    parts; `usage` and its counts may be missing or null (they count as 0).
+    """
+    if isinstance(data, (bytes, bytearray, str)):
+        try:
+            payload = load_untrusted_json(data)
+        except ValueError as exc:
+            preview = bytes(data[:80]) if isinstance(data, (bytes, bytearray)) else data[:80].encode("utf-8", "replace")
+            raise MalformedReply(f"the answer is not JSON ({exc}; it starts {preview!r})") from None
+    else:
+        payload = scrub(data)
+    if not isinstance(payload, dict):
+        raise MalformedReply(f"the answer is a JSON {_json_type(payload)}, not an object")
+    if payload.get("error") is not None:
+        raise MalformedReply(f"the answer is an error: {_server_message(payload)}")
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise MalformedReply("the answer has no choices")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        raise MalformedReply(f"choices[0] is a JSON {_json_type(choice)}, not an object")
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise MalformedReply(f"choices[0].message is a JSON {_json_type(message)}, not an object")
+    text = _content_text(message.get("content"))
+    raw_calls = message.get("tool_calls")
+    if raw_calls is not None and not isinstance(raw_calls, list):
+        raise MalformedReply(f"message.tool_calls is a JSON {_json_type(raw_calls)}, not a list")
+    tool_calls = [_tool_call_dict(call, index) for index, call in enumerate(raw_calls or [])] or None
+    if tool_calls and not native_tools:
+        text += "".join(_tool_call_markup(call) for call in tool_calls)
+        tool_calls = None
+    usage = payload.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise MalformedReply(f"usage is a JSON {_json_type(usage)}, not an object")
+    usage = usage or {}
+    return Completion(
+        text=text,
+        tool_calls=tool_calls,
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+    )
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _count(value: Any) -> int:
+    """A token count from `usage`; absent, null, negative or not an integer counts as 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        return 0
+    return int(value) if value < 2**53 else 0
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        parts = []
+        for part in content:
+            if not (isinstance(part, dict) and isinstance(part.get("text", ""), str)):
+                raise MalformedReply("message.content holds a part that is not a text part")
+            parts.append(part.get("text", ""))
+        return "".join(parts)
+    raise MalformedReply(f"message.content is a JSON {_json_type(content)}, not a string")
 
 
 def to_openai_messages(chat: list[dict]) -> list[dict]:
@@ -722,6 +1000,7 @@ def to_openai_messages(chat: list[dict]) -> list[dict]:
     (python syntax, where the call is the assistant's text) gets `call_<turn>_0` of the latest
     assistant turn.
     """
+    chat = scrub(chat)  # lone surrogates cannot be sent (see `fcdpo.safe_text`)
     converted: list[dict] = []
     unanswered: list[tuple[str, str | None]] = []  # (id, function name) of the latest turn's calls
     last_assistant = 0
@@ -759,14 +1038,30 @@ def to_openai_messages(chat: list[dict]) -> list[dict]:
     return converted
 
 
-def _tool_call_dict(call: Any) -> dict:
-    arguments = call.function.arguments
-    try:
-        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except json.JSONDecodeError:
+def _tool_call_dict(call: Any, index: int = 0) -> dict:
+    """One of `message.tool_calls` in our form; MalformedReply when it is not a function call."""
+    where = f"message.tool_calls[{index}]"
+    if not isinstance(call, dict):
+        raise MalformedReply(f"{where} is a JSON {_json_type(call)}, not an object")
+    function = call.get("function")
+    if not isinstance(function, dict):
+        raise MalformedReply(f"{where}.function is a JSON {_json_type(function)}, not an object")
+    name = function.get("name")
+    if not isinstance(name, str):
+        raise MalformedReply(f"{where}.function.name is a JSON {_json_type(name)}, not a string")
+    arguments = function.get("arguments")
+    if arguments is None:
+        arguments = "{}"
+    if isinstance(arguments, str):
+        try:
+            parsed = load_untrusted_json(arguments)
+        except ValueError:  # not JSON (or a huge integer, ...): left to the caller to report
+            parsed = arguments
+    elif isinstance(arguments, dict):
         parsed = arguments
-    return {"type": "function",
-            "function": {"name": call.function.name, "arguments": parsed if isinstance(parsed, dict) else arguments}}
+    else:
+        raise MalformedReply(f"{where}.function.arguments is a JSON {_json_type(arguments)}, not a string")
+    return {"type": "function", "function": {"name": name, "arguments": parsed if isinstance(parsed, dict) else arguments}}
 
 
 def _tool_call_markup(call: dict) -> str:
@@ -776,14 +1071,40 @@ def _tool_call_markup(call: dict) -> str:
     return f'\n<tool_call>\n{{"name": {json.dumps(function["name"])}, "arguments": {arguments}}}\n</tool_call>'
 
 
-def _server_message(exc: Any) -> str:
-    """The server's own words from an error response (`{"error": ...}`, `{"detail": ...}`, ...)."""
-    body = getattr(exc, "body", None)  # the client has already unwrapped a top-level "error" key
-    if isinstance(body, dict):
-        body = body.get("message") or body.get("detail") or body.get("error") or body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        body = body["message"]
-    return str(body) if body else str(getattr(exc, "message", exc))
+def _server_message(body: Any) -> str:
+    """The server's own words from an error answer (`{"error": ...}`, `{"detail": ...}`, ...), at most
+    `_MAX_SERVER_MESSAGE` characters; `body` is the answer's bytes or its parsed JSON."""
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = load_untrusted_json(body)
+        except ValueError:
+            body = bytes(body).decode("utf-8", "replace").strip()
+    for _ in range(3):  # {"error": {"message": ...}} and the like
+        if isinstance(body, dict):
+            body = next((body[key] for key in ("message", "error", "detail") if body.get(key)), body)
+    text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+    text = scrub_text(text) or "(no message)"
+    return text if len(text) <= _MAX_SERVER_MESSAGE else text[:_MAX_SERVER_MESSAGE] + "…"
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a `Retry-After` header asks to wait (a number of seconds or an HTTP date); None if unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -793,8 +1114,29 @@ _KINDS: dict[str, tuple[type, set[str], set[str]]] = {
     "hf": (HFBackend, {"model"}, {"adapter", "load_in_4bit", "device", "dtype", "batch_size", "chat_template",
                                          "share_prefix"}),
     "openai": (OpenAIBackend, {"model", "base_url"},
-               {"api_key_env", "max_concurrency", "timeout", "max_retries", "native_tools", "backoff"}),
+               {"api_key_env", "max_concurrency", "timeout", "max_retries", "native_tools", "backoff",
+                "max_response_bytes"}),
 }
+
+
+def check_backend_spec(spec: Any) -> type:
+    """The backend class a spec names; ValueError for a missing or unknown kind, a missing required
+    key or an unknown key, naming the valid keys. Nothing is loaded or connected."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"backend spec must be a mapping, got {spec!r}")
+    kind = spec.get("kind")
+    if kind not in _KINDS:
+        raise ValueError(f"backend spec: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    cls, required, optional = _KINDS[kind]
+    arguments = {key for key in spec if key != "kind"}
+    unknown = sorted(arguments - required - optional, key=str)
+    if unknown:
+        raise ValueError(f"backend spec: unknown key(s) {unknown} for kind {kind!r}; "
+                         f"valid keys are {sorted(required | optional | {'kind'})}")
+    missing = sorted(required - arguments)
+    if missing:
+        raise ValueError(f"backend spec: kind {kind!r} needs {missing}")
+    return cls
 
 
 def load_backend(spec: dict, root: str | Path | None = None) -> Backend:
@@ -802,24 +1144,13 @@ def load_backend(spec: dict, root: str | Path | None = None) -> Backend:
 
     hf: model (required), adapter, load_in_4bit, device, dtype, batch_size, chat_template, share_prefix.
     openai: model and base_url (required), api_key_env, max_concurrency, timeout, max_retries,
-    native_tools, backoff. With `root`, an hf `model` or `adapter` that names an existing folder under
+    native_tools, backoff, max_response_bytes. With `root`, an hf `model` or `adapter` that names an existing folder under
     `root` (the run folder) is read from there. A missing `kind`, an unknown kind, a missing required key or an unknown
     key is a ValueError naming the valid keys.
     """
-    if not isinstance(spec, dict):
-        raise ValueError(f"backend spec must be a mapping, got {spec!r}")
-    kind = spec.get("kind")
-    if kind not in _KINDS:
-        raise ValueError(f"backend spec: kind must be one of {sorted(_KINDS)}, got {kind!r}")
-    cls, required, optional = _KINDS[kind]
+    cls = check_backend_spec(spec)
+    kind = spec["kind"]
     arguments = {key: value for key, value in spec.items() if key != "kind"}
-    unknown = sorted(set(arguments) - required - optional)
-    if unknown:
-        raise ValueError(f"backend spec: unknown key(s) {unknown} for kind {kind!r}; "
-                         f"valid keys are {sorted(required | optional | {'kind'})}")
-    missing = sorted(required - set(arguments))
-    if missing:
-        raise ValueError(f"backend spec: kind {kind!r} needs {missing}")
     resolved = False
     if root is not None:  # a relative local path names a folder inside the run (the tiny lab's models)
         for key in ("model", "adapter"):

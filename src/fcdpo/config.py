@@ -8,6 +8,9 @@ back to a default.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -165,26 +168,114 @@ class Profile:
         return path if path.is_absolute() else CONFIG_DIR.parent / path
 
 
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")  # names a file in configs/ and a folder in runs/
+# Counts that must be at least 1 (or at least 0), by section; a zero or negative one is a mistake.
+_AT_LEAST = {
+    "TaskConfig": {"train": 0, "eval": 0},
+    "RolloutConfig": {"k": 1, "batch_size": 1},
+    "PreferenceConfig": {"pairs_per_prompt": 1},
+    "TrainingConfig": {"lora_r": 1, "max_steps": 0, "batch_size": 1, "grad_accumulation": 1, "max_length": 1,
+                       "logging_steps": 1, "eval_steps": 0},
+    "EvaluationConfig": {"samples": 1, "batch_size": 1, "resamples": 1},
+    # the lab section (fcdpo.tinylab.LabConfig, read with `build` here and by the lab itself)
+    "LabConfig": {"vocab_size": 1},
+    "ModelRecipe": {"hidden_size": 1, "num_layers": 1, "num_heads": 1, "intermediate_size": 1,
+                    "problems_per_task": 1},
+    "SFTSettings": {"steps": 1, "batch_size": 1, "warmup_steps": 0, "max_length": 1, "threads": 1},
+}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line {seen[key].start_mark.line + 1})",
+                    key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_profile(name_or_path: str | Path = "tiny-cpu", overrides: dict[str, Any] | None = None) -> Profile:
     """Load a profile by name (`configs/<name>.yaml`) or by path, with optional overrides.
 
     `overrides` maps dotted keys to values, e.g. `{"tasks.math.train": 20}`; they are checked like the file.
+    A profile must be UTF-8 YAML, not empty, with no key given twice; a profile name (given here or
+    as `name:`) is letters, digits and _ . + - only, so it stays inside `configs/` and `runs/`.
     """
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
+        if not _PROFILE_NAME.match(str(name_or_path)) or ".." in str(name_or_path):
+            raise ConfigError(f"profile name {str(name_or_path)!r} must be letters, digits and _ . + - "
+                              "(a profile in another folder is given by its path, ending in .yaml)")
         path = CONFIG_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"no profile {str(name_or_path)!r}: {path} does not exist (known profiles: {known})")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if raw is None or raw == {}:
+        raise ConfigError(f"{path}: the profile is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
-    return build(Profile, raw, where=str(path))
+    profile = build(Profile, raw, where=str(path))
+    _check_profile(profile, str(path))
+    return profile
+
+
+def _check_profile(profile: Profile, where: str) -> None:
+    """What `build` cannot check from the types alone: names, run_dir, task settings, the lab section,
+    backend specs."""
+    if not _PROFILE_NAME.match(profile.name) or ".." in profile.name:
+        raise ConfigError(f"{where}:name: {profile.name!r} must be letters, digits and _ . + - (it names the run folder)")
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(profile.run_dir) if field is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{where}:run_dir: {profile.run_dir!r} is not a valid pattern ({exc})") from None
+    unknown = sorted({field for field in fields if field != "name"})
+    if unknown:
+        raise ConfigError(f"{where}:run_dir: unknown placeholder(s) {unknown} in {profile.run_dir!r}; "
+                          "the only one is {name}")
+    from fcdpo.tasks import get_task
+
+    for task_name, task in profile.tasks.items():
+        try:
+            generator = get_task(task_name).generate
+        except ValueError as exc:
+            raise ConfigError(f"{where}:tasks.{task_name}: {exc}") from None
+        parameters = inspect.signature(generator).parameters
+        accepted = sorted(name for name, p in parameters.items() if p.kind == p.KEYWORD_ONLY)
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            wrong = sorted(set(task.difficulty) - set(accepted))
+            if wrong:
+                raise ConfigError(f"{where}:tasks.{task_name}.difficulty: unknown key(s) {wrong}; "
+                                  f"valid keys are {accepted}")
+    if profile.lab is not None:  # read by the lab only when it builds; its mistakes are found here
+        from fcdpo.tinylab import LabConfig
+
+        build(LabConfig, profile.lab, f"{where}:lab")
+    from fcdpo.backends import check_backend_spec
+
+    for role in ("teacher", "student"):
+        spec = getattr(profile, role)
+        if spec:
+            try:
+                check_backend_spec(spec)
+            except ValueError as exc:
+                raise ConfigError(f"{where}:{role}: {exc}") from None
 
 
 def build(cls: type, raw: Any, where: str) -> Any:
@@ -197,7 +288,13 @@ def build(cls: type, raw: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown} in {cls.__name__}; valid keys are {sorted(fields)}")
     values = {name: _convert(hints[name], value, f"{where}:{name}") for name, value in raw.items()}
-    return cls(**values)
+    for name, least in _AT_LEAST.get(cls.__name__, {}).items():
+        if name in values and values[name] is not None and values[name] < least:
+            raise ConfigError(f"{where}:{name}: must be at least {least}, got {values[name]!r}")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:  # a section's own checks (e.g. agent.syntax)
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:

@@ -24,6 +24,12 @@ Two surface syntaxes are understood:
   argument a literal (numbers, strings, booleans, None, lists / tuples / dicts of those).
 * JSON tool calls: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes / Qwen), a bare
   JSON object with `name` and `arguments`, or OpenAI `tool_calls` via `calls_from_tool_calls`.
+
+One rule for names in both: a function name is ASCII (`[A-Za-z_][A-Za-z0-9_]*`) exactly as written,
+and argument names are kept exactly as written. Nothing is normalised, so a full-width `ｓｙｓｔｅｍ(...)`
+(which Python itself would read as `system`) is refused, never mapped onto a registered name. Strings
+in arguments have lone surrogates replaced by U+FFFD (see `fcdpo.safe_text`), so every call can be
+stored and sent. Arguments given as objects are bounded in size like arguments given as text.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
+
+from fcdpo.safe_text import scrub
 
 __all__ = [
     "DEFAULT_MAX_INPUT_CHARS",
@@ -182,6 +190,7 @@ _FENCE_OPEN = re.compile(r"^\s*```(?:[\w+-]*(?=\s|$))?\s*")  # a language tag en
 _FENCE_CLOSE = re.compile(r"\s*```\s*$")
 _LINE_LABEL = re.compile(r"^(?:[-*>]\s+|\d+[.)]\s+)?(?:[A-Za-z][\w ]{0,30}:\s+)?")
 _CALL_START = re.compile(r"(?<![\w.])[A-Za-z_]\w*[ \t]*\(")
+_ANY_CALL_START = re.compile(r"(?<![\w.])(?!\d)\w+[ \t]*\(")  # non-ASCII names too, to report them
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
 _TRAILING_PUNCTUATION = re.compile(r"\)\s*[.;,]+\s*$")
 
@@ -213,7 +222,7 @@ def parse_python_call(
                 return _parse_python_expression(candidate)
             except ParseError as exc:
                 # Report the failure of the bottom-most thing that looked like a call.
-                if first_error is None and _CALL_START.match(candidate):
+                if first_error is None and _ANY_CALL_START.match(candidate):
                     first_error = exc
                 if position == 0 and exc.kind != "syntax":
                     # The line is Python, just not a plain call (`f(x)()`, `[f(a=1)][0]`): refuse
@@ -302,6 +311,11 @@ def _parse_python_expression(source: str) -> Call:
         raise ParseError(
             "not_a_call", f"the called function must be a plain name, not {_describe_node(node.func)}"
         )
+    # Python reads identifiers NFKC-normalised (a full-width `ｓｙｓｔｅｍ` is `system`): names are
+    # taken as written instead, and a function name must be ASCII, as in JSON calls.
+    name = ast.get_source_segment(source, node.func) or ""
+    if not _IDENTIFIER.match(name):
+        raise ParseError("not_a_call", f"a function name must be ASCII letters, digits and _, got {name!r:.60}")
     arguments: dict[str, Any] = {}
     for index, arg in enumerate(node.args):
         if isinstance(arg, ast.Starred):
@@ -310,10 +324,18 @@ def _parse_python_expression(source: str) -> Call:
     for kw in node.keywords:
         if kw.arg is None:
             raise ParseError("not_literal", "`**` unpacking is not allowed in a call")
-        if kw.arg in arguments:
-            raise ParseError("syntax", f"argument {kw.arg!r} is given twice")
-        arguments[kw.arg] = _literal_value(kw.value, f"argument {kw.arg!r}")
-    return Call(node.func.id, arguments)
+        written = _written_keyword(source, kw)
+        if written in arguments:
+            raise ParseError("syntax", f"argument {written!r} is given twice")
+        arguments[written] = _literal_value(kw.value, f"argument {written!r}")
+    return Call(name, scrub(arguments))
+
+
+def _written_keyword(source: str, kw: ast.keyword) -> str:
+    """A keyword argument's name as the source spells it (ast gives it NFKC-normalised)."""
+    segment = ast.get_source_segment(source, kw) or kw.arg or ""
+    match = re.match(r"[^\s=]+", segment)
+    return match.group() if match else (kw.arg or "")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -454,8 +476,10 @@ def _call_from_mapping(value: Any, max_chars: int, max_nesting: int) -> Call:
     if isinstance(value.get("function"), dict):  # OpenAI {"type": "function", "function": {...}}
         value = value["function"]
     name = value.get("name")
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+    if not isinstance(name, str) or not name:
         raise ParseError("not_a_call", f"the call needs a function name, got {name!r:.60}")
+    if not _IDENTIFIER.match(name):
+        raise ParseError("not_a_call", f"a function name must be ASCII letters, digits and _, got {name!r:.60}")
     arguments = value.get("arguments", value.get("parameters", {}))
     if arguments is None:
         arguments = {}
@@ -467,29 +491,54 @@ def _call_from_mapping(value: Any, max_chars: int, max_nesting: int) -> Call:
             arguments = _load_json(arguments.strip(), "arguments")
     if not isinstance(arguments, dict):
         raise ParseError("bad_json", f"arguments must be a JSON object, not {type(arguments).__name__}")
+    budget = [max_chars]  # what the arguments may take, in characters of their JSON text (about)
     for key, argument in arguments.items():
         if not isinstance(key, str):
             raise ParseError("bad_json", f"argument names must be strings, got {key!r:.60}")
-        _check_json_value(argument, f"argument {key!r}", max_nesting)
-    return Call(name, dict(arguments))
+        _spend(budget, len(key) + 3, "the arguments", max_chars)
+        _check_json_value(argument, f"argument {key!r}", max_nesting, budget, max_chars)
+    return Call(name, scrub(dict(arguments)))
 
 
-def _check_json_value(value: Any, where: str, depth_left: int) -> None:
-    # Dicts given directly (OpenAI objects, gold chains) skipped the text bounds: check them here.
+def _spend(budget: list[int], size: int, where: str, max_chars: int) -> None:
+    budget[0] -= size
+    if budget[0] < 0:
+        raise ParseError("too_long", f"{where} are longer than the {max_chars} characters accepted")
+
+
+def _check_json_value(value: Any, where: str, depth_left: int, budget: list[int], max_chars: int) -> None:
+    # Dicts given directly (OpenAI objects, gold chains) skipped the text bounds: check them here,
+    # their depth and their size alike, counting no more than the shortest JSON text of the value
+    # takes, so arguments that came as text within the bounds always pass.
     if depth_left < 0:
         raise ParseError("too_deep", f"{where} is nested too deeply")
     if isinstance(value, float) and not math.isfinite(value):
         raise ParseError("bad_json", f"{where} is not a finite number")
+    if isinstance(value, str):
+        size = len(value) + 2
+    elif isinstance(value, bool) or value is None:
+        size = 4
+    elif isinstance(value, int):
+        size = _digits(value)
+    else:  # a float ("0.0" at least), a list or a dict ("[]")
+        size = 3 if isinstance(value, float) else 2
+    _spend(budget, size, "the arguments", max_chars)
     if isinstance(value, (list, tuple)):
         for element in value:
-            _check_json_value(element, where, depth_left - 1)
+            _check_json_value(element, where, depth_left - 1, budget, max_chars)
     elif isinstance(value, dict):
         for key, element in value.items():
             if not isinstance(key, str):
                 raise ParseError("bad_json", f"{where}: object keys must be strings")
-            _check_json_value(element, where, depth_left - 1)
+            _spend(budget, len(key) + 3, "the arguments", max_chars)
+            _check_json_value(element, where, depth_left - 1, budget, max_chars)
     elif not isinstance(value, _LITERAL_CONSTANTS):
         raise ParseError("bad_json", f"{where}: {type(value).__name__} values are not allowed")
+
+
+def _digits(value: int) -> int:
+    """About how many digits `value` has, without converting it (conversion is quadratic)."""
+    return max(1, int(abs(value).bit_length() * 0.30103))
 
 
 def calls_from_tool_calls(

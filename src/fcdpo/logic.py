@@ -42,6 +42,9 @@ the prover hands z3 the premises' instances over the constants named instead of 
 formulas. Without function symbols such a set has a model exactly when its instances do (Herbrand's
 theorem; its equality version where `=` occurs), so the answers are the same, and z3 settles a
 ground problem in well under a millisecond where quantifier instantiation takes several.
+Grounding is part of the proof: it is bounded in size (`MAX_INSTANCES`, `MAX_GROUND_NODES`, beyond
+which z3 gets the quantified premises) and runs inside the call's time budget, which it checks as
+it goes; a budget spent while grounding or translating raises `ProofTimeout` like one spent in z3.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ MAX_DEPTH = 50
 MAX_PREMISES = 200
 DEFAULT_TIMEOUT_MS = 1500
 MAX_INSTANCES = 10_000  # ground instances of all premises together; more and z3 gets the quantifiers
+MAX_GROUND_NODES = 100_000  # formula nodes in all those instances together; likewise
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
@@ -537,7 +541,13 @@ class KnowledgeBase:
             ProofTimeout: z3 could not decide within `timeout_ms`.
         """
         parsed = self.parse(conclusion)
-        premises = (_instances(self._premises, parsed) if self.instantiate else None) or self._premises
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        premises = self._premises
+        if self.instantiate:
+            try:
+                premises = _instances(self._premises, parsed, deadline) or self._premises
+            except _OutOfTime:
+                raise ProofTimeout(f"no answer within {self.timeout_ms} ms") from None
         # z3 objects are not thread-safe, and a proof abandoned by a caller's time limit may still
         # be running in another thread: each proof has a context of its own. Making one costs more
         # than a small proof, so idle ones are reused; a context goes back only once `_decide` has
@@ -545,7 +555,7 @@ class KnowledgeBase:
         with _IDLE_LOCK:
             context = _IDLE_CONTEXTS.pop() if _IDLE_CONTEXTS else None
         context = context or z3.Context()
-        outcome = _decide(context, premises, parsed, self.timeout_ms)
+        outcome = _decide(context, premises, parsed, self.timeout_ms, deadline)
         with _IDLE_LOCK:
             if len(_IDLE_CONTEXTS) < _MAX_IDLE_CONTEXTS:
                 _IDLE_CONTEXTS.append(context)
@@ -579,14 +589,22 @@ _IDLE_LOCK = threading.Lock()
 _MAX_IDLE_CONTEXTS = 8
 
 
-def _decide(context: z3.Context, premises: list[Formula], conclusion: Formula, timeout_ms: int) -> str:
+def _decide(context: z3.Context, premises: list[Formula], conclusion: Formula, timeout_ms: int,
+            deadline: float | None = None) -> str:
     """TRUE, FALSE or UNKNOWN for `conclusion`; "inconsistent" when the premises contradict each
-    other; otherwise why z3 gave up. Nothing z3 made here outlives the call."""
-    deadline = time.monotonic() + timeout_ms / 1000
+    other; otherwise why z3 gave up (the time budget, which ends at `deadline`, included). Nothing
+    z3 made here outlives the call."""
+    deadline = time.monotonic() + timeout_ms / 1000 if deadline is None else deadline
     entity = z3.DeclareSort("Entity", context)
     solver = z3.Solver(ctx=context)
     names: dict[tuple[str, int], z3.AstRef] = {}
-    solver.add(*[_to_z3(p, context, entity, names) for p in premises])
+    translated = []
+    for premise in premises:  # thousands of ground instances take a while to translate
+        if time.monotonic() > deadline:
+            return f"no answer within {timeout_ms} ms"
+        translated.append(_to_z3(premise, context, entity, names))
+    solver.add(*translated)
+    del translated
     goal = _to_z3(conclusion, context, entity, names)
     status = _check(solver, deadline, timeout_ms)
     if status != "sat":
@@ -618,11 +636,16 @@ def _check(solver: z3.Solver, deadline: float, timeout_ms: int) -> str:
     return "sat" if result == z3.sat else "unsat"
 
 
-def _instances(premises: list[Formula], conclusion: Formula) -> list[Formula] | None:
+class _OutOfTime(Exception):
+    """The proof's time budget ran out while grounding."""
+
+
+def _instances(premises: list[Formula], conclusion: Formula, deadline: float | None = None) -> list[Formula] | None:
     """The premises' instances over the constants that they and the conclusion name (one stand-in
     constant if none), or None where that would not decide the same question: a premise with a
     quantifier other than leading ∀s, a quantified conclusion, no premises with a quantifier at
-    all (nothing to gain), or more than `MAX_INSTANCES` instances."""
+    all (nothing to gain), or more than `MAX_INSTANCES` instances or `MAX_GROUND_NODES` nodes in
+    them. Raises `_OutOfTime` once `time.monotonic()` passes `deadline`."""
     split = [_universal(p) for p in premises]
     goal = _universal(conclusion)
     if (goal is None or goal[0]  # the conclusion must be quantifier-free
@@ -631,10 +654,36 @@ def _instances(premises: list[Formula], conclusion: Formula) -> list[Formula] | 
     names = sorted({name for f in (*premises, conclusion) for name, (role, _) in symbols(f).items()
                     if role == "constant"})
     domain = [Term(name, False) for name in names] or [Term("anything", False)]
-    if sum(len(domain) ** len(variables) for variables, _ in split) > MAX_INSTANCES:
+    counts = [len(domain) ** len(variables) for variables, _ in split]
+    if sum(counts) > MAX_INSTANCES:
         return None
-    return [_substitute(body, dict(zip(variables, values)))
-            for variables, body in split for values in itertools.product(domain, repeat=len(variables))]
+    if sum(count * _size(body) for count, (_, body) in zip(counts, split)) > MAX_GROUND_NODES:
+        return None
+    instances = []
+    for variables, body in split:
+        for values in itertools.product(domain, repeat=len(variables)):
+            if deadline is not None and time.monotonic() > deadline:
+                raise _OutOfTime
+            instances.append(_substitute(body, dict(zip(variables, values))))
+    return instances
+
+
+def _size(formula: Formula) -> int:
+    """Nodes in a quantifier-free formula: atoms and their arguments, equalities and their two
+    sides, negations, connectives."""
+    count, stack = 0, [formula]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, Atom):
+            count += len(node.args)
+        elif isinstance(node, Equals):
+            count += 2
+        elif isinstance(node, Not):
+            stack.append(node.operand)
+        elif isinstance(node, Connective):
+            stack.extend(node.operands)
+    return count
 
 
 def _universal(formula: Formula) -> tuple[tuple[str, ...], Formula] | None:

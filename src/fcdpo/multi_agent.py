@@ -59,9 +59,12 @@ from fcdpo.agent import (
     Trajectory,
     advance_all,
     assistant_message,
+    check_counts,
     gold_messages,
     read_turn,
     tool_message,
+    turn_char_limit,
+    untrusted_turn,
 )
 from fcdpo.functions import Call, FunctionSet, ParseError, calls_from_tool_calls
 
@@ -281,8 +284,12 @@ class MultiAgentConfig:
     def __post_init__(self) -> None:
         if self.syntax not in SYNTAXES:
             raise ValueError(f"multi_agent.syntax must be one of {SYNTAXES}, got {self.syntax!r}")
-        if self.max_steps < 1:
-            raise ValueError(f"multi_agent.max_steps must be at least 1, got {self.max_steps}")
+        check_counts(self, "multi_agent", ("max_steps", "max_errors", "max_new_tokens", "token_budget"))
+
+    @property
+    def max_turn_chars(self) -> int:
+        """The longest role turn kept in a chain; longer text is cut (as `AgentConfig.max_turn_chars`)."""
+        return turn_char_limit(self.max_new_tokens)
 
 
 class _Chain:
@@ -385,12 +392,13 @@ class MultiAgent:
         chain.turns[role] += 1
         chain.prompt_tokens += completion.prompt_tokens
         chain.completion_tokens += completion.completion_tokens
+        text, tool_calls = untrusted_turn(completion, self.config.max_turn_chars)
+        text = text.strip()
         if role == "planner":
-            self._plan(chain, completion.text.strip())
+            self._plan(chain, text)
         elif role == "caller":
-            self._call(chain, completion)
+            self._call(chain, text, tool_calls)
         else:
-            text = completion.text.strip()
             chain.messages.append(_turn("summarizer", text))
             chain.answer = summary_answer(text)
             chain.finish("answer")
@@ -412,10 +420,9 @@ class MultiAgent:
         else:
             chain.waiting = "caller"
 
-    def _call(self, chain: _Chain, completion: "Completion") -> None:
-        text = completion.text.strip()
+    def _call(self, chain: _Chain, text: str, tool_calls: list[dict] | None) -> None:
         try:
-            call = read_call(text, completion.tool_calls, chain.functions, self.config.syntax)
+            call = read_call(text, tool_calls, chain.functions, self.config.syntax)
         except ParseError as exc:
             chain.messages.append(_turn("caller", text))
             chain.errors["parse_error"] += 1
@@ -477,6 +484,8 @@ def read_call(text: str, tool_calls: list[dict] | None, functions: FunctionSet, 
     function name is not checked here (an unknown name becomes an error observation).
     """
     if tool_calls:
+        if isinstance(tool_calls, (list, tuple)) and len(tool_calls) > 1:  # refused before any is parsed
+            raise ParseError("not_a_call", f"expected exactly one tool call, got {len(tool_calls)}")
         calls = calls_from_tool_calls(tool_calls)
         if len(calls) != 1:
             raise ParseError("not_a_call", f"expected exactly one tool call, got {len(calls)}")

@@ -2,56 +2,132 @@
 
 A crash or Ctrl-C loses nothing already written: each finished chain is one flushed line, and a
 rerun reads the file, skips the (problem, sample) pairs it holds and completes the rest. A line torn
-by a crash mid-write is the only line ever dropped, and only if it is the last one.
+by a crash mid-write is the only line ever dropped, and only if it is the last one; it is cut off in
+place (the file is truncated after its last complete line, never rewritten), so a crash during the
+repair loses nothing either.
+
+Every chain records what produced it (`Trajectory.producer`: the model, the agent and its settings,
+the temperature and the seed). A rerun with a different producer is refused rather than mixing its
+chains with the old ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-
-from fcdpo.progress import bar as progress_bar
 from fcdpo.agent import Agent, Trajectory
+from fcdpo.progress import bar as progress_bar
+from fcdpo.safe_text import scrub
 
 if TYPE_CHECKING:
     from fcdpo.tasks import Problem
+
+
+_BLANK = b"\n\r\t "
+
+
+def _parse_line(raw: bytes) -> Trajectory:
+    """One JSONL line as a trajectory; ValueError (or TypeError) if it is not one."""
+    row = json.loads(raw.decode("utf-8"))
+    if not isinstance(row, dict):
+        raise ValueError(f"a JSON {type(row).__name__}, not an object")
+    return Trajectory.from_dict(row)
 
 
 def read_trajectories(path: str | Path) -> list[Trajectory]:
     """All trajectories in a JSONL file (an absent file holds none).
 
     A malformed line raises ValueError naming the file and line, except a torn last line (a crash
-    mid-write), which is dropped with a warning so the rollout can resume.
+    mid-write, possibly inside a multi-byte character), which is dropped with a warning so the
+    rollout can resume.
     """
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    lines = path.read_bytes().split(b"\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     trajectories = []
-    for number, line in enumerate(lines, 1):
+    for index, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            trajectories.append(Trajectory.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as exc:
-            if number == len(lines):
-                print(f"warning: {path}:{number}: dropping a torn last line ({exc})")
+            trajectories.append(_parse_line(line))
+        except (ValueError, TypeError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            if index == last:
+                print(f"warning: {path}:{index + 1}: dropping a torn last line ({exc})")
                 continue
-            raise ValueError(f"{path}:{number}: not a trajectory record ({exc})") from exc
+            raise ValueError(f"{path}:{index + 1}: not a trajectory record ({exc})") from exc
     return trajectories
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Cut the file back to its last complete line so appends start on a fresh line."""
+def repair_tail(path: str | Path) -> None:
+    """Make the file end with a complete line, in place, so appends start on a fresh line.
+
+    A last line that is a whole record but lacks its newline gets it; a torn last line is cut off
+    by truncating the file where it starts. Both are one system call each: a crash at any moment
+    leaves either the file as it was or the repaired one, never less.
+    """
+    path = Path(path)
     if not path.exists():
         return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    with path.open("rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        # Only the last line matters; read back from the end until a newline before it is found.
+        tail, position = b"", size
+        while position > 0:
+            step = min(1 << 16, position)
+            position -= step
+            file.seek(position)
+            tail = file.read(step) + tail
+            if b"\n" in tail.rstrip(_BLANK):
+                break
+    body = tail.rstrip(_BLANK)
+    if not body:
+        return  # empty, or whitespace after the last line: appends still start on a fresh line
+    line_start = position + body.rfind(b"\n") + 1
+    last_line = body[body.rfind(b"\n") + 1:]
+    try:
+        _parse_line(last_line)
+    except (ValueError, TypeError):
+        os.truncate(path, line_start)  # the torn line goes, everything before it stays in place
+        return
+    if not tail.endswith(b"\n"):
+        with path.open("ab") as file:  # a whole record that lost only its newline is kept
+            file.write(b"\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def producer_of(agent: Any, temperature: float, seed: int) -> dict[str, Any]:
+    """What produces an agent's chains: model name, agent name and settings, temperature, seed."""
+    backend = getattr(agent, "backend", None) or getattr(agent, "backends", None)
+    config = getattr(agent, "config", None)
+    settings = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
+    return json.loads(json.dumps({
+        "model": getattr(backend, "name", None),
+        "agent": getattr(agent, "name", None),
+        "settings": settings,
+        "temperature": temperature,
+        "seed": seed,
+    }, default=str))
+
+
+def _check_producer(path: Path, trajectories: list[Trajectory], producer: dict[str, Any]) -> None:
+    """ValueError unless every chain in the file was produced as the new ones would be."""
+    for trajectory in trajectories:
+        recorded = trajectory.producer or {"model": trajectory.model}  # files from before producers
+        differing = sorted(key for key in recorded if recorded.get(key) != producer.get(key))
+        if differing:
+            details = "; ".join(f"{key}: {recorded.get(key)!r} in the file, {producer.get(key)!r} now"
+                                for key in differing)
+            raise ValueError(
+                f"{path} holds chains produced differently from this run ({details}). Resuming would mix "
+                f"them; write to another file, or delete this one to start over.")
 
 
 def rollout(
@@ -69,21 +145,32 @@ def rollout(
     Chains are batched `batch_size` at a time (the agent advances a batch in lockstep). Pairs already
     in the file are skipped, so calling this again after an interruption finishes the job without
     duplicates. Returns every trajectory for these problems, old and new, in (problem, sample) order.
+    A file holding chains of another model or of other settings (see `producer_of`) is a ValueError
+    when chains would be added to it.
     """
+    if k < 1 or batch_size < 1:
+        raise ValueError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    repair_tail(path)
     wanted = {(p.id, s) for p in problems for s in range(k)}
-    existing = {(t.problem_id, t.sample): t for t in read_trajectories(path) if (t.problem_id, t.sample) in wanted}
+    on_disk = read_trajectories(path)
+    existing = {(t.problem_id, t.sample): t for t in on_disk if (t.problem_id, t.sample) in wanted}
     todo = [(p, s) for s in range(k) for p in problems if (p.id, s) not in existing]
-    _drop_torn_tail(path)
+    producer = producer_of(agent, temperature, seed)
+    if todo:
+        _check_producer(path, on_disk, producer)
 
     correct = sum(t.correct for t in existing.values())
     bar = progress_bar(total=len(wanted), initial=len(existing), desc=f"rollouts {agent.task.name}", disable=not progress)
-    with path.open("a") as out:
+    with path.open("ab") as out:
 
         def write(trajectory: Trajectory) -> None:
             nonlocal correct
-            out.write(json.dumps(trajectory.to_dict(), ensure_ascii=False) + "\n")
+            trajectory.producer = producer
+            # Model text is untrusted: lone surrogates (unencodable) become U+FFFD before writing.
+            line = json.dumps(scrub(trajectory.to_dict()), ensure_ascii=False) + "\n"
+            out.write(line.encode("utf-8"))
             out.flush()
             os.fsync(out.fileno())
             existing[(trajectory.problem_id, trajectory.sample)] = trajectory
