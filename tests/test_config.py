@@ -52,8 +52,9 @@ def test_a_profile_can_leave_the_example_calls_out_of_the_prompt():
     from fcdpo.agent import AgentConfig, prompt_messages
     from fcdpo.multi_agent import role_prompt
 
-    with_examples = load_profile("tiny-cpu", {"tasks.math.function_examples": True}).task("math")
-    without = load_profile("tiny-cpu", {"tasks.math.function_examples": False}).task("math")
+    full = {"tasks.math.brief_prompt": False}  # the brief prompt has no examples at all
+    with_examples = load_profile("tiny-cpu", {**full, "tasks.math.function_examples": True}).task("math")
+    without = load_profile("tiny-cpu", {**full, "tasks.math.function_examples": False}).task("math")
     assert "Example: add(a=3, b=4)" in with_examples.system_prompt()
     assert "Example:" not in without.system_prompt()
     assert without.system_prompt().replace("add(a=", "") != with_examples.system_prompt().replace("add(a=", "")
