@@ -17,6 +17,9 @@ from fcdpo.preferences import (
     assistant_turns,
     build_pairs,
     build_preference_dataset,
+    build_step_pairs,
+    build_step_preference_dataset,
+    first_divergence,
     load_preferences,
     read_report,
     restore_messages,
@@ -248,3 +251,91 @@ def test_the_profile_stage_reads_the_rollouts_and_writes_the_run_folder(tmp_path
 def test_no_rollouts_is_an_error_that_says_what_to_run(tmp_path):
     with pytest.raises(PreferenceError, match="notebook 01"):
         build_preference_dataset(load_profile("tiny-cpu", {"run_dir": str(tmp_path)}))
+
+
+# --------------------------------------------------------------------------- step-level pairs
+
+
+@pytest.mark.parametrize("rest_of_chain", [False, True])
+@pytest.mark.parametrize("syntax", ["python", "json"])
+def test_step_pairs_share_the_history_up_to_the_cut_token_for_token(syntax, rest_of_chain):
+    from fcdpo.tinylab import build_tokenizer
+
+    chains = scripted_chains("math", n=5, syntax=syntax) + scripted_chains("fol", n=4, syntax=syntax)
+    rows, report = build_step_pairs(chains, syntax=syntax, rest_of_chain=rest_of_chain)
+    assert rows and report["pairs"] == len(rows)
+    by_id = {t.id: t for t in chains}
+    tokenizer = build_tokenizer([m.get("content") or "" for t in chains for m in t.messages], vocab_size=600)
+    cut_late = 0
+    for row in rows:
+        chosen, rejected = by_id[row["chosen_id"]], by_id[row["rejected_id"]]
+        prompt = restore_messages(row["prompt"])
+        shared = len(prompt)
+        assert prompt == chosen.messages[:shared] == rejected.messages[:shared]
+        first_chosen, first_rejected = restore_messages(row["chosen"])[0], restore_messages(row["rejected"])[0]
+        assert first_chosen["role"] == first_rejected["role"] == "assistant" and first_chosen != first_rejected
+        assert first_chosen == chosen.messages[shared] and first_rejected == rejected.messages[shared]
+        if rest_of_chain:
+            assert prompt + restore_messages(row["chosen"]) == chosen.messages
+            assert prompt + restore_messages(row["rejected"]) == rejected.messages
+        else:
+            assert len(row["chosen"]) == len(row["rejected"]) == 1
+        cut_late += any(m["role"] == "tool" for m in prompt)
+        # Token for token: the prompt as rendered for generation begins both whole chains as rendered.
+        tools = restore_tools(row["tools"])
+        prompt_ids = tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"]
+        for chain in (chosen, rejected):
+            ids = tokenizer.apply_chat_template(chain.messages, tools=tools, tokenize=True,
+                                                return_dict=True)["input_ids"]
+            assert ids[: len(prompt_ids)] == prompt_ids and len(ids) > len(prompt_ids)
+    assert cut_late  # some pairs part ways after tool results (the wrong final answers), not at the start
+    assert sum(sum(t["cut_turns"].values()) for t in report["tasks"].values()) == len(rows)
+
+
+def test_step_pairs_never_mix_problems_and_prefer_the_correct_chain(math_chains, fol_chains):
+    chains = math_chains + fol_chains
+    rows, report = build_step_pairs(chains, syntax="python", pairs_per_prompt=2)
+    by_id = {t.id: t for t in chains}
+    for row in rows:
+        chosen, rejected = by_id[row["chosen_id"]], by_id[row["rejected_id"]]
+        assert chosen.correct and not rejected.correct
+        assert (chosen.task, chosen.problem_id) == (rejected.task, rejected.problem_id) == (row["task"], row["problem_id"])
+        assert chosen.messages[:2] == rejected.messages[:2]  # the same rendered prompt
+    per_problem = {}
+    for row in rows:
+        per_problem[(row["task"], row["problem_id"])] = per_problem.get((row["task"], row["problem_id"]), 0) + 1
+    assert per_problem and max(per_problem.values()) <= 2
+    assert report["tasks"]["math"]["no_incorrect"] == 1 and report["tasks"]["math"]["no_correct"] == 1
+    # Rows of one problem are never repeated.
+    keys = [json.dumps([r["prompt"], r["chosen"], r["rejected"]]) for r in rows]
+    assert len(keys) == len(set(keys))
+
+
+def test_identical_or_prefix_chains_give_no_step_pair(math_chains):
+    solved = next(t for t in math_chains if t.correct and t.sample == 0)
+    twin = replace(solved, id=solved.id + "-twin", correct=False, sample=9)
+    rows, report = build_step_pairs([solved, twin], syntax="python")
+    assert rows == [] and report["tasks"]["math"]["identical_pairs"] == 1
+    rows, report = build_step_pairs([solved, twin], syntax="python", drop_identical=False)
+    assert rows == [] and report["tasks"]["math"]["no_divergence"] == 1
+    cut_short = replace(solved, id=solved.id + "-short", correct=False, sample=8, messages=solved.messages[:-1])
+    rows, report = build_step_pairs([solved, cut_short], syntax="python")
+    assert rows == [] and report["tasks"]["math"]["no_divergence"] == 1
+    assert first_divergence(solved.messages, solved.messages) is None
+
+
+def test_step_pairs_load_as_a_preference_dataset(tmp_path, math_chains, fol_chains):
+    profile = load_profile("tiny-cpu", {"run_dir": str(tmp_path), "preferences.validation": 0.25,
+                                        "preferences.step_rest_of_chain": True})
+    (tmp_path / "rollouts").mkdir()
+    for task, chains in (("math", math_chains), ("fol", fol_chains)):
+        with (tmp_path / "rollouts" / f"teacher-{task}.jsonl").open("w") as out:
+            out.writelines(json.dumps(t.to_dict()) + "\n" for t in chains)
+    dataset, report = build_step_preference_dataset(profile)
+    assert report["settings"]["rest_of_chain"] is True and report["settings"]["kind"] == "step"
+    assert len(dataset["train"]) + len(dataset["validation"]) == report["pairs"] > 0
+    assert (tmp_path / "preferences-step" / "dataset").is_dir()
+    assert not (tmp_path / "preferences").exists()  # the paper's pairs are left alone
+    with pytest.raises(PreferenceError, match="syntax"):
+        build_step_pairs(math_chains, syntax="yaml")

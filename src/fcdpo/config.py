@@ -70,6 +70,9 @@ class PreferenceConfig:
     balance_tasks: bool = False  # cut every task to the pair count of the task with the fewest pairs
     validation: float = 0.1  # fraction of problems (never of pairs) held out for validation, per task
     seed: int = 0
+    # The step_dpo arm's pairs (`build_step_pairs`): the two diverging turns alone (False), or the rest
+    # of each chain from the turn where they part ways (True).
+    step_rest_of_chain: bool = False
 
 
 @dataclass
