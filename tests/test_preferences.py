@@ -16,6 +16,7 @@ from fcdpo.preferences import (
     arrow_safe,
     assistant_turns,
     build_pairs,
+    build_onpolicy_preference_dataset,
     build_preference_dataset,
     build_step_pairs,
     build_step_preference_dataset,
@@ -339,3 +340,59 @@ def test_step_pairs_load_as_a_preference_dataset(tmp_path, math_chains, fol_chai
     assert not (tmp_path / "preferences").exists()  # the paper's pairs are left alone
     with pytest.raises(PreferenceError, match="syntax"):
         build_step_pairs(math_chains, syntax="yaml")
+
+
+# --------------------------------------------------------------------------- on-policy pairs
+
+
+class AlternatingStudent:
+    """A test-double student: the gold calls of each problem, then an answer that is right on every
+    other chain of that problem (the 1st, 3rd, … answer given to a question) and wrong otherwise."""
+
+    name = "alternating-student"
+
+    def __init__(self, problems):
+        self.calls = {p.question: [Call.from_dict(step).to_python() for step in p.gold_chain] for p in problems}
+        self.answers = {p.question: p.answer for p in problems}
+        self.given: dict[str, int] = {}
+
+    def complete(self, chats, *, tools=None, max_new_tokens=128, temperature=0.0, seed=None):
+        from fcdpo.backends import Completion
+
+        replies = []
+        for chat in chats:
+            question = chat[1]["content"]
+            turn = sum(1 for m in chat if m["role"] == "assistant")
+            if turn < len(self.calls[question]):
+                text = self.calls[question][turn]
+            else:
+                count = self.given[question] = self.given.get(question, 0) + 1
+                text = f"Final answer: {self.answers[question] if count % 2 else f'wrong{count}'}"
+            replies.append(Completion(text, None, prompt_tokens=10, completion_tokens=3, finish_reason="stop"))
+        return replies
+
+
+def test_onpolicy_pairs_come_from_the_students_own_graded_chains_of_one_problem(tmp_path):
+    from fcdpo.rollouts import read_trajectories
+    from fcdpo.tasks import problem_sets
+
+    profile = load_profile("tiny-cpu", {
+        "run_dir": str(tmp_path), "rollouts.k": 4, "preferences.validation": 0.0,
+        "tasks.math.train": 3, "tasks.math.eval": 2, "tasks.math.dev": 0,
+        "tasks.fol.train": 2, "tasks.fol.eval": 2, "tasks.fol.dev": 0})
+    train = [p for splits in problem_sets(profile).values() for p in splits["train"]]
+    dataset, report = build_onpolicy_preference_dataset(profile, backend=AlternatingStudent(train))
+    chains = {t.id: t for name in ("math", "fol")
+              for t in read_trajectories(tmp_path / "rollouts" / f"student-{name}.jsonl")}
+    assert len(chains) == 4 * len(train)  # k chains per training problem, written where rollouts go
+    assert all(t.model == "alternating-student" for t in chains.values())
+    assert {name: r["accuracy"] for name, r in report["rollouts"].items()} == {"math": 0.5, "fol": 0.5}
+    assert report["settings"]["kind"] == "onpolicy"
+    rows = list(dataset["train"])
+    assert len(rows) == report["pairs"] > 0
+    assert {r["problem_id"] for r in rows} == {p.id for p in train}  # every problem has right and wrong chains
+    for row in rows:
+        chosen, rejected = chains[row["chosen_id"]], chains[row["rejected_id"]]
+        assert chosen.correct and not rejected.correct  # graded by the task's answer check
+        assert chosen.problem_id == rejected.problem_id == row["problem_id"]
+    assert (tmp_path / "preferences-onpolicy" / "dataset").is_dir()

@@ -109,6 +109,10 @@ class TrainingConfig:
     # More training seeds: each method is also trained with each of these (adapter initialisation and
     # data order), as `training/<method>-s<seed>/`, so results can be given as a mean over seeds.
     extra_seeds: list[int] = field(default_factory=list)
+    # The arms notebook 03 trains and notebook 04 evaluates (`fcdpo.training.METHODS`): dpo and sft always,
+    # and any of "step_dpo" (step-level pairs of the teacher's chains) and "onpolicy_dpo" (pairs of the
+    # student's own chains) named here.
+    methods: list[str] = field(default_factory=lambda: ["dpo", "sft"])
 
 
 @dataclass
@@ -270,6 +274,11 @@ def _check_profile(profile: Profile, where: str) -> None:
         from fcdpo.tinylab import LabConfig
 
         build(LabConfig, profile.lab, f"{where}:lab")
+    from fcdpo.training import METHODS
+
+    unknown = [method for method in profile.training.methods if method not in METHODS]
+    if unknown:
+        raise ConfigError(f"{where}:training.methods: unknown method(s) {unknown}; the methods are {list(METHODS)}")
     from fcdpo.backends import check_backend_spec
 
     for role in ("teacher", "student"):

@@ -640,3 +640,87 @@ def build_step_preference_dataset(
     folder = run / PREFERENCE_FOLDERS["step_dpo"]
     dataset = save_preferences(splits, folder, report)
     return dataset, read_report(folder)
+
+
+def student_rollouts(profile: Any, backend: Any = None, progress: bool = False) -> list["Trajectory"]:
+    """The student's own chains on the training problems: `rollouts/student-<task>.jsonl` for every task.
+
+    `rollouts.k` chains per problem at `rollouts.temperature`, graded by the task's answer check, with
+    the profile's agent, exactly as the teacher was sampled in notebook 01 (`fcdpo.rollouts.rollout`:
+    resumable, refusing a file written by another model). `backend` defaults to the profile's student.
+    """
+    from fcdpo.agent import Agent
+    from fcdpo.rollouts import rollout
+    from fcdpo.tasks import problem_sets
+
+    run = profile.run_path
+    if backend is None:
+        from fcdpo.backends import load_backend
+        from fcdpo.training import student_spec
+
+        backend = load_backend(student_spec(profile), root=run)
+    settings = profile.rollouts
+    chains = []
+    for name, splits in problem_sets(profile).items():
+        agent = Agent(profile.task(name), backend, profile.agent)
+        chains += rollout(splits["train"], agent, run / "rollouts" / f"student-{name}.jsonl", k=settings.k,
+                          temperature=settings.temperature, seed=settings.seed, batch_size=settings.batch_size,
+                          progress=progress)
+    return chains
+
+
+def build_onpolicy_preference_dataset(
+    profile: Any, trajectories: Iterable["Trajectory"] | None = None, backend: Any = None, progress: bool = False
+) -> tuple["DatasetDict", dict[str, Any]]:
+    """The onpolicy_dpo arm's pairs: the student's own correct against its own incorrect chains, in `preferences-onpolicy/`.
+
+    Samples the student (`student_rollouts`, unless `trajectories` are given) and pairs its chains with
+    `build_pairs` and the profile's `preferences` settings: pairs only ever join chains of one problem,
+    and the split is drawn by problem. The report adds, per task, what the sampling cost and found
+    (`rollouts`: chains, accuracy, generated tokens). Returns the dataset and the report.
+    """
+    settings = profile.preferences
+    run = profile.run_path
+    trajectories = list(trajectories) if trajectories is not None else student_rollouts(profile, backend, progress)
+    if not trajectories:
+        raise PreferenceError("no student chains to pair: the profile has no training problems")
+    rows, report = build_pairs(
+        trajectories,
+        syntax=profile.agent.syntax,
+        pairs_per_prompt=settings.pairs_per_prompt,
+        drop_identical=settings.drop_identical,
+        balance_tasks=settings.balance_tasks,
+        seed=settings.seed,
+    )
+    report["settings"]["kind"] = "onpolicy"
+    report["settings"]["validation"] = settings.validation
+    report["rollouts"] = {}
+    for task in sorted({t.task for t in trajectories}):
+        chains = [t for t in trajectories if t.task == task]
+        report["rollouts"][task] = {
+            "chains": len(chains),
+            "problems": len({t.problem_id for t in chains}),
+            "accuracy": sum(t.correct for t in chains) / len(chains),
+            "completion_tokens": sum(t.tokens.get("completion", 0) for t in chains),
+        }
+    splits = split_by_problem(rows, settings.validation, settings.seed)
+    folder = run / PREFERENCE_FOLDERS["onpolicy_dpo"]
+    dataset = save_preferences(splits, folder, report)
+    return dataset, read_report(folder)
+
+
+def method_preferences(profile: Any, method: str, progress: bool = False) -> "DatasetDict":
+    """The preference pairs a training method trains on, for a profile's run.
+
+    dpo and sft: the teacher's pairs written by notebook 02 (`preferences/`); step_dpo: step pairs
+    rebuilt from the teacher's rollouts (`build_step_preference_dataset`); onpolicy_dpo: the student's
+    own pairs (`build_onpolicy_preference_dataset`, sampling what is not yet in `rollouts/`). The
+    rebuilt ones are deterministic functions of the rollouts, so rebuilding never makes them stale.
+    """
+    if method not in PREFERENCE_FOLDERS:
+        raise PreferenceError(f"no preference pairs for method {method!r}; known: {sorted(PREFERENCE_FOLDERS)}")
+    if method == "step_dpo":
+        return build_step_preference_dataset(profile)[0]
+    if method == "onpolicy_dpo":
+        return build_onpolicy_preference_dataset(profile, progress=progress)[0]
+    return load_preferences(profile.run_path / PREFERENCE_FOLDERS[method])

@@ -44,7 +44,12 @@ if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
     from transformers import PreTrainedTokenizerBase
 
-METHODS = ("dpo", "sft")
+# Every training arm: the paper's DPO on the teacher's pairs and its SFT baseline, then DPO on step-level
+# pairs of the same teacher chains (Step-DPO) and DPO on the student's own chains (on-policy). Every
+# DPO arm trains the same way (`AssistantOnlyDPOTrainer`) on the pairs of its own folder
+# (`fcdpo.preferences.PREFERENCE_FOLDERS`).
+METHODS = ("dpo", "sft", "step_dpo", "onpolicy_dpo")
+DPO_METHODS = ("dpo", "step_dpo", "onpolicy_dpo")
 
 # Mistral-7B-Instruct-v0.2's format ([INST] … [/INST] answer</s>) extended to tool turns, which its own
 # template refuses: a tool result is shown as an instruction turn `Result: <content>`, and each
@@ -528,11 +533,12 @@ def train(
     output_dir: str | Path,
     progress: bool = False,
 ) -> TrainingResult:
-    """Train a LoRA adapter on `model` with `method` ("dpo" or "sft") and save it under `output_dir`.
+    """Train a LoRA adapter on `model` with `method` (one of METHODS) and save it under `output_dir`.
 
-    `preferences` is the DatasetDict of `fcdpo.preferences` (`train`, optionally `validation`). DPO
-    trains on the pairs; SFT on the distinct chosen chains of the same pairs, for the same number of
-    optimizer steps of the same batch size (`resolve_steps` on the pair count).
+    `preferences` is the DatasetDict of `fcdpo.preferences` (`train`, optionally `validation`). The
+    DPO methods (DPO_METHODS) train on the pairs, whichever chains they were built from; SFT on the
+    distinct chosen chains of the same pairs, for the same number of optimizer steps of the same batch
+    size (`resolve_steps` on the pair count).
 
     Writes `output_dir/adapter/` (the adapter and the tokenizer: `HFBackend(model, adapter=...)` loads
     it), `curves.json` / `curves.csv` (one row per logging step: loss, and for DPO rewards/margins and
@@ -606,7 +612,7 @@ def _tokenized_splits(
     for name in ("train", "validation"):
         if name not in preferences or len(preferences[name]) == 0:
             continue
-        if method == "dpo":
+        if method in DPO_METHODS:
             data[name], dropped[name] = tokenize_preferences(preferences[name], tokenizer, max_length)
         else:
             rows = chosen_conversations(preferences[name])
@@ -642,7 +648,7 @@ def _trainer(
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accumulation,
-        learning_rate=settings.learning_rate if method == "dpo" else settings.sft_learning_rate,
+        learning_rate=settings.learning_rate if method in DPO_METHODS else settings.sft_learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=settings.warmup,
         max_length=settings.max_length,
@@ -662,7 +668,7 @@ def _trainer(
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
-    if method == "dpo":
+    if method in DPO_METHODS:
         from trl import DPOConfig
 
         trainer = _dpo_trainer_class()(
@@ -713,6 +719,15 @@ def student_reference(profile: Any) -> str:
     return str(in_run) if in_run.exists() else model
 
 
+def trained_methods(settings: TrainingConfig) -> tuple[str, ...]:
+    """The methods a run trains and evaluates: sft and dpo (the paper's comparison), then the other
+    arms named in `training.methods`, in their order."""
+    unknown = [m for m in settings.methods if m not in METHODS]
+    if unknown:
+        raise TrainingError(f"training.methods {unknown} unknown; the methods are {list(METHODS)}")
+    return tuple(dict.fromkeys(["sft", "dpo", *settings.methods]))
+
+
 def seed_labels(method: str, settings: TrainingConfig) -> dict[str, int]:
     """The run labels of `method` and their seeds: `method` for `settings.seed`, then `method-s<seed>`
     for each of `settings.extra_seeds` (each label names a folder under `training/` and a model in
@@ -731,13 +746,17 @@ def train_from_profile(
 ) -> TrainingResult:
     """Notebook 03 in one call: train the profile's student with `method` on the run's preference pairs.
 
-    Reads `preferences/` in the run folder (unless given) and writes `training/<method>/`, or with a
-    `seed` other than `training.seed`, `training/<method>-s<seed>/` with that seed.
+    Takes the method's pairs unless given (`fcdpo.preferences.method_preferences`: `preferences/` for
+    dpo and sft, step pairs of the teacher's rollouts for step_dpo, pairs of the student's own
+    rollouts for onpolicy_dpo, sampling them first) and writes `training/<method>/`, or with a `seed`
+    other than `training.seed`, `training/<method>-s<seed>/` with that seed.
     """
-    from fcdpo.preferences import load_preferences
+    from fcdpo.preferences import method_preferences
 
+    if method not in METHODS:
+        raise TrainingError(f"method must be one of {METHODS}, got {method!r}")
     run = profile.run_path
-    preferences = preferences if preferences is not None else load_preferences(run / "preferences")
+    preferences = preferences if preferences is not None else method_preferences(profile, method, progress)
     settings = profile.training
     label = method
     if seed is not None and seed != settings.seed:
