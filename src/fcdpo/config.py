@@ -76,6 +76,18 @@ class PreferenceConfig:
 
 
 @dataclass
+class GRPOSettings:
+    """The grpo arm (`fcdpo.grpo`): the student's own chains, rewarded by the task's answer check."""
+
+    generations: int = 4  # chains per problem in a step: the group whose rewards are compared
+    learning_rate: float = 1e-5
+    temperature: float = 1.0  # sampling temperature of the chains
+    beta: float = 0.0  # KL penalty towards the reference (the base, adapter disabled); 0: none
+    format_weight: float = 0.1  # reward for a chain ending in a final answer with no parse or call error
+    problems: int | None = None  # training problems per task used (None: the whole train split)
+
+
+@dataclass
 class TrainingConfig:
     """How the student is fine-tuned on the pairs: DPO, and the SFT baseline on the same budget (`fcdpo.training`)."""
 
@@ -110,9 +122,10 @@ class TrainingConfig:
     # data order), as `training/<method>-s<seed>/`, so results can be given as a mean over seeds.
     extra_seeds: list[int] = field(default_factory=list)
     # The arms notebook 03 trains and notebook 04 evaluates (`fcdpo.training.METHODS`): dpo and sft always,
-    # and any of "step_dpo" (step-level pairs of the teacher's chains) and "onpolicy_dpo" (pairs of the
-    # student's own chains) named here.
+    # and any of "step_dpo" (step-level pairs of the teacher's chains), "onpolicy_dpo" (pairs of the
+    # student's own chains) and "grpo" (reinforcement learning on the answer check, `grpo` below) named here.
     methods: list[str] = field(default_factory=lambda: ["dpo", "sft"])
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
 
 
 @dataclass
@@ -181,6 +194,7 @@ _AT_LEAST = {
     "TaskConfig": {"train": 0, "eval": 0},
     "RolloutConfig": {"k": 1, "batch_size": 1},
     "PreferenceConfig": {"pairs_per_prompt": 1},
+    "GRPOSettings": {"generations": 2, "problems": 1},
     "TrainingConfig": {"lora_r": 1, "max_steps": 0, "batch_size": 1, "grad_accumulation": 1, "max_length": 1,
                        "logging_steps": 1, "eval_steps": 0},
     "EvaluationConfig": {"samples": 1, "batch_size": 1, "resamples": 1},

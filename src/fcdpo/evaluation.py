@@ -676,7 +676,7 @@ def _release_memory() -> None:
 
 
 # The run's models, in the order tables and figures show them.
-MODEL_LABELS = ("teacher", "student", "sft", "dpo", "step_dpo", "onpolicy_dpo", "multi")
+MODEL_LABELS = ("teacher", "student", "sft", "dpo", "step_dpo", "onpolicy_dpo", "grpo", "multi")
 
 
 def run_models(profile: "Profile") -> tuple[dict[str, dict[str, Any]], list[str]]:

@@ -45,10 +45,11 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 # Every training arm: the paper's DPO on the teacher's pairs and its SFT baseline, then DPO on step-level
-# pairs of the same teacher chains (Step-DPO) and DPO on the student's own chains (on-policy). Every
-# DPO arm trains the same way (`AssistantOnlyDPOTrainer`) on the pairs of its own folder
+# pairs of the same teacher chains (Step-DPO), DPO on the student's own chains (on-policy), and GRPO on
+# the student's own chains rewarded by the answer check (`fcdpo.grpo`, no pairs). Every DPO arm trains
+# the same way (`AssistantOnlyDPOTrainer`) on the pairs of its own folder
 # (`fcdpo.preferences.PREFERENCE_FOLDERS`).
-METHODS = ("dpo", "sft", "step_dpo", "onpolicy_dpo")
+METHODS = ("dpo", "sft", "step_dpo", "onpolicy_dpo", "grpo")
 DPO_METHODS = ("dpo", "step_dpo", "onpolicy_dpo")
 
 # Mistral-7B-Instruct-v0.2's format ([INST] … [/INST] answer</s>) extended to tool turns, which its own
@@ -553,6 +554,9 @@ def train(
 
     if method not in METHODS:
         raise TrainingError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "grpo":
+        raise TrainingError("grpo trains on problems, not preference pairs: use fcdpo.grpo.train_grpo "
+                            "(or train_from_profile(profile, 'grpo'))")
     if len(preferences["train"]) == 0:
         raise TrainingError("the preference dataset has no training pairs")
     output_dir = Path(output_dir)
@@ -749,12 +753,17 @@ def train_from_profile(
     Takes the method's pairs unless given (`fcdpo.preferences.method_preferences`: `preferences/` for
     dpo and sft, step pairs of the teacher's rollouts for step_dpo, pairs of the student's own
     rollouts for onpolicy_dpo, sampling them first) and writes `training/<method>/`, or with a `seed`
-    other than `training.seed`, `training/<method>-s<seed>/` with that seed.
+    other than `training.seed`, `training/<method>-s<seed>/` with that seed. grpo trains on the
+    training problems themselves (`fcdpo.grpo.train_grpo`; `preferences` is not used).
     """
     from fcdpo.preferences import method_preferences
 
     if method not in METHODS:
         raise TrainingError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "grpo":
+        from fcdpo.grpo import train_grpo
+
+        return train_grpo(profile, progress=progress, seed=seed)
     run = profile.run_path
     preferences = preferences if preferences is not None else method_preferences(profile, method, progress)
     settings = profile.training
