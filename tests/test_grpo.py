@@ -156,6 +156,7 @@ def test_grpo_is_a_training_method_whose_adapter_the_evaluation_finds(lab, tmp_p
     result = train_from_profile(profile, "grpo")
     assert result.output_dir == tmp_path / "training" / "grpo" and result.report["method"] == "grpo"
     assert result.report["problems"] == {"math": 1, "fol": 1} and result.report["steps"] == 1
+    assert result.report["rollouts"]["chains"] == 2 and result.report["rollouts"]["generated_tokens"] > 0
     assert (result.adapter_dir / "adapter_config.json").exists() and (result.output_dir / "curves.csv").exists()
     specs, _ = run_models(profile)
     assert specs["grpo"]["adapter"] == "training/grpo/adapter"

@@ -75,7 +75,8 @@ def agent_rollout_func(
     The prompts TRL passes are the dataset's (each repeated once per generation of its group); each is
     matched to its problem, the chains of a task run in one batch at `temperature`, and the result
     gives TRL the tokens, the mask of the model's own tokens (`env_mask`), and per chain its `answer`,
-    `stop`, `errors` and `generated_tokens` for the reward functions.
+    `stop`, `errors` and `generated_tokens` for the reward functions. The function's `totals` count
+    the chains run, the correct ones and the tokens generated, over the whole training.
     """
     lookup: dict[str, tuple[str, "Problem"]] = {}
     for name, items in problems.items():
@@ -116,8 +117,12 @@ def agent_rollout_func(
             out["stop"].append(chain.stop)
             out["errors"].append(sum(chain.errors.values()))
             out["generated_tokens"].append(chain.tokens["completion"])
+            rollout_func.totals["chains"] += 1
+            rollout_func.totals["correct"] += int(chain.correct)
+            rollout_func.totals["generated_tokens"] += chain.tokens["completion"]
         return out
 
+    rollout_func.totals = {"chains": 0, "correct": 0, "generated_tokens": 0}
     return rollout_func
 
 
@@ -245,6 +250,7 @@ def train_grpo(profile: Any, progress: bool = False, seed: int | None = None) ->
         "sequences_per_step": settings.batch_size * settings.grpo.generations * settings.grad_accumulation
         * trainer.accelerator.num_processes,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "rollouts": dict(trainer.rollout_func.totals),  # chains sampled, correct, tokens generated
         "seconds": round(time.perf_counter() - started, 1),
         "train_seconds": round(train_seconds, 1),
         "memory_after": memory_snapshot(),
