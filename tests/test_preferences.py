@@ -396,3 +396,17 @@ def test_onpolicy_pairs_come_from_the_students_own_graded_chains_of_one_problem(
         assert chosen.correct and not rejected.correct  # graded by the task's answer check
         assert chosen.problem_id == rejected.problem_id == row["problem_id"]
     assert (tmp_path / "preferences-onpolicy" / "dataset").is_dir()
+
+
+def test_a_multi_process_launch_reads_the_arms_pairs_and_never_samples(tmp_path, monkeypatch, math_chains):
+    from fcdpo.preferences import method_preferences
+
+    profile = load_profile("tiny-cpu", {"run_dir": str(tmp_path), "preferences.validation": 0.0})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(PreferenceError, match="in one process first"):
+        method_preferences(profile, "onpolicy_dpo")
+    assert not (tmp_path / "rollouts").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    built, _ = build_step_preference_dataset(profile, math_chains)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert method_preferences(profile, "step_dpo")["train"]["chosen_id"] == built["train"]["chosen_id"]

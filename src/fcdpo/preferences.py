@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -232,7 +233,6 @@ def build_step_pairs(
     groups = _group_by_prompt(trajectories)
     rng = random.Random(seed)
     counts: dict[str, Counter] = defaultdict(Counter)
-    cuts: dict[str, Counter] = defaultdict(Counter)
     problems: dict[str, set[str]] = defaultdict(set)
     by_task: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
     for (task, problem_id, _), chains in sorted(groups.items()):
@@ -281,12 +281,7 @@ def build_step_pairs(
             continue
         cut_of = {(c.id, r.id): index for c, r, index in steps.values()}
         picked = _varied_pairs([(c, r) for c, r, _ in steps.values()], pairs_per_prompt, rng)
-        rows = []
-        for c, r in picked:
-            index = cut_of[(c.id, r.id)]
-            cuts[task][sum(1 for m in split_prompt(c.messages)[1][:index] if m["role"] == "assistant")] += 1
-            rows.append(_step_row(c, r, index, rest_of_chain, syntax))
-        by_task[task].append(rows)
+        by_task[task].append([_step_row(c, r, cut_of[(c.id, r.id)], rest_of_chain, syntax) for c, r in picked])
 
     if balance_tasks and len(by_task) > 1:
         cap = min(sum(len(rows) for rows in prompts) for prompts in by_task.values())
@@ -294,6 +289,9 @@ def build_step_pairs(
             by_task[task], counts[task]["balanced_away"] = _cut_to(prompts, cap, rng)
 
     rows = [row for task in sorted(by_task) for prompt_rows in by_task[task] for row in prompt_rows]
+    cuts: dict[str, Counter] = defaultdict(Counter)  # the model's turns before the cut, per kept pair
+    for row in rows:
+        cuts[row["task"]][sum(1 for m in row["prompt"] if m["role"] == "assistant")] += 1
     report_tasks = {}
     for task in sorted(counts):
         tally = counts[task]
@@ -716,11 +714,19 @@ def method_preferences(profile: Any, method: str, progress: bool = False) -> "Da
     rebuilt from the teacher's rollouts (`build_step_preference_dataset`); onpolicy_dpo: the student's
     own pairs (`build_onpolicy_preference_dataset`, sampling what is not yet in `rollouts/`). The
     rebuilt ones are deterministic functions of the rollouts, so rebuilding never makes them stale.
+    Under a multi-process launch (`WORLD_SIZE` > 1) nothing is sampled or written: the method's pairs
+    are read from its folder, which must already hold them.
     """
     if method not in PREFERENCE_FOLDERS:
         raise PreferenceError(f"no preference pairs for method {method!r}; known: {sorted(PREFERENCE_FOLDERS)}")
+    folder = profile.run_path / PREFERENCE_FOLDERS[method]
+    if method in ("dpo", "sft") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under `accelerate launch` every process would sample and write the same files: the pairs
+        # must have been built beforehand, in one process (notebook 03, or this function).
+        if method not in ("dpo", "sft") and not (folder / "dataset").exists():
+            raise PreferenceError(f"no {method} pairs in {folder}: build them in one process first "
+                                  f"(fcdpo.preferences.method_preferences(profile, {method!r}))")
+        return load_preferences(folder)
     if method == "step_dpo":
         return build_step_preference_dataset(profile)[0]
-    if method == "onpolicy_dpo":
-        return build_onpolicy_preference_dataset(profile, progress=progress)[0]
-    return load_preferences(profile.run_path / PREFERENCE_FOLDERS[method])
+    return build_onpolicy_preference_dataset(profile, progress=progress)[0]
