@@ -486,3 +486,47 @@ def test_an_unknown_method_is_refused_by_the_profile_and_by_training(arm_profile
         load_profile("tiny-cpu", {"training.methods": ["dpo", "ppo"]})
     with pytest.raises(TrainingError, match="method must be one of"):
         train_from_profile(arm_profile, "ppo")
+
+
+def test_a_second_onpolicy_round_samples_the_first_rounds_model_and_takes_it_as_reference(arm_profile):
+    """Iterative RPO: round 2 samples the round-1 model, starts from its adapter and compares with it."""
+    from dataclasses import replace as with_changes
+
+    from safetensors.torch import load_file
+
+    from fcdpo.tasks import problem_sets
+    from fcdpo.training import train_onpolicy
+    from tests.test_preferences import AlternatingStudent
+
+    profile = with_changes(arm_profile, training=with_changes(arm_profile.training, onpolicy_rounds=2, seed=7))
+    run = profile.run_path
+    train_problems = [p for splits in problem_sets(profile).values() for p in splits["train"]]
+    sampled_with = []
+
+    def backend_for(adapter):
+        sampled_with.append(adapter)
+        student = AlternatingStudent(train_problems)
+        student.name = f"alternating-{len(sampled_with)}"
+        return student
+
+    for name in ("math", "fol"):  # round 1 shares the student's rollouts; start them afresh for this student
+        (run / "rollouts" / f"student-{name}.jsonl").unlink(missing_ok=True)
+    result = train_onpolicy(profile, backend_for=backend_for, seed=9)
+    folder = run / "training" / "onpolicy_dpo-s9"
+    assert result.output_dir == folder and (folder / "adapter" / "adapter_config.json").exists()
+    assert sampled_with == [None, folder / "round1" / "adapter"]
+    assert (run / "rollouts" / "onpolicy_dpo-s9-round1-math.jsonl").exists()
+    assert (run / "preferences-onpolicy-onpolicy_dpo-s9-round2" / "dataset").is_dir()
+    rounds = result.report["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["steps"] == 2 and r["pairs"]["train"] > 0 for r in rounds)
+    assert rounds[1]["init_adapter"] == str(folder / "round1" / "adapter")
+    # The reference of round 2 is the round-1 model: TRL's frozen "ref" adapter holds round 1's weights.
+    round1 = load_file(folder / "round1" / "adapter" / "adapter_model.safetensors")
+    model = result.trainer.model
+    assert "ref" in model.peft_config
+    for key, weight in round1.items():
+        ref = model.get_parameter(key.replace(".weight", ".ref.weight"))
+        assert torch.equal(ref.detach().cpu(), weight)
+        assert not ref.requires_grad
+    trained = load_file(folder / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(trained[k], round1[k]) for k in round1)  # round 2 moved on from round 1

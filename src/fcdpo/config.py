@@ -126,6 +126,10 @@ class TrainingConfig:
     # student's own chains) and "grpo" (reinforcement learning on the answer check, `grpo` below) named here.
     methods: list[str] = field(default_factory=lambda: ["dpo", "sft"])
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    # onpolicy_dpo: rounds of sampling and DPO. Each round after the first samples the previous round's
+    # model, starts from its adapter and takes it as the reference (iterative RPO, Pang et al. 2024,
+    # with loss_type [sigmoid, sft]); every round gets the same steps.
+    onpolicy_rounds: int = 1
 
 
 @dataclass
@@ -195,7 +199,7 @@ _AT_LEAST = {
     "RolloutConfig": {"k": 1, "batch_size": 1},
     "PreferenceConfig": {"pairs_per_prompt": 1},
     "GRPOSettings": {"generations": 2, "problems": 1},
-    "TrainingConfig": {"lora_r": 1, "max_steps": 0, "batch_size": 1, "grad_accumulation": 1, "max_length": 1,
+    "TrainingConfig": {"onpolicy_rounds": 1, "lora_r": 1, "max_steps": 0, "batch_size": 1, "grad_accumulation": 1, "max_length": 1,
                        "logging_steps": 1, "eval_steps": 0},
     "EvaluationConfig": {"samples": 1, "batch_size": 1, "resamples": 1},
     # the lab section (fcdpo.tinylab.LabConfig, read with `build` here and by the lab itself)

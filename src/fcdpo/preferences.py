@@ -640,12 +640,14 @@ def build_step_preference_dataset(
     return dataset, read_report(folder)
 
 
-def student_rollouts(profile: Any, backend: Any = None, progress: bool = False) -> list["Trajectory"]:
-    """The student's own chains on the training problems: `rollouts/student-<task>.jsonl` for every task.
+def student_rollouts(profile: Any, backend: Any = None, progress: bool = False,
+                     name: str = "student") -> list["Trajectory"]:
+    """The student's own chains on the training problems: `rollouts/<name>-<task>.jsonl` for every task.
 
     `rollouts.k` chains per problem at `rollouts.temperature`, graded by the task's answer check, with
     the profile's agent, exactly as the teacher was sampled in notebook 01 (`fcdpo.rollouts.rollout`:
-    resumable, refusing a file written by another model). `backend` defaults to the profile's student.
+    resumable, refusing a file written by another model). `backend` defaults to the profile's student;
+    a trained student (a later round of on-policy DPO) writes under another `name`.
     """
     from fcdpo.agent import Agent
     from fcdpo.rollouts import rollout
@@ -659,27 +661,31 @@ def student_rollouts(profile: Any, backend: Any = None, progress: bool = False) 
         backend = load_backend(student_spec(profile), root=run)
     settings = profile.rollouts
     chains = []
-    for name, splits in problem_sets(profile).items():
-        agent = Agent(profile.task(name), backend, profile.agent)
-        chains += rollout(splits["train"], agent, run / "rollouts" / f"student-{name}.jsonl", k=settings.k,
+    for task, splits in problem_sets(profile).items():
+        agent = Agent(profile.task(task), backend, profile.agent)
+        chains += rollout(splits["train"], agent, run / "rollouts" / f"{name}-{task}.jsonl", k=settings.k,
                           temperature=settings.temperature, seed=settings.seed, batch_size=settings.batch_size,
                           progress=progress)
     return chains
 
 
 def build_onpolicy_preference_dataset(
-    profile: Any, trajectories: Iterable["Trajectory"] | None = None, backend: Any = None, progress: bool = False
+    profile: Any, trajectories: Iterable["Trajectory"] | None = None, backend: Any = None, progress: bool = False,
+    name: str = "student", folder: str | Path | None = None,
 ) -> tuple["DatasetDict", dict[str, Any]]:
     """The onpolicy_dpo arm's pairs: the student's own correct against its own incorrect chains, in `preferences-onpolicy/`.
 
     Samples the student (`student_rollouts`, unless `trajectories` are given) and pairs its chains with
     `build_pairs` and the profile's `preferences` settings: pairs only ever join chains of one problem,
     and the split is drawn by problem. The report adds, per task, what the sampling cost and found
-    (`rollouts`: chains, accuracy, generated tokens). Returns the dataset and the report.
+    (`rollouts`: chains, accuracy, generated tokens). `name` and `folder` place the rollouts
+    (`rollouts/<name>-<task>.jsonl`) and the pairs elsewhere, for a later round sampled from a trained
+    student. Returns the dataset and the report.
     """
     settings = profile.preferences
     run = profile.run_path
-    trajectories = list(trajectories) if trajectories is not None else student_rollouts(profile, backend, progress)
+    trajectories = list(trajectories) if trajectories is not None else student_rollouts(profile, backend, progress,
+                                                                                           name)
     if not trajectories:
         raise PreferenceError("no student chains to pair: the profile has no training problems")
     rows, report = build_pairs(
@@ -702,7 +708,7 @@ def build_onpolicy_preference_dataset(
             "completion_tokens": sum(t.tokens.get("completion", 0) for t in chains),
         }
     splits = split_by_problem(rows, settings.validation, settings.seed)
-    folder = run / PREFERENCE_FOLDERS["onpolicy_dpo"]
+    folder = Path(folder) if folder is not None else run / PREFERENCE_FOLDERS["onpolicy_dpo"]
     dataset = save_preferences(splits, folder, report)
     return dataset, read_report(folder)
 

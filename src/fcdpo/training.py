@@ -533,6 +533,7 @@ def train(
     settings: TrainingConfig,
     output_dir: str | Path,
     progress: bool = False,
+    init_adapter: str | Path | None = None,
 ) -> TrainingResult:
     """Train a LoRA adapter on `model` with `method` (one of METHODS) and save it under `output_dir`.
 
@@ -546,6 +547,10 @@ def train(
     rewards/accuracies), and `report.json` (settings, data counts, pairs dropped for length per task,
     steps, seconds, memory, final validation metrics). Returns them, with the trainer. `progress`
     shows a progress bar; the logged metrics go to the curves, not to the output.
+
+    With `init_adapter`, training starts from that adapter instead of a fresh one, and the DPO
+    methods take the model with it (a frozen copy, TRL's "ref" adapter) as the reference: a later
+    round of iterative DPO.
 
     Raises TrainingError for an unknown method, no training pair, or every example over `max_length`.
     """
@@ -564,6 +569,10 @@ def train(
     memory_before = memory_snapshot()
     started = time.perf_counter()
     base, tokenizer = load_student(model, settings)
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        base = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
     bars_were_enabled = hf_datasets.is_progress_bar_enabled()
     hf_datasets.disable_progress_bars()  # one bar per tokenizing pass would flood a notebook
     try:
@@ -593,6 +602,7 @@ def train(
         "grad_accumulation": settings.grad_accumulation,
         "processes": trainer.accelerator.num_processes,
         "sequences_per_step": settings.batch_size * settings.grad_accumulation * trainer.accelerator.num_processes,
+        "init_adapter": None if init_adapter is None else str(init_adapter),
         "load_in_4bit": settings.load_in_4bit,
         "compute_dtype": str(compute_dtype()).removeprefix("torch."),
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
@@ -643,8 +653,12 @@ def _trainer(
     """TRL's trainer for `method`, the LoRA adapter put on `base` by the trainer itself."""
     import torch
 
+    from peft import PeftModel
+
     on_gpu = torch.cuda.is_available()
     dtype = compute_dtype()
+    # A model that already carries an adapter (`init_adapter`) trains that one; otherwise the trainer adds it.
+    peft_config = None if isinstance(base, PeftModel) else lora_config(settings)
     evaluate_during = "validation" in data and settings.eval_steps > 0
     common = dict(
         output_dir=str(output_dir / "trainer"),
@@ -684,7 +698,7 @@ def _trainer(
             eval_dataset=data.get("validation"),
             processing_class=tokenizer,
             data_collator=preference_collator(tokenizer.pad_token_id),
-            peft_config=lora_config(settings),
+            peft_config=peft_config,
         )
     else:
         from trl import SFTConfig, SFTTrainer
@@ -695,7 +709,7 @@ def _trainer(
             train_dataset=data["train"],
             eval_dataset=data.get("validation"),
             processing_class=tokenizer,
-            peft_config=lora_config(settings),
+            peft_config=peft_config,
         )
     _adapter_dtype_for_training(trainer.model)
     if progress and headless():
@@ -764,6 +778,8 @@ def train_from_profile(
         from fcdpo.grpo import train_grpo
 
         return train_grpo(profile, progress=progress, seed=seed)
+    if method == "onpolicy_dpo" and preferences is None and profile.training.onpolicy_rounds > 1:
+        return train_onpolicy(profile, progress=progress, seed=seed)
     run = profile.run_path
     preferences = preferences if preferences is not None else method_preferences(profile, method, progress)
     settings = profile.training
@@ -772,6 +788,66 @@ def train_from_profile(
         settings, label = replace(settings, seed=seed), f"{method}-s{seed}"
     return train(method, student_reference(profile), preferences, settings, run / "training" / label,
                  progress=progress)
+
+
+def train_onpolicy(
+    profile: Any, progress: bool = False, seed: int | None = None, backend_for: Any = None,
+) -> TrainingResult:
+    """The onpolicy_dpo arm over `training.onpolicy_rounds` rounds (iterative RPO, Pang et al. 2024).
+
+    Round 1 is the one-round arm: the student's pairs (`preferences-onpolicy/`), a fresh adapter,
+    the student as reference. Round r > 1 samples the model of round r − 1 (its chains in
+    `rollouts/<label>-round<r-1>-<task>.jsonl`, its pairs in `preferences-onpolicy-<label>-round<r>/`),
+    starts from that round's adapter and takes it as the reference. Each round gets the same steps;
+    earlier rounds are kept in `training/<label>/round<r>/`, the last one is `training/<label>/` (what
+    the evaluation reads), its report listing every round's pairs, steps and sampling cost.
+
+    `backend_for(adapter_dir)` gives the backend that samples a round (adapter_dir is None for the
+    student); by default the profile's student with that adapter.
+    """
+    import gc
+
+    from fcdpo.backends import load_backend
+    from fcdpo.preferences import PREFERENCE_FOLDERS, build_onpolicy_preference_dataset
+
+    settings, label = profile.training, "onpolicy_dpo"
+    if seed is not None and seed != settings.seed:
+        settings, label = replace(settings, seed=seed), f"onpolicy_dpo-s{seed}"
+    if _launched_processes() > 1 and settings.onpolicy_rounds > 1:
+        raise TrainingError("later rounds of onpolicy_dpo sample the trained model: run them in one process")
+    run = profile.run_path
+    folder = run / "training" / label
+    adapter: Path | None = None
+    rounds: list[dict[str, Any]] = []
+    result = None
+    for number in range(1, settings.onpolicy_rounds + 1):
+        if backend_for is not None:
+            backend = backend_for(adapter)
+        elif adapter is None:
+            backend = None  # the profile's student
+        else:
+            backend = load_backend({**student_spec(profile), "adapter": str(adapter)}, root=run)
+        dataset, pairs = build_onpolicy_preference_dataset(
+            profile, backend=backend, progress=progress,
+            name="student" if number == 1 else f"{label}-round{number - 1}",
+            folder=run / (PREFERENCE_FOLDERS["onpolicy_dpo"] + ("" if number == 1 else f"-{label}-round{number}")),
+        )
+        del backend
+        last = number == settings.onpolicy_rounds
+        result = train("onpolicy_dpo", student_reference(profile), dataset, settings,
+                       folder if last else folder / f"round{number}", progress=progress, init_adapter=adapter)
+        rounds.append({"round": number, "init_adapter": None if adapter is None else str(adapter),
+                       "pairs": result.report["pairs"], "steps": result.report["steps"],
+                       "train_seconds": result.report["train_seconds"], "rollouts": pairs.get("rollouts", {})})
+        adapter = result.adapter_dir
+        if not last:
+            result.trainer = None
+            gc.collect()
+    assert result is not None
+    result.report["rounds"] = rounds
+    if result.trainer.accelerator.is_main_process:
+        (result.output_dir / "report.json").write_text(json.dumps(result.report, indent=2))
+    return result
 
 
 def load_trained(base: str | Path, adapter_dir: str | Path, load_in_4bit: bool = False) -> tuple[Any, Any]:
