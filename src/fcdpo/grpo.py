@@ -76,7 +76,7 @@ def agent_rollout_func(
     matched to its problem, the chains of a task run in one batch at `temperature`, and the result
     gives TRL the tokens, the mask of the model's own tokens (`env_mask`), and per chain its `answer`,
     `stop`, `errors` and `generated_tokens` for the reward functions. The function's `totals` count
-    the chains run, the correct ones and the tokens generated, over the whole training.
+    its calls, the chains run, the correct ones and the tokens generated, over the whole training.
     """
     lookup: dict[str, tuple[str, "Problem"]] = {}
     for name, items in problems.items():
@@ -95,12 +95,13 @@ def agent_rollout_func(
         if missing:
             raise TrainingError(f"a GRPO prompt matches no training problem: {missing[0][:200]}")
         chains: list[Trajectory | None] = [None] * len(prompts)
-        step = trainer.state.global_step
+        call = rollout_func.totals["calls"]  # a new sampling seed for every generation batch
+        rollout_func.totals["calls"] += 1
         for name in sorted({lookup[key][0] for key in keys}):
             where = [i for i, key in enumerate(keys) if lookup[key][0] == name]
             runner = Agent(tasks[name], backend, agent)
             done = runner.run([lookup[keys[i]][1] for i in where], samples=list(range(len(where))),
-                              temperature=temperature, seed=seed + 1000 * step)
+                              temperature=temperature, seed=seed + 1000 * call)
             for i, chain in zip(where, done):
                 chains[i] = chain
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": None, "env_mask": [],
@@ -122,7 +123,7 @@ def agent_rollout_func(
             rollout_func.totals["generated_tokens"] += chain.tokens["completion"]
         return out
 
-    rollout_func.totals = {"chains": 0, "correct": 0, "generated_tokens": 0}
+    rollout_func.totals = {"calls": 0, "chains": 0, "correct": 0, "generated_tokens": 0}
     return rollout_func
 
 
