@@ -199,8 +199,8 @@ _AT_LEAST = {
     "RolloutConfig": {"k": 1, "batch_size": 1},
     "PreferenceConfig": {"pairs_per_prompt": 1},
     "GRPOSettings": {"generations": 2, "problems": 1},
-    "TrainingConfig": {"onpolicy_rounds": 1, "lora_r": 1, "max_steps": 0, "batch_size": 1, "grad_accumulation": 1, "max_length": 1,
-                       "logging_steps": 1, "eval_steps": 0},
+    "TrainingConfig": {"lora_r": 1, "max_steps": 0, "batch_size": 1, "grad_accumulation": 1, "max_length": 1,
+                       "logging_steps": 1, "eval_steps": 0, "onpolicy_rounds": 1},
     "EvaluationConfig": {"samples": 1, "batch_size": 1, "resamples": 1},
     # the lab section (fcdpo.tinylab.LabConfig, read with `build` here and by the lab itself)
     "LabConfig": {"vocab_size": 1},
