@@ -906,7 +906,9 @@ def main(argv: list[str] | None = None) -> None:
         overrides[key] = yaml.safe_load(value)
     result = train_from_profile(load_profile(args.profile, overrides), args.method, seed=args.seed)
     if result.trainer.accelerator.is_main_process:
-        print(json.dumps({k: result.report[k] for k in ("method", "steps", "seconds", "dropped_too_long")}))
+        # grpo drops nothing for length (it has no pairs) and reports what its rollouts cost instead
+        print(json.dumps({k: result.report[k] for k in ("method", "steps", "seconds", "dropped_too_long", "rollouts")
+                          if k in result.report}))
 
 
 if __name__ == "__main__":
