@@ -10,6 +10,10 @@ A prompt whose chains are all correct or all incorrect gives no pair: it is drop
 report. The train / validation split is drawn by problem, never by pair, so no problem's chains are on
 both sides.
 
+Two more arms build rows of the same format: `build_step_pairs` cuts a correct and an incorrect chain
+where they part ways (the shared history becomes the prompt; `preferences-step/`), and
+`build_onpolicy_preference_dataset` pairs the student's own sampled chains (`preferences-onpolicy/`).
+
 Rows follow TRL's conversational preference format:
 
 - `prompt`: the opening messages (system prompt with the functions, the question);
