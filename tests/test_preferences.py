@@ -16,7 +16,11 @@ from fcdpo.preferences import (
     arrow_safe,
     assistant_turns,
     build_pairs,
+    build_onpolicy_preference_dataset,
     build_preference_dataset,
+    build_step_pairs,
+    build_step_preference_dataset,
+    first_divergence,
     load_preferences,
     read_report,
     restore_messages,
@@ -248,3 +252,161 @@ def test_the_profile_stage_reads_the_rollouts_and_writes_the_run_folder(tmp_path
 def test_no_rollouts_is_an_error_that_says_what_to_run(tmp_path):
     with pytest.raises(PreferenceError, match="notebook 01"):
         build_preference_dataset(load_profile("tiny-cpu", {"run_dir": str(tmp_path)}))
+
+
+# --------------------------------------------------------------------------- step-level pairs
+
+
+@pytest.mark.parametrize("rest_of_chain", [False, True])
+@pytest.mark.parametrize("syntax", ["python", "json"])
+def test_step_pairs_share_the_history_up_to_the_cut_token_for_token(syntax, rest_of_chain):
+    from fcdpo.tinylab import build_tokenizer
+
+    chains = scripted_chains("math", n=5, syntax=syntax) + scripted_chains("fol", n=4, syntax=syntax)
+    rows, report = build_step_pairs(chains, syntax=syntax, rest_of_chain=rest_of_chain)
+    assert rows and report["pairs"] == len(rows)
+    by_id = {t.id: t for t in chains}
+    tokenizer = build_tokenizer([m.get("content") or "" for t in chains for m in t.messages], vocab_size=600)
+    cut_late = 0
+    for row in rows:
+        chosen, rejected = by_id[row["chosen_id"]], by_id[row["rejected_id"]]
+        prompt = restore_messages(row["prompt"])
+        shared = len(prompt)
+        assert prompt == chosen.messages[:shared] == rejected.messages[:shared]
+        first_chosen, first_rejected = restore_messages(row["chosen"])[0], restore_messages(row["rejected"])[0]
+        assert first_chosen["role"] == first_rejected["role"] == "assistant" and first_chosen != first_rejected
+        assert first_chosen == chosen.messages[shared] and first_rejected == rejected.messages[shared]
+        if rest_of_chain:
+            assert prompt + restore_messages(row["chosen"]) == chosen.messages
+            assert prompt + restore_messages(row["rejected"]) == rejected.messages
+        else:
+            assert len(row["chosen"]) == len(row["rejected"]) == 1
+        cut_late += any(m["role"] == "tool" for m in prompt)
+        # Token for token: the prompt as rendered for generation begins both whole chains as rendered.
+        tools = restore_tools(row["tools"])
+        prompt_ids = tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"]
+        for chain in (chosen, rejected):
+            ids = tokenizer.apply_chat_template(chain.messages, tools=tools, tokenize=True,
+                                                return_dict=True)["input_ids"]
+            assert ids[: len(prompt_ids)] == prompt_ids and len(ids) > len(prompt_ids)
+    assert cut_late  # some pairs part ways after tool results (the wrong final answers), not at the start
+    assert sum(sum(t["cut_turns"].values()) for t in report["tasks"].values()) == len(rows)
+
+
+def test_step_pairs_never_mix_problems_and_prefer_the_correct_chain(math_chains, fol_chains):
+    chains = math_chains + fol_chains
+    rows, report = build_step_pairs(chains, syntax="python", pairs_per_prompt=2)
+    by_id = {t.id: t for t in chains}
+    for row in rows:
+        chosen, rejected = by_id[row["chosen_id"]], by_id[row["rejected_id"]]
+        assert chosen.correct and not rejected.correct
+        assert (chosen.task, chosen.problem_id) == (rejected.task, rejected.problem_id) == (row["task"], row["problem_id"])
+        assert chosen.messages[:2] == rejected.messages[:2]  # the same rendered prompt
+    per_problem = {}
+    for row in rows:
+        per_problem[(row["task"], row["problem_id"])] = per_problem.get((row["task"], row["problem_id"]), 0) + 1
+    assert per_problem and max(per_problem.values()) <= 2
+    assert report["tasks"]["math"]["no_incorrect"] == 1 and report["tasks"]["math"]["no_correct"] == 1
+    # Rows of one problem are never repeated.
+    keys = [json.dumps([r["prompt"], r["chosen"], r["rejected"]]) for r in rows]
+    assert len(keys) == len(set(keys))
+
+
+def test_identical_or_prefix_chains_give_no_step_pair(math_chains):
+    solved = next(t for t in math_chains if t.correct and t.sample == 0)
+    twin = replace(solved, id=solved.id + "-twin", correct=False, sample=9)
+    rows, report = build_step_pairs([solved, twin], syntax="python")
+    assert rows == [] and report["tasks"]["math"]["identical_pairs"] == 1
+    rows, report = build_step_pairs([solved, twin], syntax="python", drop_identical=False)
+    assert rows == [] and report["tasks"]["math"]["no_divergence"] == 1
+    cut_short = replace(solved, id=solved.id + "-short", correct=False, sample=8, messages=solved.messages[:-1])
+    rows, report = build_step_pairs([solved, cut_short], syntax="python")
+    assert rows == [] and report["tasks"]["math"]["no_divergence"] == 1
+    assert first_divergence(solved.messages, solved.messages) is None
+
+
+def test_step_pairs_load_as_a_preference_dataset(tmp_path, math_chains, fol_chains):
+    profile = load_profile("tiny-cpu", {"run_dir": str(tmp_path), "preferences.validation": 0.25,
+                                        "preferences.step_rest_of_chain": True})
+    (tmp_path / "rollouts").mkdir()
+    for task, chains in (("math", math_chains), ("fol", fol_chains)):
+        with (tmp_path / "rollouts" / f"teacher-{task}.jsonl").open("w") as out:
+            out.writelines(json.dumps(t.to_dict()) + "\n" for t in chains)
+    dataset, report = build_step_preference_dataset(profile)
+    assert report["settings"]["rest_of_chain"] is True and report["settings"]["kind"] == "step"
+    assert len(dataset["train"]) + len(dataset["validation"]) == report["pairs"] > 0
+    assert (tmp_path / "preferences-step" / "dataset").is_dir()
+    assert not (tmp_path / "preferences").exists()  # the paper's pairs are left alone
+    with pytest.raises(PreferenceError, match="syntax"):
+        build_step_pairs(math_chains, syntax="yaml")
+
+
+# --------------------------------------------------------------------------- on-policy pairs
+
+
+class AlternatingStudent:
+    """A test-double student: the gold calls of each problem, then an answer that is right on every
+    other chain of that problem (the 1st, 3rd, … answer given to a question) and wrong otherwise."""
+
+    name = "alternating-student"
+
+    def __init__(self, problems):
+        self.calls = {p.question: [Call.from_dict(step).to_python() for step in p.gold_chain] for p in problems}
+        self.answers = {p.question: p.answer for p in problems}
+        self.given: dict[str, int] = {}
+
+    def complete(self, chats, *, tools=None, max_new_tokens=128, temperature=0.0, seed=None):
+        from fcdpo.backends import Completion
+
+        replies = []
+        for chat in chats:
+            question = chat[1]["content"]
+            turn = sum(1 for m in chat if m["role"] == "assistant")
+            if turn < len(self.calls[question]):
+                text = self.calls[question][turn]
+            else:
+                count = self.given[question] = self.given.get(question, 0) + 1
+                text = f"Final answer: {self.answers[question] if count % 2 else f'wrong{count}'}"
+            replies.append(Completion(text, None, prompt_tokens=10, completion_tokens=3, finish_reason="stop"))
+        return replies
+
+
+def test_onpolicy_pairs_come_from_the_students_own_graded_chains_of_one_problem(tmp_path):
+    from fcdpo.rollouts import read_trajectories
+    from fcdpo.tasks import problem_sets
+
+    profile = load_profile("tiny-cpu", {
+        "run_dir": str(tmp_path), "rollouts.k": 4, "preferences.validation": 0.0,
+        "tasks.math.train": 3, "tasks.math.eval": 2, "tasks.math.dev": 0,
+        "tasks.fol.train": 2, "tasks.fol.eval": 2, "tasks.fol.dev": 0})
+    train = [p for splits in problem_sets(profile).values() for p in splits["train"]]
+    dataset, report = build_onpolicy_preference_dataset(profile, backend=AlternatingStudent(train))
+    chains = {t.id: t for name in ("math", "fol")
+              for t in read_trajectories(tmp_path / "rollouts" / f"student-{name}.jsonl")}
+    assert len(chains) == 4 * len(train)  # k chains per training problem, written where rollouts go
+    assert all(t.model == "alternating-student" for t in chains.values())
+    assert {name: r["accuracy"] for name, r in report["rollouts"].items()} == {"math": 0.5, "fol": 0.5}
+    assert report["settings"]["kind"] == "onpolicy"
+    rows = list(dataset["train"])
+    assert len(rows) == report["pairs"] > 0
+    assert {r["problem_id"] for r in rows} == {p.id for p in train}  # every problem has right and wrong chains
+    for row in rows:
+        chosen, rejected = chains[row["chosen_id"]], chains[row["rejected_id"]]
+        assert chosen.correct and not rejected.correct  # graded by the task's answer check
+        assert chosen.problem_id == rejected.problem_id == row["problem_id"]
+    assert (tmp_path / "preferences-onpolicy" / "dataset").is_dir()
+
+
+def test_a_multi_process_launch_reads_the_arms_pairs_and_never_samples(tmp_path, monkeypatch, math_chains):
+    from fcdpo.preferences import method_preferences
+
+    profile = load_profile("tiny-cpu", {"run_dir": str(tmp_path), "preferences.validation": 0.0})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(PreferenceError, match="in one process first"):
+        method_preferences(profile, "onpolicy_dpo")
+    assert not (tmp_path / "rollouts").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    built, _ = build_step_preference_dataset(profile, math_chains)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert method_preferences(profile, "step_dpo")["train"]["chosen_id"] == built["train"]["chosen_id"]

@@ -319,3 +319,215 @@ def test_each_extra_seed_gets_its_own_label_and_folder():
     assert seed_labels("sft", TrainingConfig(seed=0, extra_seeds=[1, 2])) == {"sft": 0, "sft-s1": 1, "sft-s2": 2}
     with pytest.raises(TrainingError, match="repeats a seed"):
         seed_labels("dpo", TrainingConfig(seed=1, extra_seeds=[1]))
+
+
+# --------------------------------------------------------------------------- the other arms
+
+
+def _step_rows(rest_of_chain=True):
+    from fcdpo.preferences import build_step_pairs
+
+    chains = scripted_chains("math", n=4) + scripted_chains("fol", n=3)
+    rows, _ = build_step_pairs(chains, syntax="python", rest_of_chain=rest_of_chain)
+    return rows
+
+
+def _loss_and_gradients(trainer, examples, collator):
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, collator(examples))
+    loss.backward()
+    gradients = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.requires_grad])
+    return loss.detach(), gradients
+
+
+def test_tool_tokens_carry_no_weight_in_the_step_dpo_loss(lab, tmp_path):
+    """Step pairs that run to the end of each chain hold tool results in the prompt and inside both
+    completions. With a context-free model (attention output zeroed), the tool tokens' own logits
+    depend on them; the step-DPO loss (sigmoid + NLL on the chosen turns) and its gradients must
+    not move when every tool result is replaced, while the model's own turns and TRL's stock
+    masks (every completion token counted) do move them."""
+    from trl import DPOConfig
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    tokenizer = lab["tokenizer"]
+    model = AutoModelForCausalLM.from_pretrained(lab["student"])
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+    config = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, activation_checkpointing=False,
+                       report_to=[], max_length=None, loss_type=["sigmoid", "sft"], beta=0.1)
+    def has_tool(messages):
+        return any(m["role"] == "tool" for m in messages)
+
+    step_rows = _step_rows()
+    rows = ([r for r in step_rows if has_tool(r["chosen"]) and has_tool(r["rejected"])][:2]
+            + [r for r in step_rows if has_tool(r["prompt"])][:2])  # tool results in completions, in the history
+    assert len(rows) == 4
+    trainer = _dpo_trainer_class()(
+        model=model, args=config, train_dataset=tokenize_preferences(Dataset.from_list(rows), tokenizer, 4096)[0],
+        processing_class=tokenizer, data_collator=preference_collator(tokenizer.pad_token_id),
+        # No adapter on o_proj: its update would bring the attention (the context) back.
+        peft_config=lora_config(TrainingConfig(lora_r=8, lora_alpha=16, lora_dropout=0.0,
+                                               target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])),
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():  # a policy away from its reference, so the DPO term itself depends on the tokens
+        for name, parameter in trainer.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    trainer.model.eval()
+
+    def tool_swapped(row):
+        row = json.loads(json.dumps(row))
+        for part in ("prompt", "chosen", "rejected"):
+            for message in row[part]:
+                if message["role"] == "tool":
+                    message["content"] = "Error: the observation was replaced 98765"
+        return row
+
+    ours = preference_collator(tokenizer.pad_token_id)
+    examples = [tokenize_pair(tokenizer, row) for row in rows]
+    swapped = [tokenize_pair(tokenizer, tool_swapped(row)) for row in rows]
+    assert [e["chosen_ids"] for e in swapped] != [e["chosen_ids"] for e in examples]  # the tokens did change
+    loss, gradients = _loss_and_gradients(trainer, examples, ours)
+    assert abs(loss.item() - 0.6931) > 1e-3 and gradients.abs().max() > 0
+    swapped_loss, swapped_gradients = _loss_and_gradients(trainer, swapped, ours)
+    assert torch.allclose(swapped_loss, loss, atol=1e-5)
+    assert torch.allclose(swapped_gradients, gradients, atol=1e-6)
+
+    own_turn = json.loads(json.dumps(rows))
+    for row in own_turn:
+        row["chosen"][0]["content"] += " 7"
+    moved_loss, _ = _loss_and_gradients(trainer, [tokenize_pair(tokenizer, r) for r in own_turn], ours)
+    assert abs(moved_loss.item() - loss.item()) > 1e-3
+
+    stock = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
+    keep = ("prompt_ids", "chosen_ids", "rejected_ids")
+    _, stock_gradients = _loss_and_gradients(trainer, [{k: e[k] for k in keep} for e in examples], stock)
+    _, stock_swapped = _loss_and_gradients(trainer, [{k: e[k] for k in keep} for e in swapped], stock)
+    assert (stock_swapped - stock_gradients).abs().max() > 1e-4
+
+
+@pytest.fixture(scope="module")
+def arm_profile(lab, tmp_path_factory):
+    """A profile whose run folder holds the teacher's scripted rollouts and the tiny student."""
+    from fcdpo.config import load_profile
+
+    run = tmp_path_factory.mktemp("arms")
+    (run / "rollouts").mkdir()
+    for task, chains in (("math", scripted_chains("math", n=4)), ("fol", scripted_chains("fol", n=3))):
+        with (run / "rollouts" / f"teacher-{task}.jsonl").open("w") as out:
+            out.writelines(json.dumps(t.to_dict()) + "\n" for t in chains)
+    overrides = {
+        "run_dir": str(run), "student": {"kind": "hf", "model": str(lab["student"])},
+        "training.methods": ["dpo", "sft", "step_dpo", "onpolicy_dpo"], "training.max_steps": 2,
+        "training.batch_size": 2, "training.eval_steps": 0, "training.logging_steps": 1,
+        "training.lora_r": 8, "training.lora_alpha": 16, "preferences.validation": 0.0,
+        "tasks.math.train": 2, "tasks.math.eval": 2, "tasks.math.dev": 0,
+        "tasks.fol.train": 2, "tasks.fol.eval": 2, "tasks.fol.dev": 0, "rollouts.k": 2,
+    }
+    return load_profile("tiny-cpu", overrides)
+
+
+def test_step_dpo_is_a_training_method_with_its_own_folder_that_the_evaluation_finds(arm_profile):
+    from fcdpo.evaluation import run_models
+    from fcdpo.training import train_from_profile
+
+    result = train_from_profile(arm_profile, "step_dpo")
+    run = arm_profile.run_path
+    assert result.output_dir == run / "training" / "step_dpo" and result.report["method"] == "step_dpo"
+    assert (result.adapter_dir / "adapter_config.json").exists() and result.report["steps"] == 2
+    assert any("rewards/margins" in row for row in result.curves)  # trained as DPO
+    step_pairs = load_preferences(run / "preferences-step")
+    assert result.report["pairs"]["train"] == len(step_pairs["train"]) > 0
+    specs, notes = run_models(arm_profile)
+    assert specs["step_dpo"]["adapter"] == "training/step_dpo/adapter"
+    noted = {note.split(":")[0] for note in notes}  # every method of training.methods is looked for
+    assert {"sft", "dpo"} <= noted and "onpolicy_dpo" in noted | set(specs)
+
+
+def test_onpolicy_dpo_samples_the_student_and_trains_on_its_own_pairs(arm_profile):
+    """The tiny student's own chains (sampled with the HF backend) are graded and written as rollouts
+    on the training problems; pairs of graded student chains train the arm into its own folder."""
+    from fcdpo.preferences import build_onpolicy_preference_dataset, student_rollouts
+    from fcdpo.rollouts import read_trajectories
+    from fcdpo.tasks import problem_sets
+    from fcdpo.training import train_from_profile
+    from tests.test_preferences import AlternatingStudent
+
+    run = arm_profile.run_path
+    train_problems = [p for splits in problem_sets(arm_profile).values() for p in splits["train"]]
+    chains = student_rollouts(arm_profile)
+    on_disk = [t for name in ("math", "fol") for t in read_trajectories(run / "rollouts" / f"student-{name}.jsonl")]
+    assert len(chains) == len(on_disk) == 2 * 4  # k=2 chains of 2 problems per task
+    assert sorted({t.problem_id for t in on_disk}) == sorted(p.id for p in train_problems)
+    assert all(t.producer["model"] == chains[0].model and t.producer["temperature"] == 1.0 for t in on_disk)
+    by_problem = {p.id: p for p in train_problems}
+    tasks = {name: arm_profile.task(name) for name in ("math", "fol")}
+    for chain in on_disk:  # graded by the task's own answer check
+        gold = by_problem[chain.problem_id].answer
+        assert chain.correct == (chain.answer is not None and tasks[chain.task].check(chain.answer, gold))
+
+    # Student chains that are right on half the samples (a scripted student) give pairs that train the arm.
+    for name in ("math", "fol"):
+        (run / "rollouts" / f"student-{name}.jsonl").unlink()  # a file of another model is refused, not mixed
+    dataset, report = build_onpolicy_preference_dataset(arm_profile, backend=AlternatingStudent(train_problems))
+    result = train_from_profile(arm_profile, "onpolicy_dpo", preferences=dataset)
+    assert result.output_dir == run / "training" / "onpolicy_dpo" and result.report["method"] == "onpolicy_dpo"
+    assert result.report["pairs"]["train"] == report["pairs"] > 0
+
+
+def test_an_unknown_method_is_refused_by_the_profile_and_by_training(arm_profile):
+    from fcdpo.config import ConfigError, load_profile
+    from fcdpo.training import train_from_profile, trained_methods
+
+    assert trained_methods(arm_profile.training) == ("sft", "dpo", "step_dpo", "onpolicy_dpo")
+    assert trained_methods(TrainingConfig()) == ("sft", "dpo")
+    with pytest.raises(ConfigError, match="ppo"):
+        load_profile("tiny-cpu", {"training.methods": ["dpo", "ppo"]})
+    with pytest.raises(TrainingError, match="method must be one of"):
+        train_from_profile(arm_profile, "ppo")
+
+
+def test_a_second_onpolicy_round_samples_the_first_rounds_model_and_takes_it_as_reference(arm_profile):
+    """Iterative RPO: round 2 samples the round-1 model, starts from its adapter and compares with it."""
+    from dataclasses import replace as with_changes
+
+    from safetensors.torch import load_file
+
+    from fcdpo.tasks import problem_sets
+    from fcdpo.training import train_onpolicy
+    from tests.test_preferences import AlternatingStudent
+
+    profile = with_changes(arm_profile, training=with_changes(arm_profile.training, onpolicy_rounds=2, seed=7))
+    run = profile.run_path
+    train_problems = [p for splits in problem_sets(profile).values() for p in splits["train"]]
+    sampled_with = []
+
+    def backend_for(adapter):
+        sampled_with.append(adapter)
+        student = AlternatingStudent(train_problems)
+        student.name = f"alternating-{len(sampled_with)}"
+        return student
+
+    for name in ("math", "fol"):  # round 1 shares the student's rollouts; start them afresh for this student
+        (run / "rollouts" / f"student-{name}.jsonl").unlink(missing_ok=True)
+    result = train_onpolicy(profile, backend_for=backend_for, seed=9)
+    folder = run / "training" / "onpolicy_dpo-s9"
+    assert result.output_dir == folder and (folder / "adapter" / "adapter_config.json").exists()
+    assert sampled_with == [None, folder / "round1" / "adapter"]
+    assert (run / "rollouts" / "onpolicy_dpo-s9-round1-math.jsonl").exists()
+    assert (run / "preferences-onpolicy-onpolicy_dpo-s9-round2" / "dataset").is_dir()
+    rounds = result.report["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["steps"] == 2 and r["pairs"]["train"] > 0 for r in rounds)
+    assert rounds[1]["init_adapter"] == str(folder / "round1" / "adapter")
+    # The reference of round 2 is the round-1 model: TRL's frozen "ref" adapter holds round 1's weights.
+    round1 = load_file(folder / "round1" / "adapter" / "adapter_model.safetensors")
+    model = result.trainer.model
+    assert "ref" in model.peft_config
+    for key, weight in round1.items():
+        ref = model.get_parameter(key.replace(".weight", ".ref.weight"))
+        assert torch.equal(ref.detach().cpu(), weight)
+        assert not ref.requires_grad
+    trained = load_file(folder / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(trained[k], round1[k]) for k in round1)  # round 2 moved on from round 1

@@ -70,6 +70,21 @@ class PreferenceConfig:
     balance_tasks: bool = False  # cut every task to the pair count of the task with the fewest pairs
     validation: float = 0.1  # fraction of problems (never of pairs) held out for validation, per task
     seed: int = 0
+    # The step_dpo arm's pairs (`build_step_pairs`): the two diverging turns alone (False), or the rest
+    # of each chain from the turn where they part ways (True).
+    step_rest_of_chain: bool = False
+
+
+@dataclass
+class GRPOSettings:
+    """The grpo arm (`fcdpo.grpo`): the student's own chains, rewarded by the task's answer check."""
+
+    generations: int = 4  # chains per problem in a step: the group whose rewards are compared
+    learning_rate: float = 1e-5
+    temperature: float = 1.0  # sampling temperature of the chains
+    beta: float = 0.0  # KL penalty towards the reference (the base, adapter disabled); 0: none
+    format_weight: float = 0.1  # reward for a chain ending in a final answer with no parse or call error
+    problems: int | None = None  # training problems per task used (None: the whole train split)
 
 
 @dataclass
@@ -106,6 +121,15 @@ class TrainingConfig:
     # More training seeds: each method is also trained with each of these (adapter initialisation and
     # data order), as `training/<method>-s<seed>/`, so results can be given as a mean over seeds.
     extra_seeds: list[int] = field(default_factory=list)
+    # The arms notebook 03 trains and notebook 04 evaluates (`fcdpo.training.METHODS`): dpo and sft always,
+    # and any of "step_dpo" (step-level pairs of the teacher's chains), "onpolicy_dpo" (pairs of the
+    # student's own chains) and "grpo" (reinforcement learning on the answer check, `grpo` below) named here.
+    methods: list[str] = field(default_factory=lambda: ["dpo", "sft"])
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    # onpolicy_dpo: rounds of sampling and DPO. Each round after the first samples the previous round's
+    # model, starts from its adapter and takes it as the reference (iterative RPO, Pang et al. 2024,
+    # with loss_type [sigmoid, sft]); every round gets the same steps.
+    onpolicy_rounds: int = 1
 
 
 @dataclass
@@ -174,8 +198,9 @@ _AT_LEAST = {
     "TaskConfig": {"train": 0, "eval": 0},
     "RolloutConfig": {"k": 1, "batch_size": 1},
     "PreferenceConfig": {"pairs_per_prompt": 1},
+    "GRPOSettings": {"generations": 2, "problems": 1},
     "TrainingConfig": {"lora_r": 1, "max_steps": 0, "batch_size": 1, "grad_accumulation": 1, "max_length": 1,
-                       "logging_steps": 1, "eval_steps": 0},
+                       "logging_steps": 1, "eval_steps": 0, "onpolicy_rounds": 1},
     "EvaluationConfig": {"samples": 1, "batch_size": 1, "resamples": 1},
     # the lab section (fcdpo.tinylab.LabConfig, read with `build` here and by the lab itself)
     "LabConfig": {"vocab_size": 1},
@@ -267,6 +292,11 @@ def _check_profile(profile: Profile, where: str) -> None:
         from fcdpo.tinylab import LabConfig
 
         build(LabConfig, profile.lab, f"{where}:lab")
+    from fcdpo.training import METHODS
+
+    unknown = [method for method in profile.training.methods if method not in METHODS]
+    if unknown:
+        raise ConfigError(f"{where}:training.methods: unknown method(s) {unknown}; the methods are {list(METHODS)}")
     from fcdpo.backends import check_backend_spec
 
     for role in ("teacher", "student"):

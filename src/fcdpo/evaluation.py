@@ -676,16 +676,17 @@ def _release_memory() -> None:
 
 
 # The run's models, in the order tables and figures show them.
-MODEL_LABELS = ("teacher", "student", "sft", "dpo", "multi")
+MODEL_LABELS = ("teacher", "student", "sft", "dpo", "step_dpo", "onpolicy_dpo", "grpo", "multi")
 
 
 def run_models(profile: "Profile") -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The backend specs of the run's models that exist, and a note for each one that does not.
 
     teacher and student come from the profile's `teacher` / `student` specs (default: the tiny
-    lab's `lab/teacher` and `lab/student`); `sft` and `dpo` are the student with the adapter that
-    `fcdpo.training` writes to `training/<method>/adapter` (or one saved in `training/<method>`
-    itself), present once its `adapter_config.json` is there.
+    lab's `lab/teacher` and `lab/student`); `sft`, `dpo` and the other arms of `training.methods`
+    (each with its seeds' labels) are the student with the adapter that `fcdpo.training` writes to
+    `training/<label>/adapter` (or one saved in `training/<label>` itself), present once its
+    `adapter_config.json` is there.
     """
     run = profile.run_path
     specs: dict[str, dict[str, Any]] = {}
@@ -696,9 +697,9 @@ def run_models(profile: "Profile") -> tuple[dict[str, dict[str, Any]], list[str]
             notes.append(f"{role}: {spec['model']} is not in {run} yet (notebook 01 builds it); skipped")
             continue
         specs[role] = spec
-    from fcdpo.training import seed_labels
+    from fcdpo.training import seed_labels, trained_methods
 
-    labels = [label for method in ("sft", "dpo") for label in seed_labels(method, profile.training)]
+    labels = [label for method in trained_methods(profile.training) for label in seed_labels(method, profile.training)]
     for label in labels:
         places = (f"training/{label}/adapter", f"training/{label}")
         adapter = next((place for place in places if (run / place / "adapter_config.json").exists()), None)
@@ -784,9 +785,9 @@ def evaluate_run(profile: "Profile", models: Mapping[str, Any] | None = None, pr
         training_questions=[p.question for splits in sets.values() for p in splits.get("train", [])],
         progress=progress,
     )
-    from fcdpo.training import seed_labels
+    from fcdpo.training import seed_labels, trained_methods
 
-    methods = {method: list(seed_labels(method, profile.training)) for method in ("sft", "dpo")}
+    methods = {method: list(seed_labels(method, profile.training)) for method in trained_methods(profile.training)}
     result.methods = method_table(result.trajectories, methods, resamples=settings.resamples, seed=settings.seed)
     result.files += write_table(result.methods, result.folder, "methods")
     return result

@@ -10,6 +10,10 @@ A prompt whose chains are all correct or all incorrect gives no pair: it is drop
 report. The train / validation split is drawn by problem, never by pair, so no problem's chains are on
 both sides.
 
+Two more arms build rows of the same format: `build_step_pairs` cuts a correct and an incorrect chain
+where they part ways (the shared history becomes the prompt; `preferences-step/`), and
+`build_onpolicy_preference_dataset` pairs the student's own sampled chains (`preferences-onpolicy/`).
+
 Rows follow TRL's conversational preference format:
 
 - `prompt`: the opening messages (system prompt with the functions, the question);
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -41,6 +46,9 @@ if TYPE_CHECKING:
     from fcdpo.agent import Trajectory
 
 SPLITS = ("train", "validation")
+# Where each training method's pairs live in the run folder.
+PREFERENCE_FOLDERS = {"dpo": "preferences", "sft": "preferences", "step_dpo": "preferences-step",
+                      "onpolicy_dpo": "preferences-onpolicy"}
 MESSAGE_KEYS = ("role", "content", "name", "tool_calls")
 
 
@@ -108,12 +116,7 @@ def build_pairs(
         raise PreferenceError(f"syntax must be 'python' or 'json', got {syntax!r}")
     if pairs_per_prompt < 1:
         raise PreferenceError(f"pairs_per_prompt must be at least 1, got {pairs_per_prompt}")
-    groups: dict[tuple[str, str, str], list["Trajectory"]] = defaultdict(list)
-    for trajectory in trajectories:
-        prompt, _ = split_prompt(trajectory.messages)
-        key = (trajectory.task, trajectory.problem_id, json.dumps(prompt, sort_keys=True, ensure_ascii=False))
-        groups[key].append(trajectory)
-
+    groups = _group_by_prompt(trajectories)
     rng = random.Random(seed)
     counts: dict[str, Counter] = defaultdict(Counter)
     problems: dict[str, set[str]] = defaultdict(set)
@@ -182,6 +185,172 @@ def build_pairs(
         "pairs": len(rows),
     }
     return rows, report
+
+
+def first_divergence(chosen: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> int | None:
+    """Index of the first message where two chains part ways, or None where they never do.
+
+    Messages are compared exactly as stored (`arrow_safe`), so the messages before the index are the
+    same text, hence the same tokens under any chat template. None when the chains are identical or
+    one is a prefix of the other (no turn of one side to set against a turn of the other).
+    """
+    for index, (a, b) in enumerate(zip(chosen, rejected)):
+        if _comparable(a) != _comparable(b):
+            return index
+    return None
+
+
+def _comparable(message: dict[str, Any]) -> str:
+    return json.dumps(arrow_safe([message])[0], sort_keys=True, ensure_ascii=False)
+
+
+def build_step_pairs(
+    trajectories: Iterable["Trajectory"],
+    syntax: str,
+    pairs_per_prompt: int = 4,
+    rest_of_chain: bool = False,
+    drop_identical: bool = True,
+    balance_tasks: bool = False,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Step-level pairs (Step-DPO): a correct and an incorrect chain of one prompt, cut where they part ways.
+
+    The messages both chains share (system prompt, question, and every identical assistant and tool
+    turn before the first assistant turn where they differ) become the pair's `prompt`; `chosen` and
+    `rejected` are the two diverging assistant turns, or with `rest_of_chain` the rest of each chain
+    from there (tool results inside it are context and carry no loss, see `fcdpo.training`). The
+    preference then falls on the step that decided the outcome, not on the shared steps before it.
+
+    Pairs are only made within one prompt (task, problem and rendered prompt, as in `build_pairs`).
+    A candidate pair gives no row when the chains never part ways (identical, or one a prefix of the
+    other: `no_divergence`) or part ways at a turn that is not an assistant turn on both sides
+    (`not_at_assistant`); two candidates that give the same row count once (`duplicate_steps`).
+
+    Returns rows in the format of `build_pairs` (so `save_preferences`, `tokenize_pair` and the DPO
+    trainer take them as they are) and a report like its own, with per task the number of pairs cut
+    at each assistant turn (`cut_turns`: 0 is the model's first turn).
+    """
+    if syntax not in ("python", "json"):
+        raise PreferenceError(f"syntax must be 'python' or 'json', got {syntax!r}")
+    if pairs_per_prompt < 1:
+        raise PreferenceError(f"pairs_per_prompt must be at least 1, got {pairs_per_prompt}")
+    groups = _group_by_prompt(trajectories)
+    rng = random.Random(seed)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    problems: dict[str, set[str]] = defaultdict(set)
+    by_task: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
+    for (task, problem_id, _), chains in sorted(groups.items()):
+        tally = counts[task]
+        problems[task].add(problem_id)
+        tally["prompts"] += 1
+        tally["chains"] += len(chains)
+        chains = sorted(chains, key=lambda t: (t.sample, t.id))
+        correct = [t for t in chains if t.correct]
+        incorrect = [t for t in chains if not t.correct]
+        tally["correct_chains"] += len(correct)
+        if drop_identical:
+            correct, incorrect = _distinct(correct), _distinct(incorrect)
+            tally["duplicate_chains"] += len(chains) - len(correct) - len(incorrect)
+        if not correct:
+            tally["no_correct"] += 1
+            continue
+        if not incorrect:
+            tally["no_incorrect"] += 1
+            continue
+        steps: dict[str, tuple[Any, Any, int]] = {}  # one candidate per distinct row
+        for c in correct:
+            for r in incorrect:
+                _, chosen_turns = split_prompt(c.messages)
+                _, rejected_turns = split_prompt(r.messages)
+                if drop_identical and assistant_turns(c.messages) == assistant_turns(r.messages):
+                    tally["identical_pairs"] += 1
+                    continue
+                index = first_divergence(chosen_turns, rejected_turns)
+                if index is None:
+                    tally["no_divergence"] += 1
+                    continue
+                if chosen_turns[index]["role"] != "assistant" or rejected_turns[index]["role"] != "assistant":
+                    tally["not_at_assistant"] += 1
+                    continue
+                key = json.dumps([_comparable(m) for m in chosen_turns[: index + 1]]
+                                 + [_comparable(rejected_turns[index])]
+                                 + ([_comparable(m) for m in chosen_turns[index + 1:]]
+                                    + [_comparable(m) for m in rejected_turns[index + 1:]] if rest_of_chain else []))
+                if key in steps:
+                    tally["duplicate_steps"] += 1
+                    continue
+                steps[key] = (c, r, index)
+        if not steps:
+            tally["no_distinct_pair"] += 1
+            continue
+        cut_of = {(c.id, r.id): index for c, r, index in steps.values()}
+        picked = _varied_pairs([(c, r) for c, r, _ in steps.values()], pairs_per_prompt, rng)
+        by_task[task].append([_step_row(c, r, cut_of[(c.id, r.id)], rest_of_chain, syntax) for c, r in picked])
+
+    if balance_tasks and len(by_task) > 1:
+        cap = min(sum(len(rows) for rows in prompts) for prompts in by_task.values())
+        for task, prompts in by_task.items():
+            by_task[task], counts[task]["balanced_away"] = _cut_to(prompts, cap, rng)
+
+    rows = [row for task in sorted(by_task) for prompt_rows in by_task[task] for row in prompt_rows]
+    cuts: dict[str, Counter] = defaultdict(Counter)  # the model's turns before the cut, per kept pair
+    for row in rows:
+        cuts[row["task"]][sum(1 for m in row["prompt"] if m["role"] == "assistant")] += 1
+    report_tasks = {}
+    for task in sorted(counts):
+        tally = counts[task]
+        report_tasks[task] = {
+            "problems": len(problems[task]),
+            **{key: tally[key] for key in ("prompts", "chains", "correct_chains", "no_correct", "no_incorrect",
+                                           "no_distinct_pair", "duplicate_chains", "identical_pairs", "no_divergence",
+                                           "not_at_assistant", "duplicate_steps")},
+            "prompts_paired": sum(1 for prompt_rows in by_task.get(task, []) if prompt_rows),
+            "balanced_away": tally["balanced_away"],
+            "cut_turns": {str(turn): n for turn, n in sorted(cuts[task].items())},
+            "pairs": sum(1 for row in rows if row["task"] == task),
+        }
+    report = {
+        "settings": {
+            "kind": "step",
+            "syntax": syntax,
+            "pairs_per_prompt": pairs_per_prompt,
+            "rest_of_chain": rest_of_chain,
+            "drop_identical": drop_identical,
+            "balance_tasks": balance_tasks,
+            "seed": seed,
+        },
+        "tasks": report_tasks,
+        "pairs": len(rows),
+    }
+    return rows, report
+
+
+def _step_row(chosen: "Trajectory", rejected: "Trajectory", index: int, rest_of_chain: bool,
+              syntax: str) -> dict[str, Any]:
+    prompt, chosen_turns = split_prompt(chosen.messages)
+    _, rejected_turns = split_prompt(rejected.messages)
+    end = None if rest_of_chain else index + 1
+    tools = chosen.tools if syntax == "json" else None
+    return {
+        "prompt": arrow_safe(prompt + chosen_turns[:index]),
+        "chosen": arrow_safe(chosen_turns[index:end]),
+        "rejected": arrow_safe(rejected_turns[index:end]),
+        "tools": json.dumps(tools, ensure_ascii=False),
+        "task": chosen.task,
+        "problem_id": chosen.problem_id,
+        "chosen_id": chosen.id,
+        "rejected_id": rejected.id,
+    }
+
+
+def _group_by_prompt(trajectories: Iterable["Trajectory"]) -> dict[tuple[str, str, str], list["Trajectory"]]:
+    """Chains grouped by (task, problem, rendered prompt): the only chains that may be paired."""
+    groups: dict[tuple[str, str, str], list["Trajectory"]] = defaultdict(list)
+    for trajectory in trajectories:
+        prompt, _ = split_prompt(trajectory.messages)
+        key = (trajectory.task, trajectory.problem_id, json.dumps(prompt, sort_keys=True, ensure_ascii=False))
+        groups[key].append(trajectory)
+    return groups
 
 
 def _cut_to(
@@ -439,3 +608,135 @@ def build_preference_dataset(profile: Any, trajectories: Iterable["Trajectory"] 
     report["settings"]["validation"] = settings.validation
     dataset = save_preferences(splits, run / "preferences", report)
     return dataset, read_report(run / "preferences")
+
+
+def build_step_preference_dataset(
+    profile: Any, trajectories: Iterable["Trajectory"] | None = None
+) -> tuple["DatasetDict", dict[str, Any]]:
+    """The step_dpo arm's pairs: `build_step_pairs` on the profile's teacher rollouts, in `preferences-step/`.
+
+    The same chains and settings as `build_preference_dataset`, split by problem the same way (the
+    validation problems are drawn among those with step pairs); completions are the diverging turns,
+    or the rest of the chains with `preferences.step_rest_of_chain`. Returns the dataset and the report.
+    """
+    from fcdpo.rollouts import read_trajectories
+
+    settings = profile.preferences
+    run = profile.run_path
+    if trajectories is None:
+        trajectories = [t for name in profile.tasks for t in read_trajectories(run / "rollouts" / f"teacher-{name}.jsonl")]
+    trajectories = list(trajectories)
+    if not trajectories:
+        raise PreferenceError(f"no teacher trajectories under {run / 'rollouts'}: run notebook 01 first")
+    rows, report = build_step_pairs(
+        trajectories,
+        syntax=profile.agent.syntax,
+        pairs_per_prompt=settings.pairs_per_prompt,
+        rest_of_chain=settings.step_rest_of_chain,
+        drop_identical=settings.drop_identical,
+        balance_tasks=settings.balance_tasks,
+        seed=settings.seed,
+    )
+    splits = split_by_problem(rows, settings.validation, settings.seed)
+    report["settings"]["validation"] = settings.validation
+    folder = run / PREFERENCE_FOLDERS["step_dpo"]
+    dataset = save_preferences(splits, folder, report)
+    return dataset, read_report(folder)
+
+
+def student_rollouts(profile: Any, backend: Any = None, progress: bool = False,
+                     name: str = "student") -> list["Trajectory"]:
+    """The student's own chains on the training problems: `rollouts/<name>-<task>.jsonl` for every task.
+
+    `rollouts.k` chains per problem at `rollouts.temperature`, graded by the task's answer check, with
+    the profile's agent, exactly as the teacher was sampled in notebook 01 (`fcdpo.rollouts.rollout`:
+    resumable, refusing a file written by another model). `backend` defaults to the profile's student;
+    a trained student (a later round of on-policy DPO) writes under another `name`.
+    """
+    from fcdpo.agent import Agent
+    from fcdpo.rollouts import rollout
+    from fcdpo.tasks import problem_sets
+
+    run = profile.run_path
+    if backend is None:
+        from fcdpo.backends import load_backend
+        from fcdpo.training import student_spec
+
+        backend = load_backend(student_spec(profile), root=run)
+    settings = profile.rollouts
+    chains = []
+    for task, splits in problem_sets(profile).items():
+        agent = Agent(profile.task(task), backend, profile.agent)
+        chains += rollout(splits["train"], agent, run / "rollouts" / f"{name}-{task}.jsonl", k=settings.k,
+                          temperature=settings.temperature, seed=settings.seed, batch_size=settings.batch_size,
+                          progress=progress)
+    return chains
+
+
+def build_onpolicy_preference_dataset(
+    profile: Any, trajectories: Iterable["Trajectory"] | None = None, backend: Any = None, progress: bool = False,
+    name: str = "student", folder: str | Path | None = None,
+) -> tuple["DatasetDict", dict[str, Any]]:
+    """The onpolicy_dpo arm's pairs: the student's own correct against its own incorrect chains, in `preferences-onpolicy/`.
+
+    Samples the student (`student_rollouts`, unless `trajectories` are given) and pairs its chains with
+    `build_pairs` and the profile's `preferences` settings: pairs only ever join chains of one problem,
+    and the split is drawn by problem. The report adds, per task, what the sampling cost and found
+    (`rollouts`: chains, accuracy, generated tokens). `name` and `folder` place the rollouts
+    (`rollouts/<name>-<task>.jsonl`) and the pairs elsewhere, for a later round sampled from a trained
+    student. Returns the dataset and the report.
+    """
+    settings = profile.preferences
+    run = profile.run_path
+    trajectories = list(trajectories) if trajectories is not None else student_rollouts(profile, backend, progress,
+                                                                                           name)
+    if not trajectories:
+        raise PreferenceError("no student chains to pair: the profile has no training problems")
+    rows, report = build_pairs(
+        trajectories,
+        syntax=profile.agent.syntax,
+        pairs_per_prompt=settings.pairs_per_prompt,
+        drop_identical=settings.drop_identical,
+        balance_tasks=settings.balance_tasks,
+        seed=settings.seed,
+    )
+    report["settings"]["kind"] = "onpolicy"
+    report["settings"]["validation"] = settings.validation
+    report["rollouts"] = {}
+    for task in sorted({t.task for t in trajectories}):
+        chains = [t for t in trajectories if t.task == task]
+        report["rollouts"][task] = {
+            "chains": len(chains),
+            "problems": len({t.problem_id for t in chains}),
+            "accuracy": sum(t.correct for t in chains) / len(chains),
+            "completion_tokens": sum(t.tokens.get("completion", 0) for t in chains),
+        }
+    splits = split_by_problem(rows, settings.validation, settings.seed)
+    folder = Path(folder) if folder is not None else run / PREFERENCE_FOLDERS["onpolicy_dpo"]
+    dataset = save_preferences(splits, folder, report)
+    return dataset, read_report(folder)
+
+
+def method_preferences(profile: Any, method: str, progress: bool = False) -> "DatasetDict":
+    """The preference pairs a training method trains on, for a profile's run.
+
+    dpo and sft: the teacher's pairs written by notebook 02 (`preferences/`); step_dpo: step pairs
+    rebuilt from the teacher's rollouts (`build_step_preference_dataset`); onpolicy_dpo: the student's
+    own pairs (`build_onpolicy_preference_dataset`, sampling what is not yet in `rollouts/`). The
+    rebuilt ones are deterministic functions of the rollouts, so rebuilding never makes them stale.
+    Under a multi-process launch (`WORLD_SIZE` > 1) nothing is sampled or written: the method's pairs
+    are read from its folder, which must already hold them.
+    """
+    if method not in PREFERENCE_FOLDERS:
+        raise PreferenceError(f"no preference pairs for method {method!r}; known: {sorted(PREFERENCE_FOLDERS)}")
+    folder = profile.run_path / PREFERENCE_FOLDERS[method]
+    if method in ("dpo", "sft") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under `accelerate launch` every process would sample and write the same files: the pairs
+        # must have been built beforehand, in one process (notebook 03, or this function).
+        if method not in ("dpo", "sft") and not (folder / "dataset").exists():
+            raise PreferenceError(f"no {method} pairs in {folder}: build them in one process first "
+                                  f"(fcdpo.preferences.method_preferences(profile, {method!r}))")
+        return load_preferences(folder)
+    if method == "step_dpo":
+        return build_step_preference_dataset(profile)[0]
+    return build_onpolicy_preference_dataset(profile, progress=progress)[0]

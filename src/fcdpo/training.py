@@ -44,7 +44,13 @@ if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
     from transformers import PreTrainedTokenizerBase
 
-METHODS = ("dpo", "sft")
+# Every training arm: the paper's DPO on the teacher's pairs and its SFT baseline, then DPO on step-level
+# pairs of the same teacher chains (Step-DPO), DPO on the student's own chains (on-policy), and GRPO on
+# the student's own chains rewarded by the answer check (`fcdpo.grpo`, no pairs). Every DPO arm trains
+# the same way (`AssistantOnlyDPOTrainer`) on the pairs of its own folder
+# (`fcdpo.preferences.PREFERENCE_FOLDERS`).
+METHODS = ("dpo", "sft", "step_dpo", "onpolicy_dpo", "grpo")
+DPO_METHODS = ("dpo", "step_dpo", "onpolicy_dpo")
 
 # Mistral-7B-Instruct-v0.2's format ([INST] … [/INST] answer</s>) extended to tool turns, which its own
 # template refuses: a tool result is shown as an instruction turn `Result: <content>`, and each
@@ -527,18 +533,24 @@ def train(
     settings: TrainingConfig,
     output_dir: str | Path,
     progress: bool = False,
+    init_adapter: str | Path | None = None,
 ) -> TrainingResult:
-    """Train a LoRA adapter on `model` with `method` ("dpo" or "sft") and save it under `output_dir`.
+    """Train a LoRA adapter on `model` with `method` (one of METHODS) and save it under `output_dir`.
 
-    `preferences` is the DatasetDict of `fcdpo.preferences` (`train`, optionally `validation`). DPO
-    trains on the pairs; SFT on the distinct chosen chains of the same pairs, for the same number of
-    optimizer steps of the same batch size (`resolve_steps` on the pair count).
+    `preferences` is the DatasetDict of `fcdpo.preferences` (`train`, optionally `validation`). The
+    DPO methods (DPO_METHODS) train on the pairs, whichever chains they were built from; SFT on the
+    distinct chosen chains of the same pairs, for the same number of optimizer steps of the same batch
+    size (`resolve_steps` on the pair count).
 
     Writes `output_dir/adapter/` (the adapter and the tokenizer: `HFBackend(model, adapter=...)` loads
     it), `curves.json` / `curves.csv` (one row per logging step: loss, and for DPO rewards/margins and
     rewards/accuracies), and `report.json` (settings, data counts, pairs dropped for length per task,
     steps, seconds, memory, final validation metrics). Returns them, with the trainer. `progress`
     shows a progress bar; the logged metrics go to the curves, not to the output.
+
+    With `init_adapter`, training starts from that adapter instead of a fresh one, and the DPO
+    methods take the model with it (a frozen copy, TRL's "ref" adapter) as the reference: a later
+    round of iterative DPO.
 
     Raises TrainingError for an unknown method, no training pair, or every example over `max_length`.
     """
@@ -547,6 +559,9 @@ def train(
 
     if method not in METHODS:
         raise TrainingError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "grpo":
+        raise TrainingError("grpo trains on problems, not preference pairs: use fcdpo.grpo.train_grpo "
+                            "(or train_from_profile(profile, 'grpo'))")
     if len(preferences["train"]) == 0:
         raise TrainingError("the preference dataset has no training pairs")
     output_dir = Path(output_dir)
@@ -554,6 +569,10 @@ def train(
     memory_before = memory_snapshot()
     started = time.perf_counter()
     base, tokenizer = load_student(model, settings)
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        base = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
     bars_were_enabled = hf_datasets.is_progress_bar_enabled()
     hf_datasets.disable_progress_bars()  # one bar per tokenizing pass would flood a notebook
     try:
@@ -583,6 +602,7 @@ def train(
         "grad_accumulation": settings.grad_accumulation,
         "processes": trainer.accelerator.num_processes,
         "sequences_per_step": settings.batch_size * settings.grad_accumulation * trainer.accelerator.num_processes,
+        "init_adapter": None if init_adapter is None else str(init_adapter),
         "load_in_4bit": settings.load_in_4bit,
         "compute_dtype": str(compute_dtype()).removeprefix("torch."),
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
@@ -606,7 +626,7 @@ def _tokenized_splits(
     for name in ("train", "validation"):
         if name not in preferences or len(preferences[name]) == 0:
             continue
-        if method == "dpo":
+        if method in DPO_METHODS:
             data[name], dropped[name] = tokenize_preferences(preferences[name], tokenizer, max_length)
         else:
             rows = chosen_conversations(preferences[name])
@@ -633,8 +653,12 @@ def _trainer(
     """TRL's trainer for `method`, the LoRA adapter put on `base` by the trainer itself."""
     import torch
 
+    from peft import PeftModel
+
     on_gpu = torch.cuda.is_available()
     dtype = compute_dtype()
+    # A model that already carries an adapter (`init_adapter`) trains that one; otherwise the trainer adds it.
+    peft_config = None if isinstance(base, PeftModel) else lora_config(settings)
     evaluate_during = "validation" in data and settings.eval_steps > 0
     common = dict(
         output_dir=str(output_dir / "trainer"),
@@ -642,7 +666,7 @@ def _trainer(
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accumulation,
-        learning_rate=settings.learning_rate if method == "dpo" else settings.sft_learning_rate,
+        learning_rate=settings.learning_rate if method in DPO_METHODS else settings.sft_learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=settings.warmup,
         max_length=settings.max_length,
@@ -662,7 +686,7 @@ def _trainer(
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
-    if method == "dpo":
+    if method in DPO_METHODS:
         from trl import DPOConfig
 
         trainer = _dpo_trainer_class()(
@@ -674,7 +698,7 @@ def _trainer(
             eval_dataset=data.get("validation"),
             processing_class=tokenizer,
             data_collator=preference_collator(tokenizer.pad_token_id),
-            peft_config=lora_config(settings),
+            peft_config=peft_config,
         )
     else:
         from trl import SFTConfig, SFTTrainer
@@ -685,7 +709,7 @@ def _trainer(
             train_dataset=data["train"],
             eval_dataset=data.get("validation"),
             processing_class=tokenizer,
-            peft_config=lora_config(settings),
+            peft_config=peft_config,
         )
     _adapter_dtype_for_training(trainer.model)
     if progress and headless():
@@ -713,6 +737,15 @@ def student_reference(profile: Any) -> str:
     return str(in_run) if in_run.exists() else model
 
 
+def trained_methods(settings: TrainingConfig) -> tuple[str, ...]:
+    """The methods a run trains and evaluates: sft and dpo (the paper's comparison), then the other
+    arms named in `training.methods`, in their order."""
+    unknown = [m for m in settings.methods if m not in METHODS]
+    if unknown:
+        raise TrainingError(f"training.methods {unknown} unknown; the methods are {list(METHODS)}")
+    return tuple(dict.fromkeys(["sft", "dpo", *settings.methods]))
+
+
 def seed_labels(method: str, settings: TrainingConfig) -> dict[str, int]:
     """The run labels of `method` and their seeds: `method` for `settings.seed`, then `method-s<seed>`
     for each of `settings.extra_seeds` (each label names a folder under `training/` and a model in
@@ -731,19 +764,90 @@ def train_from_profile(
 ) -> TrainingResult:
     """Notebook 03 in one call: train the profile's student with `method` on the run's preference pairs.
 
-    Reads `preferences/` in the run folder (unless given) and writes `training/<method>/`, or with a
-    `seed` other than `training.seed`, `training/<method>-s<seed>/` with that seed.
+    Takes the method's pairs unless given (`fcdpo.preferences.method_preferences`: `preferences/` for
+    dpo and sft, step pairs of the teacher's rollouts for step_dpo, pairs of the student's own
+    rollouts for onpolicy_dpo, sampling them first) and writes `training/<method>/`, or with a `seed`
+    other than `training.seed`, `training/<method>-s<seed>/` with that seed. grpo trains on the
+    training problems themselves (`fcdpo.grpo.train_grpo`; `preferences` is not used).
     """
-    from fcdpo.preferences import load_preferences
+    from fcdpo.preferences import method_preferences
 
+    if method not in METHODS:
+        raise TrainingError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "grpo":
+        from fcdpo.grpo import train_grpo
+
+        return train_grpo(profile, progress=progress, seed=seed)
+    if method == "onpolicy_dpo" and preferences is None and profile.training.onpolicy_rounds > 1:
+        return train_onpolicy(profile, progress=progress, seed=seed)
     run = profile.run_path
-    preferences = preferences if preferences is not None else load_preferences(run / "preferences")
+    preferences = preferences if preferences is not None else method_preferences(profile, method, progress)
     settings = profile.training
     label = method
     if seed is not None and seed != settings.seed:
         settings, label = replace(settings, seed=seed), f"{method}-s{seed}"
     return train(method, student_reference(profile), preferences, settings, run / "training" / label,
                  progress=progress)
+
+
+def train_onpolicy(
+    profile: Any, progress: bool = False, seed: int | None = None, backend_for: Any = None,
+) -> TrainingResult:
+    """The onpolicy_dpo arm over `training.onpolicy_rounds` rounds (iterative RPO, Pang et al. 2024).
+
+    Round 1 is the one-round arm: the student's pairs (`preferences-onpolicy/`), a fresh adapter,
+    the student as reference. Round r > 1 samples the model of round r − 1 (its chains in
+    `rollouts/<label>-round<r-1>-<task>.jsonl`, its pairs in `preferences-onpolicy-<label>-round<r>/`),
+    starts from that round's adapter and takes it as the reference. Each round gets the same steps;
+    earlier rounds are kept in `training/<label>/round<r>/`, the last one is `training/<label>/` (what
+    the evaluation reads), its report listing every round's pairs, steps and sampling cost.
+
+    `backend_for(adapter_dir)` gives the backend that samples a round (adapter_dir is None for the
+    student); by default the profile's student with that adapter.
+    """
+    import gc
+
+    from fcdpo.backends import load_backend
+    from fcdpo.preferences import PREFERENCE_FOLDERS, build_onpolicy_preference_dataset
+
+    settings, label = profile.training, "onpolicy_dpo"
+    if seed is not None and seed != settings.seed:
+        settings, label = replace(settings, seed=seed), f"onpolicy_dpo-s{seed}"
+    if _launched_processes() > 1 and settings.onpolicy_rounds > 1:
+        raise TrainingError("later rounds of onpolicy_dpo sample the trained model: run them in one process")
+    run = profile.run_path
+    folder = run / "training" / label
+    adapter: Path | None = None
+    rounds: list[dict[str, Any]] = []
+    result = None
+    for number in range(1, settings.onpolicy_rounds + 1):
+        if backend_for is not None:
+            backend = backend_for(adapter)
+        elif adapter is None:
+            backend = None  # the profile's student
+        else:
+            backend = load_backend({**student_spec(profile), "adapter": str(adapter)}, root=run)
+        dataset, pairs = build_onpolicy_preference_dataset(
+            profile, backend=backend, progress=progress,
+            name="student" if number == 1 else f"{label}-round{number - 1}",
+            folder=run / (PREFERENCE_FOLDERS["onpolicy_dpo"] + ("" if number == 1 else f"-{label}-round{number}")),
+        )
+        del backend
+        last = number == settings.onpolicy_rounds
+        result = train("onpolicy_dpo", student_reference(profile), dataset, settings,
+                       folder if last else folder / f"round{number}", progress=progress, init_adapter=adapter)
+        rounds.append({"round": number, "init_adapter": None if adapter is None else str(adapter),
+                       "pairs": result.report["pairs"], "steps": result.report["steps"],
+                       "train_seconds": result.report["train_seconds"], "rollouts": pairs.get("rollouts", {})})
+        adapter = result.adapter_dir
+        if not last:
+            result.trainer = None
+            gc.collect()
+    assert result is not None
+    result.report["rounds"] = rounds
+    if result.trainer.accelerator.is_main_process:
+        (result.output_dir / "report.json").write_text(json.dumps(result.report, indent=2))
+    return result
 
 
 def load_trained(base: str | Path, adapter_dir: str | Path, load_in_4bit: bool = False) -> tuple[Any, Any]:
@@ -802,7 +906,9 @@ def main(argv: list[str] | None = None) -> None:
         overrides[key] = yaml.safe_load(value)
     result = train_from_profile(load_profile(args.profile, overrides), args.method, seed=args.seed)
     if result.trainer.accelerator.is_main_process:
-        print(json.dumps({k: result.report[k] for k in ("method", "steps", "seconds", "dropped_too_long")}))
+        # grpo drops nothing for length (it has no pairs) and reports what its rollouts cost instead
+        print(json.dumps({k: result.report[k] for k in ("method", "steps", "seconds", "dropped_too_long", "rollouts")
+                          if k in result.report}))
 
 
 if __name__ == "__main__":
