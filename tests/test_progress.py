@@ -34,3 +34,14 @@ def test_the_trainer_callback_reports_steps_and_an_estimate_of_what_is_left():
         callback.on_log(None, state, None, logs={"eval_loss": 0.4})  # not a training loss: no line
     assert [line.split(" · ")[0] for line in lines] == [f"dpo: step {s}/20" for s in (5, 10, 15, 20)]
     assert "about" in lines[0] and "s left" in lines[0]
+
+
+def test_a_headless_bar_with_a_postfix_prints_at_most_a_line_per_interval(monkeypatch, capsys):
+    monkeypatch.setenv(HEADLESS, "1")
+    monkeypatch.setenv("TQDM_MININTERVAL", "3600")
+    with bar(total=500, desc="rollouts fol") as progress:
+        for i in range(500):
+            progress.update(1)
+            progress.set_postfix(accuracy=f"{i / 5:.1f}%")  # forces a redraw every time
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) <= 3 and lines[-1].startswith("rollouts fol: 100%") and "500/500" in lines[-1]

@@ -27,15 +27,27 @@ def headless() -> bool:
 
 
 class _Lines:
-    """A file for tqdm that turns its in-place redraws (`\\r…`) into one whole line per update."""
+    """A file for tqdm that turns its in-place redraws (`\\r…`) into whole lines, at most one every
+    `interval` seconds (a bar's postfix forces a redraw at every update), and its last one on close."""
 
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
+    def __init__(self, stream: Any, interval: float) -> None:
+        self.stream, self.interval, self.last, self.pending = stream, interval, -float("inf"), ""
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").strip("\n")
-        if line.strip():
+        if not line.strip():
+            return
+        now = time.monotonic()
+        if now - self.last >= self.interval:
             self.stream.write(line + "\n")
+            self.last, self.pending = now, ""
+        else:
+            self.pending = line
+
+    def close(self) -> None:
+        if self.pending:  # the state the bar was left in
+            self.stream.write(self.pending + "\n")
+            self.pending = ""
 
     def flush(self) -> None:
         self.stream.flush()
@@ -47,7 +59,16 @@ def bar(**kwargs: Any) -> Any:
         from tqdm.std import tqdm
 
         interval = float(os.environ.get("TQDM_MININTERVAL", 20))
-        return tqdm(file=_Lines(sys.stdout), mininterval=interval, maxinterval=interval, ascii=True, **kwargs)
+        lines = _Lines(sys.stdout, interval)
+        progress = tqdm(file=lines, mininterval=interval, maxinterval=interval, ascii=True, **kwargs)
+        closing = progress.close
+
+        def close() -> None:
+            closing()
+            lines.close()
+
+        progress.close = close
+        return progress
     from tqdm.auto import tqdm
 
     return tqdm(**kwargs)
