@@ -443,7 +443,8 @@ def test_benchmark_files_are_loaded_and_evaluated_like_generated_problems(tmp_pa
 
 
 def test_run_models_lists_the_models_present_and_says_why_the_others_are_skipped(tmp_path):
-    profile = load_profile("tiny-cpu", {"run_dir": str(tmp_path), "teacher": {}, "student": {}})
+    profile = load_profile("tiny-cpu", {"run_dir": str(tmp_path), "teacher": {}, "student": {},
+                                        "training.extra_seeds": []})  # one seed: its own test below
     specs, notes = run_models(profile)
     assert specs == {} and len(notes) == 4
 
@@ -460,6 +461,14 @@ def test_run_models_lists_the_models_present_and_says_why_the_others_are_skipped
         "dpo": {"kind": "hf", "model": "lab/student", "adapter": "training/dpo/adapter"},
     }
     assert len(notes) == 1 and notes[0].startswith("sft:")
+
+    seeds = load_profile("tiny-cpu", {"run_dir": str(tmp_path), "teacher": {}, "student": {},
+                                      "training.extra_seeds": [1, 2]})
+    (tmp_path / "training" / "dpo-s2" / "adapter").mkdir(parents=True)
+    (tmp_path / "training" / "dpo-s2" / "adapter" / "adapter_config.json").write_text("{}")
+    specs, notes = run_models(seeds)
+    assert specs["dpo-s2"] == {"kind": "hf", "model": "lab/student", "adapter": "training/dpo-s2/adapter"}
+    assert sorted(note.split(":")[0] for note in notes) == ["dpo-s1", "sft", "sft-s1", "sft-s2"]
 
 
 def test_the_report_table_reads_accuracy_with_its_interval_in_percent():
