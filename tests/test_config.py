@@ -129,3 +129,12 @@ def test_valid_difficulty_and_backend_keys_still_load(tmp_path):
                                   "  timeout: 5\n  max_response_bytes: 1000\n", name="good.yaml")
     profile = load_profile(path)
     assert profile.tasks["math"].difficulty == {"max_steps": 3} and profile.run_path.name == "x-good"
+
+
+def test_command_line_overrides_are_read_as_yaml_and_a_missing_equals_sign_is_an_error():
+    from fcdpo.config import parse_overrides
+
+    assert parse_overrides(["training.max_steps=10", "lab.shipped=null", "tasks.fol.functions=[query]"]) == {
+        "training.max_steps": 10, "lab.shipped": None, "tasks.fol.functions": ["query"]}
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_overrides(["training.max_steps"])

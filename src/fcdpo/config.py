@@ -362,3 +362,18 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
     node[leaf] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Command-line `KEY=VALUE` overrides (`training.max_steps=10`) as a dict, each value read as YAML.
+
+    Raises:
+        ValueError: for an item without `=`.
+    """
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides

@@ -886,7 +886,7 @@ def main(argv: list[str] | None = None) -> None:
     """`make lab`: build a profile's tiny lab from its seed, measure it on the dev split, export it."""
     import argparse
 
-    from fcdpo.config import build, load_profile
+    from fcdpo.config import build, load_profile, parse_overrides
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--profile", default="tiny-cpu")
@@ -894,14 +894,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a dotted profile key, e.g. lab.teacher.seed=1 (YAML value), repeatable")
     args = parser.parse_args(argv)
-    import yaml
-
-    overrides = {}
-    for item in args.override:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"expected KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.override)
+    except ValueError as exc:
+        parser.error(str(exc))
     profile = load_profile(args.profile, overrides)
     config = build(LabConfig, profile.lab or {}, where=f"profile {profile.name!r}: lab")
     out = args.out or config.shipped

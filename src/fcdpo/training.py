@@ -887,9 +887,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m fcdpo.training --profile P --method dpo` (or under `accelerate launch`)."""
     import argparse
 
-    import yaml
-
-    from fcdpo.config import load_profile
+    from fcdpo.config import load_profile, parse_overrides
 
     parser = argparse.ArgumentParser(description="Train the student of a profile on its run's preference pairs.")
     parser.add_argument("--profile", default="tiny-cpu", help="a name from configs/ or a YAML path")
@@ -898,12 +896,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--override", action="append", default=[],
                         help="dotted profile key=value (YAML value), repeatable, e.g. training.max_steps=10")
     args = parser.parse_args(argv)
-    overrides = {}
-    for text in args.override:
-        key, sep, value = text.partition("=")
-        if not sep:
-            parser.error(f"expected key=value, got {text!r}")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.override)
+    except ValueError as exc:
+        parser.error(str(exc))
     result = train_from_profile(load_profile(args.profile, overrides), args.method, seed=args.seed)
     if result.trainer.accelerator.is_main_process:
         # grpo drops nothing for length (it has no pairs) and reports what its rollouts cost instead
