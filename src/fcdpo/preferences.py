@@ -38,7 +38,7 @@ import os
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -121,24 +121,7 @@ def build_pairs(
     counts: dict[str, Counter] = defaultdict(Counter)
     problems: dict[str, set[str]] = defaultdict(set)
     by_task: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)  # rows grouped by prompt
-    for (task, problem_id, _), chains in sorted(groups.items()):
-        tally = counts[task]
-        problems[task].add(problem_id)
-        tally["prompts"] += 1
-        tally["chains"] += len(chains)
-        chains = sorted(chains, key=lambda t: (t.sample, t.id))
-        correct = [t for t in chains if t.correct]
-        incorrect = [t for t in chains if not t.correct]
-        tally["correct_chains"] += len(correct)
-        if drop_identical:
-            correct, incorrect = _distinct(correct), _distinct(incorrect)
-            tally["duplicate_chains"] += len(chains) - len(correct) - len(incorrect)
-        if not correct:
-            tally["no_correct"] += 1
-            continue
-        if not incorrect:
-            tally["no_incorrect"] += 1
-            continue
+    for task, tally, correct, incorrect in _both_sides(groups, drop_identical, counts, problems):
         candidates = [(c, r) for c in correct for r in incorrect]
         if drop_identical:
             kept = [(c, r) for c, r in candidates if assistant_turns(c.messages) != assistant_turns(r.messages)]
@@ -150,12 +133,7 @@ def build_pairs(
         chosen_pairs = _varied_pairs(candidates, pairs_per_prompt, rng)
         by_task[task].append([_row(c, r, syntax) for c, r in chosen_pairs])
 
-    if balance_tasks and len(by_task) > 1:
-        cap = min(sum(len(rows) for rows in prompts) for prompts in by_task.values())
-        for task, prompts in by_task.items():
-            by_task[task], counts[task]["balanced_away"] = _cut_to(prompts, cap, rng)
-
-    rows = [row for task in sorted(by_task) for prompt_rows in by_task[task] for row in prompt_rows]
+    rows = _balanced_rows(by_task, balance_tasks, counts, rng)
     report_tasks = {}
     for task in sorted(counts):
         tally = counts[task]
@@ -239,24 +217,7 @@ def build_step_pairs(
     counts: dict[str, Counter] = defaultdict(Counter)
     problems: dict[str, set[str]] = defaultdict(set)
     by_task: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
-    for (task, problem_id, _), chains in sorted(groups.items()):
-        tally = counts[task]
-        problems[task].add(problem_id)
-        tally["prompts"] += 1
-        tally["chains"] += len(chains)
-        chains = sorted(chains, key=lambda t: (t.sample, t.id))
-        correct = [t for t in chains if t.correct]
-        incorrect = [t for t in chains if not t.correct]
-        tally["correct_chains"] += len(correct)
-        if drop_identical:
-            correct, incorrect = _distinct(correct), _distinct(incorrect)
-            tally["duplicate_chains"] += len(chains) - len(correct) - len(incorrect)
-        if not correct:
-            tally["no_correct"] += 1
-            continue
-        if not incorrect:
-            tally["no_incorrect"] += 1
-            continue
+    for task, tally, correct, incorrect in _both_sides(groups, drop_identical, counts, problems):
         steps: dict[str, tuple[Any, Any, int]] = {}  # one candidate per distinct row
         for c in correct:
             for r in incorrect:
@@ -287,12 +248,7 @@ def build_step_pairs(
         picked = _varied_pairs([(c, r) for c, r, _ in steps.values()], pairs_per_prompt, rng)
         by_task[task].append([_step_row(c, r, cut_of[(c.id, r.id)], rest_of_chain, syntax) for c, r in picked])
 
-    if balance_tasks and len(by_task) > 1:
-        cap = min(sum(len(rows) for rows in prompts) for prompts in by_task.values())
-        for task, prompts in by_task.items():
-            by_task[task], counts[task]["balanced_away"] = _cut_to(prompts, cap, rng)
-
-    rows = [row for task in sorted(by_task) for prompt_rows in by_task[task] for row in prompt_rows]
+    rows = _balanced_rows(by_task, balance_tasks, counts, rng)
     cuts: dict[str, Counter] = defaultdict(Counter)  # the model's turns before the cut, per kept pair
     for row in rows:
         cuts[row["task"]][sum(1 for m in row["prompt"] if m["role"] == "assistant")] += 1
@@ -351,6 +307,45 @@ def _group_by_prompt(trajectories: Iterable["Trajectory"]) -> dict[tuple[str, st
         key = (trajectory.task, trajectory.problem_id, json.dumps(prompt, sort_keys=True, ensure_ascii=False))
         groups[key].append(trajectory)
     return groups
+
+
+def _both_sides(
+    groups: dict[tuple[str, str, str], list["Trajectory"]],
+    drop_identical: bool,
+    counts: dict[str, Counter],
+    problems: dict[str, set[str]],
+) -> Iterator[tuple[str, Counter, list["Trajectory"], list["Trajectory"]]]:
+    """Per prompt, in a fixed order: (task, its tally, correct chains, incorrect chains), for the
+    prompts that have both kinds (distinct ones with `drop_identical`); counts the others in the tally."""
+    for (task, problem_id, _), chains in sorted(groups.items()):
+        tally = counts[task]
+        problems[task].add(problem_id)
+        tally["prompts"] += 1
+        tally["chains"] += len(chains)
+        chains = sorted(chains, key=lambda t: (t.sample, t.id))
+        correct = [t for t in chains if t.correct]
+        incorrect = [t for t in chains if not t.correct]
+        tally["correct_chains"] += len(correct)
+        if drop_identical:
+            correct, incorrect = _distinct(correct), _distinct(incorrect)
+            tally["duplicate_chains"] += len(chains) - len(correct) - len(incorrect)
+        if not correct:
+            tally["no_correct"] += 1
+        elif not incorrect:
+            tally["no_incorrect"] += 1
+        else:
+            yield task, tally, correct, incorrect
+
+
+def _balanced_rows(
+    by_task: dict[str, list[list[dict[str, Any]]]], balance_tasks: bool, counts: dict[str, Counter], rng: random.Random
+) -> list[dict[str, Any]]:
+    """The rows of every task in task order; with `balance_tasks`, each task cut to the smallest's count."""
+    if balance_tasks and len(by_task) > 1:
+        cap = min(sum(len(rows) for rows in prompts) for prompts in by_task.values())
+        for task, prompts in by_task.items():
+            by_task[task], counts[task]["balanced_away"] = _cut_to(prompts, cap, rng)
+    return [row for task in sorted(by_task) for prompt_rows in by_task[task] for row in prompt_rows]
 
 
 def _cut_to(
