@@ -160,15 +160,11 @@ def grpo_trainer(
     A step takes `settings.batch_size` problems × `settings.grpo.generations` chains each (per device
     and micro-batch); `max_steps` / `epochs` count steps as for the other methods.
     """
-    import torch
     from trl import GRPOConfig, GRPOTrainer
 
-    from fcdpo.progress import headless
-    from fcdpo.training import _gradient_checkpointing, _launched_processes, compute_dtype, lora_config, resolve_steps
+    from fcdpo.training import _launched_processes, lora_config, resolve_steps, trainer_arguments
 
     grpo = settings.grpo
-    on_gpu = torch.cuda.is_available()
-    dtype = compute_dtype()
     dataset = grpo_dataset(tasks, problems, agent)
     steps = resolve_steps(settings, len(dataset), _launched_processes())  # problems, as pairs elsewhere
     args = GRPOConfig(
@@ -180,20 +176,7 @@ def grpo_trainer(
         learning_rate=grpo.learning_rate,
         beta=grpo.beta,
         temperature=grpo.temperature,
-        lr_scheduler_type="cosine",
-        warmup_steps=settings.warmup,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        bf16=on_gpu and dtype == torch.bfloat16,
-        fp16=on_gpu and dtype == torch.float16,
-        activation_checkpointing=_gradient_checkpointing(settings),
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        use_cpu=not on_gpu,
-        logging_steps=settings.logging_steps,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=not progress or headless(),
-        dataloader_num_workers=0,
+        **trainer_arguments(settings, progress),
         reward_weights=[1.0, 1.0],
     )
     trainer = GRPOTrainer(

@@ -651,12 +651,8 @@ def _trainer(
     progress: bool,
 ) -> Any:
     """TRL's trainer for `method`, the LoRA adapter put on `base` by the trainer itself."""
-    import torch
-
     from peft import PeftModel
 
-    on_gpu = torch.cuda.is_available()
-    dtype = compute_dtype()
     # A model that already carries an adapter (`init_adapter`) trains that one; otherwise the trainer adds it.
     peft_config = None if isinstance(base, PeftModel) else lora_config(settings)
     evaluate_during = "validation" in data and settings.eval_steps > 0
@@ -667,23 +663,10 @@ def _trainer(
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accumulation,
         learning_rate=settings.learning_rate if method in DPO_METHODS else settings.sft_learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=settings.warmup,
         max_length=settings.max_length,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        bf16=on_gpu and dtype == torch.bfloat16,
-        fp16=on_gpu and dtype == torch.float16,
-        activation_checkpointing=_gradient_checkpointing(settings),
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        use_cpu=not on_gpu,
-        logging_steps=settings.logging_steps,
+        **trainer_arguments(settings, progress),
         eval_strategy="steps" if evaluate_during else "no",
         eval_steps=settings.eval_steps if evaluate_during else None,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=not progress or headless(),  # a headless run logs lines instead (below)
-        dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
     if method in DPO_METHODS:
@@ -716,6 +699,31 @@ def _trainer(
         every = settings.logging_steps * max(1, steps // (10 * settings.logging_steps))  # about 10 lines, on logged steps
         trainer.add_callback(trainer_callback(print, f"{method} {output_dir.name}: ", every))
     return trainer
+
+
+def trainer_arguments(settings: TrainingConfig, progress: bool) -> dict[str, Any]:
+    """The TRL config arguments every fcdpo trainer shares: schedule, seeds, precision, checkpointing,
+    device, logging, no checkpoints saved, and progress (lines instead of a bar in a headless run)."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    dtype = compute_dtype()
+    return dict(
+        lr_scheduler_type="cosine",
+        warmup_steps=settings.warmup,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        activation_checkpointing=_gradient_checkpointing(settings),
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        use_cpu=not on_gpu,
+        logging_steps=settings.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=not progress or headless(),
+        dataloader_num_workers=0,
+    )
 
 
 TINY_LAB_STUDENT = {"kind": "hf", "model": "lab/student"}  # what the tiny lab builds in the run folder
