@@ -476,13 +476,20 @@ def test_a_listener_that_never_accepts_times_out():
 
 
 def test_many_chats_against_a_flaky_server_all_complete_in_order(serve):
-    # Every third request fails in a different way; each chat's retries get it through.
+    # Every third chat's first two attempts fail, each in another way; its retries get it through.
+    # Faults go by chat, not by the server's request count: with 4 chats in flight, a count shared by all
+    # of them could land one chat's every attempt on a fault.
     faults = [reset, send(body=b"<html>"), send_json({"choices": [{"message": None}]}), send(503, b"{}")]
+    attempts: dict[str, int] = {}
+    lock = threading.Lock()
 
     def behave(handler, index):
-        if index % 3 == 0:
-            return faults[(index // 3) % len(faults)](handler, index)
         question = json.loads(server.requests[index])["messages"][-1]["content"]
+        with lock:
+            attempt = attempts[question] = attempts.get(question, 0) + 1
+        number = int(question[1:])
+        if number % 3 == 0 and attempt <= 2:
+            return faults[(number // 3 + attempt) % len(faults)](handler, index)
         send_json(completion_body(question.upper()))(handler, index)
 
     server = serve(behave)
