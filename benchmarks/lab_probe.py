@@ -3,6 +3,7 @@ from scratch on gold chains and score it on 100 dev problems (greedy, through th
 
     python benchmarks/lab_probe.py text 1200 --every 300        # logic, text-order chain
     python benchmarks/lab_probe.py reasoning 1200 --every 300   # logic, reasoning-order chain
+    python benchmarks/lab_probe.py text 600 --every 150 --echo-next  # records hand out the next statement
 
 The problems are the `tiny-cpu` logic settings (1–2 hops, one distractor) with the brief prompt and
 single-token names; training problems come from seed 1000, dev problems from seed 777, and no dev
@@ -27,9 +28,11 @@ def main() -> None:
     parser.add_argument("steps", type=int)
     parser.add_argument("--every", type=int, default=300, help="score on the dev problems every this many steps")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--echo-next", action="store_true", help="each record's result hands out the next statement")
     parser.add_argument("--out", default="runs/lab-probe")
     args = parser.parse_args()
-    task = get_task("fol", ["add_fact", "add_rule", "query"], function_examples=False, brief_prompt=True)
+    task = get_task("fol", ["add_fact", "add_rule", "query"], function_examples=False, brief_prompt=True,
+                    echo_next=args.echo_next)
     settings = dict(min_hops=1, max_hops=2, distractors=1, chain=args.chain)
     dev = task.generate(100, seed=777, **settings)
     held = {p.question for p in dev}
@@ -50,7 +53,7 @@ def main() -> None:
         tokenizer.save_pretrained(args.out)
         backend = load_backend({"kind": "hf", "model": args.out, "batch_size": 64})
         chains = Agent(task, backend, AgentConfig(max_steps=8, max_errors=3, max_new_tokens=32, token_budget=256)).run(dev)
-        print(json.dumps({"chain": args.chain, "step": done, "loss": stats["loss"],
+        print(json.dumps({"chain": args.chain, "echo_next": args.echo_next, "step": done, "loss": stats["loss"],
                           "dev_accuracy": sum(c.correct for c in chains) / len(chains),
                           "seconds": round(time.perf_counter() - started)}), flush=True)
 

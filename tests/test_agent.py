@@ -115,7 +115,7 @@ def test_a_steps_function_calls_run_side_by_side_and_give_the_same_chains(monkey
         return a + b
 
     class PairedMath(type(MATH)):
-        def functions(self):
+        def functions(self, problem=None):
             return FunctionSet([paired_add], time_limit=5.0)
 
     problems = [problem(question=f"Q{i}: add {i} and 1.", answer=str(i + 1), pid=f"p{i}") for i in range(4)]
@@ -168,3 +168,14 @@ def test_each_turn_is_a_call_an_answer_a_thought_or_a_parse_error(text, kind):
 def test_an_unknown_syntax_is_refused():
     with pytest.raises(ValueError, match="syntax"):
         AgentConfig(syntax="yaml")
+
+
+def test_the_agent_gives_each_chain_functions_of_its_own_problem():
+    # echo_next functions hand out the next statement of the chain's own question, as in the gold chain
+    task = get_task("fol", ["add_fact", "add_rule", "query"], echo_next=True)
+    problems = task.generate(3, seed=4, min_hops=1, max_hops=2, distractors=1, chain="text")
+    gold = {p.question: gold_messages(p, task) for p in problems}
+    backend = ScriptedBackend({q: [m["content"] for m in chain[2::2]] for q, chain in gold.items()})
+    for chain in Agent(task, backend, AgentConfig()).run(problems):
+        assert chain.correct and chain.messages == gold[chain.messages[1]["content"]]
+        assert chain.messages[3]["content"].startswith("ok. Next: ")

@@ -9,7 +9,7 @@ import pytest
 from fcdpo.logic import KnowledgeBase
 from fcdpo.tasks import get_task
 from fcdpo.tasks.base import Problem
-from fcdpo.tasks.fol import QUESTION_PREFIX, FolTask, concept_predicate, entity_constant
+from fcdpo.tasks.fol import QUESTION_PREFIX, FolTask, concept_predicate, entity_constant, statements_of
 
 TASK = FolTask()
 
@@ -412,3 +412,36 @@ def test_the_brief_prompt_keeps_one_line_per_function_and_the_call_format():
     assert "`add_fact(entity=..., concept=...)`" in lines[0] and "Final answer: <answer>" in lines[0]
     assert len(text) < 0.75 * len(full.system_prompt("python"))
     assert brief.system_prompt("json") == full.system_prompt("json")  # the json syntax is left as it is
+
+
+def test_with_echo_next_each_record_hands_out_the_next_statement_and_the_question_line_last():
+    task = get_task("fol", ["add_fact", "add_rule", "query"], echo_next=True)
+    for problem in task.generate(40, seed=5, min_hops=1, max_hops=3, distractors=2, chain="text"):
+        statements = statements_of(problem.question)
+        body, ask = problem.question.split("\n")
+        assert " ".join(statements[:-1]) == body and statements[-1] == ask.strip()
+        *records, query = task.functions(problem).run_chain(problem.gold_chain)
+        # record i (0-based) translates statement i, which the question states or record i-1 handed out
+        assert [o.content for o in records] == [f"ok. Next: {s}" for s in statements[1:]]
+        assert task.check(query.content, problem.answer)
+        assert all(o.content == "ok" for o in task.functions().run_chain(problem.gold_chain)[:-1])
+    extra = task.functions(problem)
+    for step in problem.gold_chain[:-1] * 2:  # more records than statements: the question line again
+        last = extra.run_chain([step])[0]
+    assert last.content == f"ok. Next: {statements[-1]}"
+    off = get_task("fol", ["add_fact", "add_rule", "query"])
+    assert all(o.content == "ok" for o in off.functions(problem).run_chain(problem.gold_chain)[:-1])
+
+
+def test_a_failed_record_does_not_move_the_statement_handed_out():
+    task = get_task("fol", ["add_fact", "add_rule", "query"], echo_next=True)
+    problem = task.generate(1, seed=2, min_hops=2, max_hops=2, distractors=1, chain="text")[0]
+    functions = task.functions(problem)
+    bad, good = functions.run_chain([{"name": "add_fact", "arguments": {"entity": "", "concept": "x"}},
+                                     problem.gold_chain[0]])
+    assert bad.error and good.content == f"ok. Next: {statements_of(problem.question)[1]}"
+
+
+def test_echo_next_is_a_logic_option():
+    with pytest.raises(ValueError, match="echo_next is a fol option"):
+        get_task("math", echo_next=True)

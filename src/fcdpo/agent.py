@@ -173,7 +173,7 @@ def few_shot_text(examples: list["Problem"], task: "Task") -> str:
     """Solved examples for the system prompt: question, calls with results, final answer."""
     blocks = []
     for problem in examples:
-        functions = task.functions()
+        functions = task.functions(problem)
         lines = [f"Question: {problem.question}"]
         for step in problem.gold_chain:
             call = Call.from_dict(step)
@@ -194,7 +194,7 @@ def prompt_messages(problem: "Problem", task: "Task", config: AgentConfig, shots
 def gold_messages(problem: "Problem", task: "Task", syntax: str = "python", shots: str = "") -> list[dict[str, Any]]:
     """The problem's gold chain as a whole conversation (prompt, calls, observations, answer)."""
     messages = prompt_messages(problem, task, AgentConfig(syntax=syntax), shots)
-    functions = task.functions()
+    functions = task.functions(problem)
     for step in problem.gold_chain:
         call = Call.from_dict(step)
         messages.append(assistant_message(call, syntax))
@@ -208,7 +208,7 @@ class _Chain:
 
     def __init__(self, problem: "Problem", task: "Task", config: AgentConfig, sample: int, shots: str):
         self.problem = problem
-        self.functions = task.functions()
+        self.functions = task.functions(problem)
         self.messages = prompt_messages(problem, task, config, shots)
         self.sample = sample
         self.answer: str | None = None

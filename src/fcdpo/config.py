@@ -49,6 +49,7 @@ class TaskConfig:
     functions: list[str] | None = None  # the functions offered to the model (None: all of the task's)
     function_examples: bool = True  # show each function's example call in the prompt
     brief_prompt: bool = False  # one line per function and a one-line call format (python syntax)
+    echo_next: bool = False  # fol: a recorded statement's result hands out the question's next statement
 
 
 @dataclass
@@ -184,7 +185,8 @@ class Profile:
         if name not in self.tasks:
             return get_task(name)
         settings = self.tasks[name]
-        return get_task(name, settings.functions, settings.function_examples, settings.brief_prompt)
+        return get_task(name, settings.functions, settings.function_examples, settings.brief_prompt,
+                        settings.echo_next)
 
     @property
     def run_path(self) -> Path:

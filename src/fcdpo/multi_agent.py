@@ -363,7 +363,7 @@ class MultiAgent:
         backend call of the run gets `seed + n`. `on_finish` gets each trajectory as its chain stops.
         """
         samples = samples if samples is not None else [0] * len(problems)
-        chains = [_Chain(problem, self.task.functions(), self.system_prompt, sample)
+        chains = [_Chain(problem, self.task.functions(problem), self.system_prompt, sample)
                   for problem, sample in zip(problems, samples, strict=True)]
         tools = self.schemas if self.config.syntax == "json" else None
         backend_calls = 0

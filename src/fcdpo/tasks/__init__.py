@@ -4,11 +4,16 @@ from fcdpo.tasks.base import Problem, Task, load_problems, save_problems
 
 
 def get_task(
-    name: str, functions: list[str] | None = None, function_examples: bool = True, brief_prompt: bool = False
+    name: str,
+    functions: list[str] | None = None,
+    function_examples: bool = True,
+    brief_prompt: bool = False,
+    echo_next: bool = False,
 ) -> Task:
     """The task called `name` ("math" or "fol"), offering only `functions` if given, and describing
     them with their example calls unless `function_examples` is false (or in one line each with
-    `brief_prompt`, see `Task.system_prompt`)."""
+    `brief_prompt`, see `Task.system_prompt`). `echo_next` (fol only) makes each recorded statement's
+    result hand out the question's next statement (`FolTask.functions`)."""
     if name == "math":
         from fcdpo.tasks.math import MathTask
 
@@ -19,6 +24,9 @@ def get_task(
         task = FolTask()
     else:
         raise ValueError(f"unknown task {name!r}; expected 'math' or 'fol'")
+    if echo_next and name != "fol":
+        raise ValueError(f"echo_next is a fol option; task {name!r} has no statements to hand out")
+    task.echo_next = echo_next
     task.function_examples = function_examples
     task.brief_prompt = brief_prompt
     if functions is not None:

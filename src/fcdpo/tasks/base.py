@@ -62,6 +62,10 @@ class Task(abc.ABC):
     # A short prompt: the task's first instruction, one line on the call format, and one line per
     # function. Tiny models trained from scratch copy from the question far better behind it.
     brief_prompt: bool = False
+    # FOL only: each recorded statement's result also hands out the next statement of the question
+    # ("ok. Next: Every wumpus is a tumpus."), so translating it is a copy from the turn just before
+    # instead of a lookup by position in the question (`FolTask.functions`).
+    echo_next: bool = False
 
     def offered(self, functions: list[Callable[..., Any]]) -> list[Callable[..., Any]]:
         """`functions` narrowed to `function_names`; an unknown name is an error listing the valid ones."""
@@ -74,8 +78,11 @@ class Task(abc.ABC):
         return [by_name[n] for n in self.function_names]
 
     @abc.abstractmethod
-    def functions(self) -> "FunctionSet":
-        """A fresh function set for one chain (FOL functions keep a knowledge base per chain)."""
+    def functions(self, problem: Problem | None = None) -> "FunctionSet":
+        """A fresh function set for one chain (FOL functions keep a knowledge base per chain).
+
+        `problem` is the chain's problem where the functions depend on it (`echo_next`); without it
+        they behave as for any problem."""
 
     @abc.abstractmethod
     def generate(self, n: int, seed: int = 0, **difficulty: Any) -> list[Problem]:

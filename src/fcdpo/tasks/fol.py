@@ -142,7 +142,29 @@ def rule_formula(premise: str, conclusion: str, negated: bool = False) -> str:
 # The functions the model calls
 
 
-def _make_functions(kb: KnowledgeBase) -> list[Callable[..., str]]:
+def statements_of(question: str) -> list[str]:
+    """A question's statements in the order it states them, its question line last: the sentences of
+    every line but the last (a sentence ends at a full stop followed by space, or at a line's end)."""
+    lines = [line.strip() for line in question.strip().splitlines() if line.strip()]
+    if not lines:
+        return []
+    *body, ask = lines
+    sentences = [s for line in body for s in re.split(r"(?<=\.)\s+", line) if s]
+    return [*sentences, ask]
+
+
+def _make_functions(kb: KnowledgeBase, statements: list[str] | None = None) -> list[Callable[..., str]]:
+    recorded = 0
+
+    def ok() -> str:
+        # With `statements` (echo_next), a record's result hands out the statement after the last one
+        # recorded: the n-th successful record answers with statement n + 1, the question line last.
+        nonlocal recorded
+        recorded += 1
+        if not statements:
+            return "ok"
+        return f"ok. Next: {statements[min(recorded, len(statements) - 1)]}"
+
     def add_fact(entity: str, concept: str, negated: bool = False) -> str:
         """Record that an entity is (or, with negated=True, is not) an instance of a concept.
 
@@ -157,7 +179,7 @@ def _make_functions(kb: KnowledgeBase) -> list[Callable[..., str]]:
             "ok".
         """
         kb.add(fact_formula(entity, concept, negated))
-        return "ok"
+        return ok()
 
     def add_rule(premise: str, conclusion: str, negated: bool = False) -> str:
         """Record that everything that is the premise concept is also the conclusion concept
@@ -174,7 +196,7 @@ def _make_functions(kb: KnowledgeBase) -> list[Callable[..., str]]:
             "ok".
         """
         kb.add(rule_formula(premise, conclusion, negated))
-        return "ok"
+        return ok()
 
     def query(entity: str, concept: str, negated: bool = False) -> str:
         """Ask whether the recorded facts and rules prove that an entity is (or, with
@@ -204,7 +226,7 @@ def _make_functions(kb: KnowledgeBase) -> list[Callable[..., str]]:
             "ok".
         """
         kb.add(formula)
-        return "ok"
+        return ok()
 
     def prove(conclusion: str) -> str:
         """Ask whether the premises prove a first-order formula.
@@ -575,13 +597,18 @@ class FolTask(Task):
     def __init__(self, prover_timeout_ms: int = PROVER_TIMEOUT_MS) -> None:
         self.prover_timeout_ms = prover_timeout_ms
 
-    def functions(self) -> "FunctionSet":
-        """A fresh function set over an empty knowledge base (one per chain)."""
+    def functions(self, problem: Problem | None = None) -> "FunctionSet":
+        """A fresh function set over an empty knowledge base (one per chain).
+
+        With `echo_next` and a `problem`, each successful add_fact / add_rule / add_premise answers
+        "ok. Next: <statement>" with the question's next statement (`statements_of`), the question
+        line once every statement is recorded; otherwise it answers "ok"."""
         from fcdpo.functions import FunctionSet  # imported here: describing a problem needs no engine
 
         kb = KnowledgeBase(timeout_ms=self.prover_timeout_ms)
         limit = max(CALL_TIME_LIMIT_S, 2 * self.prover_timeout_ms / 1000)
-        return FunctionSet(self.offered(list(_make_functions(kb))), time_limit=limit)
+        statements = statements_of(problem.question) if self.echo_next and problem is not None else None
+        return FunctionSet(self.offered(list(_make_functions(kb, statements))), time_limit=limit)
 
     def generate(
         self,

@@ -711,8 +711,8 @@ class MathTask(Task):
         "a number."
     )
 
-    def functions(self) -> FunctionSet:
-        """A fresh set of the arithmetic functions (they keep no state, but the API asks for one)."""
+    def functions(self, problem: Problem | None = None) -> FunctionSet:
+        """A fresh set of the arithmetic functions (they keep no state and do not depend on the problem)."""
         return FunctionSet(self.offered(list(MATH_FUNCTIONS)))
 
     def generate(
