@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("steps", type=int)
     parser.add_argument("--every", type=int, default=300, help="score on the dev problems every this many steps")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pieces", action="store_true", help="names and concepts as learned word pieces, not whole tokens")
     parser.add_argument("--echo-next", action="store_true", help="each record's result hands out the next statement")
     parser.add_argument("--out", default="runs/lab-probe")
     args = parser.parse_args()
@@ -38,7 +39,7 @@ def main() -> None:
     held = {p.question for p in dev}
     train = [p for p in task.generate(6000, seed=1000, **settings) if p.question not in held][:5000]
     chats = [gold_messages(p, task, "python") for p in train]
-    tokenizer = build_tokenizer([m.get("content") or "" for c in chats for m in c], 1024, words=task.vocabulary())
+    tokenizer = build_tokenizer([m.get("content") or "" for c in chats for m in c], 1024, words=() if args.pieces else task.vocabulary())
     model = build_model(tokenizer, hidden_size=256, num_layers=4, num_heads=4)
     rows = _interleave({"fol": chats}, 5000, seed=0, rows=args.steps * 16)  # shuffled, as the lab does
     started, done = time.perf_counter(), 0
@@ -53,7 +54,7 @@ def main() -> None:
         tokenizer.save_pretrained(args.out)
         backend = load_backend({"kind": "hf", "model": args.out, "batch_size": 64})
         chains = Agent(task, backend, AgentConfig(max_steps=8, max_errors=3, max_new_tokens=32, token_budget=256)).run(dev)
-        print(json.dumps({"chain": args.chain, "echo_next": args.echo_next, "step": done, "loss": stats["loss"],
+        print(json.dumps({"chain": args.chain, "echo_next": args.echo_next, "pieces": args.pieces, "step": done, "loss": stats["loss"],
                           "dev_accuracy": sum(c.correct for c in chains) / len(chains),
                           "seconds": round(time.perf_counter() - started)}), flush=True)
 
