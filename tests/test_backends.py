@@ -612,7 +612,7 @@ def test_load_backend_rejects_bad_specs_by_name(spec, message):
 
 def test_a_named_chat_template_replaces_the_models_own(tmp_path):
     from fcdpo.backends import HFBackend
-    from fcdpo.training import CHAT_TEMPLATES
+    from fcdpo.chat_templates import CHAT_TEMPLATES
     from fcdpo.tinylab import build_model, build_tokenizer
 
     tokenizer = build_tokenizer(["Ann has 3 apples.", "add(a=1, b=2)"] * 20, vocab_size=300)

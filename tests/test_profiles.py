@@ -9,10 +9,11 @@ import pytest
 import torch
 from transformers import MistralConfig, MistralForCausalLM
 
+from fcdpo.chat_templates import CHAT_TEMPLATES, named_chat_template
 from fcdpo.config import load_profile
 from fcdpo.preferences import build_pairs, restore_messages, save_preferences, split_by_problem
 from fcdpo.tinylab import build_model, build_tokenizer
-from fcdpo.training import CHAT_TEMPLATES, named_chat_template, assistant_tokens, train_from_profile
+from fcdpo.training import assistant_tokens, train_from_profile
 from tests.test_preferences import scripted_chains
 
 # Enough to run the code path, not to learn anything: the profiles' own model, LoRA and QLoRA settings.

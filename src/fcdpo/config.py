@@ -113,8 +113,8 @@ class TrainingConfig:
     max_length: int = 1024  # tokens of prompt + chain; longer pairs are dropped and counted, never truncated
     warmup: float = 0.1  # learning-rate warmup: a fraction of the steps when < 1, else a number of steps
     gradient_checkpointing: bool | None = None  # None: on for GPUs, off on CPU
-    # None: the student's own chat template; a name in fcdpo.training.CHAT_TEMPLATES or a .jinja file (one
-    # that can render tool turns: Mistral-7B-Instruct-v0.2's own template refuses them).
+    # None: the student's own chat template; a name in fcdpo.chat_templates.CHAT_TEMPLATES or a .jinja file
+    # (one that can render tool turns: Mistral-7B-Instruct-v0.2's own template refuses them).
     chat_template: str | None = None
     logging_steps: int = 5
     eval_steps: int = 0  # evaluate on the validation pairs every this many steps; 0: once, at the end

@@ -75,7 +75,7 @@ class GLPFTConfig:
     load_in_4bit: bool = False  # QLoRA: the base in 4-bit NF4 (needs a CUDA GPU for training)
     gradient_checkpointing: bool = False  # saves GPU memory on long rows; no use on tiny CPU models
     # None: the student's own chat template; else as `training.chat_template` (a name in
-    # fcdpo.training.CHAT_TEMPLATES or a .jinja file). It must render consecutive assistant turns.
+    # fcdpo.chat_templates.CHAT_TEMPLATES or a .jinja file). It must render consecutive assistant turns.
     chat_template: str | None = None
 
     def __post_init__(self) -> None:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fcdpo.chat_templates import QWEN3_TOOLS_TEMPLATE, ChatTemplateError, check_chat_template
+from fcdpo.chat_templates import ChatTemplateError, check_chat_template, named_chat_template
 from fcdpo.config import TrainingConfig
 from fcdpo.preferences import restore_messages, restore_tools
 from fcdpo.progress import headless, trainer_callback
@@ -51,43 +51,6 @@ if TYPE_CHECKING:
 # (`fcdpo.preferences.PREFERENCE_FOLDERS`).
 METHODS = ("dpo", "sft", "step_dpo", "onpolicy_dpo", "grpo")
 DPO_METHODS = ("dpo", "step_dpo", "onpolicy_dpo")
-
-# Mistral-7B-Instruct-v0.2's format ([INST] … [/INST] answer</s>) extended to tool turns, which its own
-# template refuses: a tool result is shown as an instruction turn `Result: <content>`, and each
-# assistant turn (with its leading space and </s>) is marked for assistant-only masks.
-MISTRAL_TOOLS_TEMPLATE = (
-    "{%- if messages[0].role == 'system' %}{%- set system = messages[0].content %}"
-    "{%- set loop_messages = messages[1:] %}"
-    "{%- else %}{%- set system = '' %}{%- set loop_messages = messages %}{%- endif %}"
-    "{%- if tools %}{%- set ns = namespace(text=system + '\\n\\nTools:\\n<tools>') %}"
-    "{%- for tool in tools %}{%- set ns.text = ns.text + '\\n' + (tool | tojson) %}{%- endfor %}"
-    "{%- set system = ns.text + '\\n</tools>\\nCall a tool as <tool_call>\\n"
-    "{\"name\": <name>, \"arguments\": <arguments>}\\n</tool_call>' %}{%- endif %}"
-    "{{- bos_token }}"
-    "{%- for message in loop_messages %}"
-    "{%- if message.role == 'assistant' %}"
-    "{%- generation %}"
-    "{{- ' ' }}{%- if message.content %}{{- message.content }}{%- endif %}"
-    "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}"
-    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{{- '<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
-    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
-    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
-    "{{- '}\\n</tool_call>' }}"
-    "{%- endfor %}{%- endif %}"
-    "{{- eos_token }}"
-    "{%- endgeneration %}"
-    "{%- else %}"
-    "{%- set text = message.content if message.role != 'tool' else 'Result: ' + message.content %}"
-    "{%- if loop.first and system %}{%- set text = system + '\\n\\n' + text %}{%- endif %}"
-    "{{- ' [INST] ' + text + ' [/INST]' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-)
-# Replacements for templates that cannot be trained with as they are (see fcdpo.chat_templates).
-CHAT_TEMPLATES = {"mistral-tools": MISTRAL_TOOLS_TEMPLATE, "qwen3-tools": QWEN3_TOOLS_TEMPLATE}
-
 
 class TrainingError(ValueError):
     """Data, settings or a model that training cannot use; the message says what and where."""
@@ -380,9 +343,9 @@ def load_tokenizer(model: str | Path, settings: TrainingConfig) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(str(model))
     except (OSError, ValueError) as exc:
         raise TrainingError(f"cannot load the tokenizer of {str(model)!r}: {exc}") from exc
-    if settings.chat_template:
-        tokenizer.chat_template = named_chat_template(settings.chat_template)
     try:  # a template that refuses tool turns or rewrites earlier turns fails here, naming its replacement
+        if settings.chat_template:
+            tokenizer.chat_template = named_chat_template(settings.chat_template)
         check_chat_template(tokenizer, str(model), "training.chat_template")
     except ChatTemplateError as exc:
         raise TrainingError(str(exc)) from exc
@@ -401,17 +364,6 @@ def pair_lengths(dataset: "Dataset", tokenizer: "PreTrainedTokenizerBase") -> li
         rows.append({"task": row["task"], "prompt": prompt, "chosen": chosen, "rejected": rejected,
                      "longest": prompt + max(chosen, rejected)})
     return rows
-
-
-def named_chat_template(name_or_path: str) -> str:
-    """A chat template by name (`CHAT_TEMPLATES`) or from a `.jinja` file."""
-    if name_or_path in CHAT_TEMPLATES:
-        return CHAT_TEMPLATES[name_or_path]
-    path = Path(name_or_path)
-    if path.suffix == ".jinja" and path.is_file():
-        return path.read_text()
-    raise TrainingError(f"training.chat_template {name_or_path!r} is neither a name in {sorted(CHAT_TEMPLATES)} "
-                        "nor an existing .jinja file")
 
 
 def _gradient_checkpointing(settings: TrainingConfig) -> bool:
