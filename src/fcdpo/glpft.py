@@ -300,17 +300,14 @@ def train_glpft(
     import torch
     from peft import PeftModel, get_peft_model
 
-    from fcdpo.loading import lora_config
-
-    from fcdpo.config import TrainingConfig
-    from fcdpo.training import load_tokenizer
+    from fcdpo.loading import load_tokenizer, lora_config
 
     config = config or GLPFTConfig()
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     model_ref = str(model)
     # The single agent's training loads it the same way: the configured template, a pad token.
-    tokenizer = load_tokenizer(model_ref, TrainingConfig(chat_template=config.chat_template))
+    tokenizer = load_tokenizer(model_ref, config.chat_template, "multi_agent.glpft.chat_template")
     base = _load_base(model_ref, config)
     expected = lora_parameter_count(base, config.lora_r, config.target_modules)
     report: dict[str, Any] = {"base": model_ref, "config": asdict(config), "data": dict(data.counts), "stages": {}}

@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fcdpo.chat_templates import ChatTemplateError, check_chat_template, named_chat_template
+from fcdpo import loading
+from fcdpo.chat_templates import ChatTemplateError
 from fcdpo.config import TrainingConfig
 from fcdpo.preferences import restore_messages, restore_tools
 from fcdpo.progress import headless, trainer_callback
@@ -336,22 +337,15 @@ def _load_base(model: str | Path, settings: TrainingConfig) -> Any:
 
 
 def load_tokenizer(model: str | Path, settings: TrainingConfig) -> Any:
-    """The student's tokenizer as training uses it: `settings.chat_template` applied, a pad token set."""
-    from transformers import AutoTokenizer
-
+    """The student's tokenizer as training uses it: `settings.chat_template` applied, a pad token set
+    (`fcdpo.loading.load_tokenizer`); a template that refuses tool turns or rewrites earlier turns is a
+    TrainingError naming its replacement."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model))
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"cannot load the tokenizer of {str(model)!r}: {exc}") from exc
-    try:  # a template that refuses tool turns or rewrites earlier turns fails here, naming its replacement
-        if settings.chat_template:
-            tokenizer.chat_template = named_chat_template(settings.chat_template)
-        check_chat_template(tokenizer, str(model), "training.chat_template")
+        return loading.load_tokenizer(model, settings.chat_template, "training.chat_template")
     except ChatTemplateError as exc:
         raise TrainingError(str(exc)) from exc
-    if tokenizer.pad_token is None:  # Mistral has none; padding sits under a zero attention mask
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"cannot load the tokenizer of {str(model)!r}: {exc}") from exc
 
 
 def pair_lengths(dataset: "Dataset", tokenizer: "PreTrainedTokenizerBase") -> list[dict[str, Any]]:
