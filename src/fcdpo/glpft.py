@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from fcdpo.preferences import arrow_safe
+from fcdpo.messages import arrow_safe
 from fcdpo.multi_agent import ROLES, MultiAgent, MultiAgentConfig, RoleBackends, load_adapter_role_backends, \
     role_chain, role_samples
 

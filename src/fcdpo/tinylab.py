@@ -30,7 +30,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from fcdpo.preferences import arrow_safe
+from fcdpo.messages import arrow_safe
 from fcdpo.progress import trainer_callback
 
 if TYPE_CHECKING:

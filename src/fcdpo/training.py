@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from fcdpo import loading
 from fcdpo.chat_templates import ChatTemplateError
 from fcdpo.config import TrainingConfig
-from fcdpo.preferences import restore_messages, restore_tools
+from fcdpo.messages import restore_messages, restore_tools
 from fcdpo.progress import headless, trainer_callback
 
 if TYPE_CHECKING:
