@@ -739,7 +739,7 @@ def benchmark_problems(
     placeholder that `evaluate` counts as not solved (see `fcdpo.tasks.sources.held_out`), and what
     was read is printed, with the rows that could not be.
     """
-    from fcdpo.config import CONFIG_DIR
+    from fcdpo.settings import CONFIG_DIR
     from fcdpo.tasks.sources import held_out, load_split
 
     base = Path(root) if root is not None else CONFIG_DIR.parent

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from fcdpo.agent import Agent, Trajectory, prompt_messages
-from fcdpo.config import TrainingConfig
+from fcdpo.settings import TrainingConfig
 from fcdpo.training import TrainingError, TrainingResult, assistant_tokens
 
 if TYPE_CHECKING:

@@ -36,21 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 from fcdpo import loading
 from fcdpo.chat_templates import ChatTemplateError
-from fcdpo.config import TrainingConfig
 from fcdpo.messages import restore_messages, restore_tools
 from fcdpo.progress import headless, trainer_callback
+from fcdpo.settings import METHODS, TrainingConfig
 
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset, DatasetDict
     from transformers import PreTrainedTokenizerBase
 
-# Every training arm: the paper's DPO on the teacher's pairs and its SFT baseline, then DPO on step-level
-# pairs of the same teacher chains (Step-DPO), DPO on the student's own chains (on-policy), and GRPO on
-# the student's own chains rewarded by the answer check (`fcdpo.grpo`, no pairs). Every DPO arm trains
-# the same way (`AssistantOnlyDPOTrainer`) on the pairs of its own folder
-# (`fcdpo.preferences.PREFERENCE_FOLDERS`).
-METHODS = ("dpo", "sft", "step_dpo", "onpolicy_dpo", "grpo")
 DPO_METHODS = ("dpo", "step_dpo", "onpolicy_dpo")
 
 class TrainingError(ValueError):

@@ -116,7 +116,7 @@ def _repository_path(path: str | None):
         return None
     from pathlib import Path
 
-    from fcdpo.config import CONFIG_DIR
+    from fcdpo.settings import CONFIG_DIR
 
     return Path(path) if Path(path).is_absolute() else CONFIG_DIR.parent / path
 
