@@ -10,11 +10,11 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fcdpo.config import TrainingConfig
+from fcdpo.finetuning import _assistant_tokens_by_spans
 from fcdpo.preferences import build_pairs, load_preferences, restore_messages, save_preferences, split_by_problem
 from fcdpo.tinylab import IM_END, build_model, build_tokenizer
 from fcdpo.training import (
     TrainingError,
-    _assistant_tokens_by_spans,
     _dpo_trainer_class,
     assistant_tokens,
     chosen_conversations,

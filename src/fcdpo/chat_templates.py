@@ -1,6 +1,6 @@
 """Chat templates that fcdpo can train with, and a check that names the fix for one it cannot.
 
-Training needs two things of a student's chat template (`fcdpo.training.assistant_tokens`):
+Training needs two things of a student's chat template (`fcdpo.finetuning.assistant_tokens`):
 
 - it renders every turn fcdpo writes: system, user, assistant (text or native `tool_calls`) and
   `tool` results, with `tools`;

@@ -76,6 +76,14 @@ class Profile:
         return path if path.is_absolute() else CONFIG_DIR.parent / path
 
 
+TINY_LAB_STUDENT = {"kind": "hf", "model": "lab/student"}  # what the tiny lab builds in the run folder
+
+
+def student_spec(profile: Profile) -> dict[str, Any]:
+    """The profile's student backend spec; an empty one means the tiny lab's student in the run folder."""
+    return dict(profile.student or TINY_LAB_STUDENT)
+
+
 _PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")  # names a file in configs/ and a folder in runs/
 
 

@@ -599,7 +599,7 @@ def student_rollouts(profile: Any, backend: Any = None, progress: bool = False,
     run = profile.run_path
     if backend is None:
         from fcdpo.backends import load_backend
-        from fcdpo.training import student_spec
+        from fcdpo.config import student_spec
 
         backend = load_backend(student_spec(profile), root=run)
     settings = profile.rollouts
