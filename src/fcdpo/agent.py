@@ -1,5 +1,7 @@
 """The single-model agent: the paper's step-by-step chain of function calls.
 
+Layer: agents; imports the functions, tasks, backends, settings and safe_text.
+
 Given a problem and its task's functions, the agent builds the prompt (a system prompt with the
 function descriptions and example calls injected, optional few-shot chains), then loops:
 

@@ -1,5 +1,7 @@
 """Backends: one interface that completes many chats at once, with a local model or over HTTP.
 
+Layer: models; imports only the bottom layer (chat_templates, loading, prefix_attention, safe_text).
+
     backend = load_backend({"kind": "hf", "model": "runs/tiny-cpu/student", "adapter": "runs/tiny-cpu/dpo"})
     backend = load_backend({"kind": "openai", "model": "Qwen/Qwen2.5-7B-Instruct",
                             "base_url": "http://127.0.0.1:8000/v1"})

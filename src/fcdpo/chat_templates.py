@@ -1,5 +1,7 @@
 """Chat templates that fcdpo can train with, and a check that names the fix for one it cannot.
 
+Layer: settings and formats; imports nothing of fcdpo.
+
 Training needs two things of a student's chat template (`fcdpo.finetuning.assistant_tokens`):
 
 - it renders every turn fcdpo writes: system, user, assistant (text or native `tool_calls`) and

@@ -1,6 +1,7 @@
 """Profiles: the choices of a run, loaded from `configs/<profile>.yaml` and checked against the library.
 
-Layer 4 (the profile): imports the settings (layer 1), the tasks (layer 2) and the backends (layer 3).
+Layer: the profile; imports `fcdpo.settings`, `fcdpo.tasks` and `fcdpo.backends`.
+
 Knowledge lives in the library, choices live in YAML. The sections are the dataclasses of
 `fcdpo.settings`, which checks every key and value type; a profile is further checked against the
 library: its tasks and their difficulty keys, its training methods, its lab section and its backend

@@ -1,5 +1,7 @@
 """Evaluation: every model of a run, the same agent, held-out problems, metrics with intervals.
 
+Layer: stages; imports rollouts and training, the agent, the profile, settings, backends and tasks.
+
     result = evaluate({"teacher": {"kind": "hf", "model": "lab/teacher"}, "dpo": student_backend},
                       {"math": math_task}, {"math": held_out}, profile.agent, profile.run_path)
     result.summary          # one row per (model, dataset), one column per metric

@@ -1,7 +1,6 @@
 """Fine-tuning the student: what every training arm shares (DPO and SFT in `fcdpo.training`, GRPO in `fcdpo.grpo`).
 
-Layer: stages. Imports the settings and formats (settings, loading, chat_templates, progress) and the
-profile (`fcdpo.config`), nothing of the other stages.
+Layer: stages; imports the profile and the bottom layer, no other stage.
 
 - The student loaded for training (`load_student`: the base, 4-bit NF4 and ready for k-bit training
   when asked, and its tokenizer with the configured chat template) and where it is (`student_reference`).

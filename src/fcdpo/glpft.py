@@ -1,5 +1,7 @@
 """GLPFT: alpha-UMi's two-stage fine-tuning of the planner, caller and summarizer (TRL SFT + PEFT LoRA).
 
+Layer: stages; imports the multi-agent and the agent, rollouts, tasks, loading, messages and settings.
+
     report = run_glpft(profile)                       # teacher rollouts → <run>/training/glpft/*
     team = glpft_role_backends(profile)               # the student, loaded once, with the three adapters
     agent = MultiAgent(profile.task("math"), team, profile.multi_agent.agent)

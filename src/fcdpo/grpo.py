@@ -1,5 +1,7 @@
 """GRPO with the task's functions: the student learns from its own chains, rewarded by the task's answer check.
 
+Layer: stages; imports finetuning, the agent, backends, tasks and settings.
+
     result = train_grpo(profile)            # runs/<profile>/training/grpo/{adapter,curves.csv,report.json}
     result = train_from_profile(cfg, "grpo")  # the same, as one of fcdpo.training's methods
 

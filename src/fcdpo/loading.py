@@ -1,5 +1,7 @@
 """One place that decides how models are loaded for every stage: compute dtype, 4-bit quantisation,
-device map, LoRA and the tokenizer. Imports only `fcdpo.chat_templates` of fcdpo.
+device map, LoRA and the tokenizer.
+
+Layer: settings and formats; imports only `fcdpo.chat_templates`.
 
     dtype = compute_dtype()                    # bf16 on GPUs with native bf16, fp16 on others (a T4), fp32 on CPU
     kwargs = model_kwargs(load_in_4bit=True)   # for AutoModelForCausalLM.from_pretrained

@@ -1,11 +1,13 @@
 """Chat messages as datasets store them: Arrow-safe rows, and the agent's messages back from them.
 
-Imports nothing of fcdpo. A chain's messages are standard chat messages (`role`, `content`, optional
-`name` and `tool_calls`). Arrow stores a list of dicts as one struct type shared by every row, so
-tool-call `arguments` would gain the keys of every other function's arguments (as nulls). They are
-therefore stored as JSON strings, and messages lose the keys they do not have (`arrow_safe`);
-`restore_messages` gives back the agent's messages exactly (arguments as dicts), which is what a chat
-template expects. Preference pairs, GLPFT rows and the tiny lab's training rows are all stored so.
+Layer: settings and formats; imports nothing of fcdpo.
+
+A chain's messages are standard chat messages (`role`, `content`, optional `name` and `tool_calls`).
+Arrow stores a list of dicts as one struct type shared by every row, so tool-call `arguments` would gain
+the keys of every other function's arguments (as nulls). They are therefore stored as JSON strings, and
+messages lose the keys they do not have (`arrow_safe`); `restore_messages` gives back the agent's
+messages exactly (arguments as dicts), which is what a chat template expects. Preference pairs, GLPFT
+rows and the tiny lab's training rows are all stored so.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The multi-LLM agent of alpha-UMi (Shen et al. 2024, arXiv 2401.07324): planner, caller, summarizer.
 
+Layer: agents; imports `fcdpo.agent` and the functions, tasks, backends and settings.
+
 One chain is a conversation between three role models:
 
     planner    → a short thought ending in a decision: `Next: caller`, `Next: conclusion` or `Next: give up`

@@ -1,5 +1,7 @@
 """Preference pairs from teacher chains: a correct chain (chosen) against an incorrect one (rejected).
 
+Layer: stages; imports rollouts, the agent, the profile, backends, tasks and messages.
+
     trajectories = read_trajectories(run / "rollouts" / "teacher-math.jsonl")
     pairs, report = build_pairs(trajectories, syntax="python", pairs_per_prompt=4)
     splits = split_by_problem(pairs, validation=0.1, seed=0)

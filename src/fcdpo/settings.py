@@ -1,9 +1,11 @@
 """The settings of a run: one dataclass per section of a profile, and `build`, which makes them from YAML data.
 
-Layer 1 (settings and formats): imports nothing of fcdpo. Every stage takes its section from here;
-`fcdpo.config` reads a profile file into them and checks it against the tasks and backends.
-Every key is checked by `build`: an unknown or misspelled key, or a value of the wrong type, is an
-error that names the section and the valid keys, so a typo never silently falls back to a default.
+Layer: settings and formats; imports nothing of fcdpo.
+
+Every stage takes its section from here; `fcdpo.config` reads a profile file into them and checks it
+against the tasks and backends. Every key is checked by `build`: an unknown or misspelled key, or a
+value of the wrong type, is an error that names the section and the valid keys, so a typo never silently
+falls back to a default.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The tiny lab: a tokenizer and small Qwen2-architecture models trained from scratch on the tasks.
 
+Layer: stages; imports the agent, the profile, backends, tasks and the bottom layer.
+
 The offline `tiny-cpu` profile cannot download weights, so it builds its own teacher and student
 from a seed: a byte-level BPE tokenizer trained on the task corpus (one token per digit), a
 Qwen2-style chat template that the rest of the pipeline uses like any hub model's, and

@@ -1,5 +1,7 @@
 """Training the student on preference pairs: DPO with a LoRA adapter (QLoRA on GPUs), and an SFT baseline.
 
+Layer: stages; imports preferences, finetuning and grpo, and the layers below.
+
     result = train_from_profile(cfg, "dpo")   # runs/<profile>/training/dpo/{adapter,curves.csv,report.json}
     result = train_from_profile(cfg, "sft")   # the baseline: SFT on the same pairs' chosen chains
     merge_and_export(base, result.adapter_dir, "merged/")

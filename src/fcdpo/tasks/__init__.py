@@ -1,4 +1,7 @@
-"""The reasoning tasks: math word problems and first-order logic."""
+"""The reasoning tasks: math word problems and first-order logic.
+
+Layer: functions and tasks; imports the task modules and `fcdpo.settings`.
+"""
 
 from fcdpo.tasks.base import Problem, Task, load_problems, save_problems
 

@@ -1,5 +1,7 @@
 """First-order logic: ProntoQA-style generated problems and FOLIO, solved with a z3 prover.
 
+Layer: functions and tasks; imports `fcdpo.logic`, `fcdpo.functions` and the task modules base and records.
+
 The model records what a problem states, then asks the prover. Small models copy short arguments
 far better than long formulas, so beside raw formulas (`add_premise`, `prove`, FOLIO notation) it
 gets structured helpers for the sentences generated problems use:

@@ -1,5 +1,7 @@
 """GSM8K-style math word problems: arithmetic functions, a seeded generator, GSM8K loading.
 
+Layer: functions and tasks; imports `fcdpo.functions` and the task modules base, calculator and records.
+
 The model solves a problem by calling exact arithmetic functions (`add`, `subtract`, `multiply`,
 `divide`, `remainder`, `percent_of`, `round_to`, `calculate`) one step at a time, then writes
 `Final answer: <number>`. All arithmetic is exact on sympy rationals: float arguments are read

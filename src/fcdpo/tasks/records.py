@@ -1,8 +1,9 @@
 """Benchmark files read safely: rows of jsonl and json files, bounded in size, every unreadable row counted.
 
-Layer: functions and tasks. Imports only `fcdpo.tasks.base`. The readers of each format (GSM8K in
-`fcdpo.tasks.math`, FOLIO in `fcdpo.tasks.fol`, Logic-LM's json in `fcdpo.tasks.sources`) turn rows
-into problems with `collect`.
+Layer: functions and tasks; imports only `fcdpo.tasks.base`.
+
+The readers of each format (GSM8K in `fcdpo.tasks.math`, FOLIO in `fcdpo.tasks.fol`, Logic-LM's
+json in `fcdpo.tasks.sources`) turn rows into problems with `collect`.
 
 Every reader returns a `Loaded`: the problems, and for every row of the file that did not become a
 problem, its line and why (a row that is not a record of the format, or whose gold answer cannot be

@@ -1,7 +1,6 @@
 """Where a task's problems come from: the seeded generator, or a real benchmark's train and test splits.
 
-Layer: functions and tasks. Imports the tasks' record readers (`fcdpo.tasks.math`, `fcdpo.tasks.fol`,
-`fcdpo.tasks.prontoqa`) and `fcdpo.tasks.records`; no task module imports this one.
+Layer: functions and tasks; imports the task modules (their readers and records); none imports it.
 
 A profile's task section picks the source (`fcdpo.config.TaskConfig.source`):
 
