@@ -67,6 +67,7 @@ def _check_qlora_run(result):
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_the_colab_code_path_runs_on_a_tiny_qwen2_in_4bit(run_template, tmp_path):
     _, tokenizer = run_template
     qwen = build_model(tokenizer, hidden_size=64, num_layers=1, num_heads=2)  # 4-bit on CPU needs 64-wide inputs
@@ -76,6 +77,7 @@ def test_the_colab_code_path_runs_on_a_tiny_qwen2_in_4bit(run_template, tmp_path
     assert result.report["settings"]["target_modules"] == profile.training.target_modules
 
 
+@pytest.mark.slow
 def test_the_a100_code_path_runs_on_a_tiny_mistral_in_4bit_with_its_tool_template(run_template, tmp_path):
     _, tokenizer = run_template
     config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=1,
