@@ -2,7 +2,7 @@
 
 Layer: functions and tasks; imports the task modules (their readers and records); none imports it.
 
-A profile's task section picks the source (`fcdpo.config.TaskConfig.source`):
+A profile's task section picks the source (`fcdpo.settings.TaskConfig.source`):
 
     generated    the task's own seeded generator (the default; `tiny-cpu` uses it)
     gsm8k        GSM8K: hub `openai/gsm8k` (config "main", splits train / test) or the official jsonl files
