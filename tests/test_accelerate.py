@@ -32,6 +32,7 @@ def test_every_accelerate_config_is_read_by_accelerate(name):
         assert config.fsdp_config["fsdp_use_orig_params"] is False  # PEFT: frozen and trainable weights apart
 
 
+@pytest.mark.slow
 def test_ddp_launch_trains_dpo_in_two_processes_on_cpu(tmp_path):
     """The shipped DDP config with `accelerate launch` (torchrun underneath; gloo on CPU): two processes
     each train on half of every batch and one adapter is saved."""

@@ -415,17 +415,20 @@ def test_a_refused_connection_is_retried_then_reported():
     assert backend.slept == backend.retry_delays
 
 
+@pytest.mark.slow
 def test_a_server_that_reads_the_request_and_stays_silent_times_out(serve):
     server = serve(silence)
     assert_retried_then_failed(server, backend_for(server.url), f"no answer within {TIMEOUT_S} s (3×)")
 
 
+@pytest.mark.slow
 def test_an_answer_dripped_a_byte_at_a_time_is_cut_off_at_the_deadline(serve):
     answer = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(GOOD), GOOD)
     server = serve(drip(answer))  # headers and body alike arrive slowly
     assert_retried_then_failed(server, backend_for(server.url), f"no answer within {TIMEOUT_S} s (3×)")
 
 
+@pytest.mark.slow
 def test_a_body_dripped_after_prompt_headers_is_cut_off_at_the_deadline(serve):
     def behave(handler, index):
         handler.send_response(200)
@@ -457,6 +460,7 @@ def test_the_proxy_the_environment_names_is_used(serve, monkeypatch):
     assert proxy.paths == ["http://model-server.invalid/v1/chat/completions"]
 
 
+@pytest.mark.slow
 def test_a_proxy_that_drips_the_answer_is_cut_off_at_the_deadline(serve, monkeypatch):
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -466,6 +470,7 @@ def test_a_proxy_that_drips_the_answer_is_cut_off_at_the_deadline(serve, monkeyp
     assert_retried_then_failed(proxy, backend_for("http://model-server.invalid/v1"), f"no answer within {TIMEOUT_S} s (3×)")
 
 
+@pytest.mark.slow
 def test_a_listener_that_never_accepts_times_out():
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

@@ -149,6 +149,7 @@ SHARED_CHATS = [chat(question, system=LONG_SYSTEM) for question in (
     "Ann has 2 apples and gets 3 more.", "Bob has 7 pears. He gives away 4 of them to Cid.", "Every cat is a wumpus.")]
 
 
+@pytest.mark.slow
 def test_a_shared_system_prompt_runs_once_and_changes_no_completion(random_dir, random_backend):
     prompts = [random_backend.encode(c) for c in SHARED_CHATS]
     shared = random_backend._shared_prefix_length(prompts)
@@ -163,6 +164,7 @@ def test_a_shared_system_prompt_runs_once_and_changes_no_completion(random_dir, 
     assert len({c.text for c in unshared}) == len(SHARED_CHATS)
 
 
+@pytest.mark.slow
 def test_a_next_turn_starts_from_the_kept_cache_and_changes_no_completion(random_dir):
     """Three agent-like turns: each prompt is the last one plus the completion and a tool result."""
     reusing, fresh = HFBackend(random_dir), HFBackend(random_dir, reuse_turns=False, share_prefix=False)
@@ -612,7 +614,7 @@ def test_load_backend_rejects_bad_specs_by_name(spec, message):
 
 def test_a_named_chat_template_replaces_the_models_own(tmp_path):
     from fcdpo.backends import HFBackend
-    from fcdpo.training import CHAT_TEMPLATES
+    from fcdpo.chat_templates import CHAT_TEMPLATES
     from fcdpo.tinylab import build_model, build_tokenizer
 
     tokenizer = build_tokenizer(["Ann has 3 apples.", "add(a=1, b=2)"] * 20, vocab_size=300)

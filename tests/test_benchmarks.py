@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.test_backends import build_random_model
+
+pytestmark = pytest.mark.slow  # runs the benchmark scripts in subprocesses
 
 ROOT = Path(__file__).resolve().parents[1]
 

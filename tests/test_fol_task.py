@@ -31,6 +31,7 @@ def problems():
     return {seed: TASK.generate(PER_SETTING, seed=seed, **kwargs) for seed, kwargs in SETTINGS}
 
 
+@pytest.mark.slow
 def test_every_gold_chain_runs_cleanly_and_ends_in_the_label(problems):
     failures = []
     for batch in problems.values():

@@ -21,6 +21,7 @@ from fcdpo.functions import (
     parse_python_call,
 )
 
+# Each test under FUZZ tries hundreds of generated inputs: they are marked slow (left out of -m 'not slow').
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 calls_made: list[dict] = []
@@ -86,18 +87,21 @@ def parses_or_refuses(parse, text) -> Call | None:
     return call
 
 
+@pytest.mark.slow
 @FUZZ
 @given(any_text)
 def test_python_parser_raises_only_parse_errors(text):
     parses_or_refuses(parse_python_call, text)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(any_text)
 def test_json_parser_raises_only_parse_errors(text):
     parses_or_refuses(parse_json_call, text)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(any_text, st.sampled_from(["auto", "python", "json"]))
 def test_function_set_parse_raises_only_parse_errors_and_execute_never_raises(text, syntax):
@@ -115,6 +119,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(json_values)
 def test_arbitrary_json_values_as_tool_calls_raise_only_parse_errors(value):
@@ -127,6 +132,7 @@ def test_arbitrary_json_values_as_tool_calls_raise_only_parse_errors(value):
     parses_or_refuses(parse_json_call, json.dumps({"name": "add", "arguments": value}))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.dictionaries(st.text(max_size=5), json_values, max_size=4), st.text(max_size=8))
 def test_execute_never_raises_for_any_arguments(arguments, name):
@@ -157,18 +163,21 @@ identifiers = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True).filte
 calls = st.builds(Call, identifiers, st.dictionaries(identifiers, literals, max_size=4))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(calls)
 def test_python_rendering_parses_back_to_the_same_call(call):
     assert parse_python_call(call.to_python()) == call
 
 
+@pytest.mark.slow
 @FUZZ
 @given(calls, st.sampled_from(["{}", "<tool_call>\n{}\n</tool_call>", "Calling it.\n<tool_call>{}"]))
 def test_json_rendering_parses_back_to_the_same_call(call, template):
     assert parse_call(template.format(json.dumps(call.to_dict()))) == call
 
 
+@pytest.mark.slow
 @FUZZ
 @given(calls, st.sampled_from(["{}", "Action: {}", "Thought: ok.\n```python\n{}\n```", "I call `{}` now."]))
 def test_python_call_survives_common_wrappings(call, template):

@@ -200,6 +200,7 @@ def adapter_weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
+@pytest.mark.slow
 def test_glpft_trains_a_backbone_then_three_role_adapters_that_start_from_it(base_dir, tmp_path):
     out = tmp_path / "glpft"
     at_start: dict[str, dict[str, torch.Tensor]] = {}

@@ -34,6 +34,7 @@ def test_the_answer_reward_is_the_tasks_own_check_not_string_equality():
     assert formats == [0.1, 0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_a_chains_tokens_mask_exactly_the_models_own_turns(lab):  # noqa: F811
     tokenizer = lab["tokenizer"]
     for chain in scripted_chains("math", n=3)[:6]:
@@ -67,6 +68,7 @@ def _grpo_inputs(tokenizer, chains, advantages):
     }
 
 
+@pytest.mark.slow
 def test_tool_results_carry_no_weight_in_the_grpo_loss(lab, tmp_path):  # noqa: F811
     """A context-free model (attention output zeroed, no adapter on o_proj): the logits at a tool token
     depend on that token. Replacing every tool result must leave the GRPO loss and its gradients as
@@ -112,6 +114,7 @@ def test_tool_results_carry_no_weight_in_the_grpo_loss(lab, tmp_path):  # noqa: 
     assert (unmasked - unmasked_swapped).abs().max() > 1e-4
 
 
+@pytest.mark.slow
 def test_one_grpo_step_runs_the_agent_and_rewards_its_chains_by_the_answer_check(lab, tmp_path):  # noqa: F811
     tokenizer = lab["tokenizer"]
     model = AutoModelForCausalLM.from_pretrained(lab["student"])
@@ -141,6 +144,7 @@ def test_one_grpo_step_runs_the_agent_and_rewards_its_chains_by_the_answer_check
     assert logged["rewards/answer_correct/mean"] == pytest.approx(sum(checks) / len(checks))
 
 
+@pytest.mark.slow
 def test_grpo_is_a_training_method_whose_adapter_the_evaluation_finds(lab, tmp_path):  # noqa: F811
     from fcdpo.config import load_profile
     from fcdpo.evaluation import run_models

@@ -68,6 +68,7 @@ def test_the_gpu_smoke_profile_is_small_and_uses_a_hub_instruct_model():
     assert profile.training.max_steps <= 5 and profile.multi_agent.glpft.backbone_steps <= 5
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"the real tokenizer fixtures are absent ({FIXTURES})")
 def test_the_gpu_smoke_stages_run_on_cpu_with_the_real_tokenizer_and_tiny_weights(tmp_path):
     """Problems, rollouts with the profile's agent, pairs, and QLoRA DPO steps: the smoke run's path."""

@@ -490,6 +490,7 @@ def adapters(tmp_path_factory):
     return folder / "base", paths
 
 
+@pytest.mark.slow
 def test_one_base_with_three_adapters_gives_each_role_its_own_model(adapters):
     base, paths = adapters
     backends = load_adapter_role_backends(base, paths, device="cpu")
@@ -504,6 +505,7 @@ def test_one_base_with_three_adapters_gives_each_role_its_own_model(adapters):
     assert len(shared) == 1 and backends.name == f"{base}+{base.parent}"
 
 
+@pytest.mark.slow
 def test_the_role_adapters_drive_the_agent_from_one_loaded_base(adapters):
     base, paths = adapters
     agent = MultiAgent(MATH, load_adapter_role_backends(base, paths, device="cpu"),
@@ -534,6 +536,7 @@ def test_a_missing_role_adapter_is_refused(adapters):
         load_adapter_role_backends(base, {"planner": paths["planner"], "caller": paths["caller"]}, device="cpu")
 
 
+@pytest.mark.slow
 def test_the_adapters_switch_the_same_way_on_a_4bit_base(adapters):
     base, paths = adapters
     backends = load_adapter_role_backends(base, paths, device="cpu", load_in_4bit=True)

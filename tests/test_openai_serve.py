@@ -19,6 +19,8 @@ import pytest
 from fcdpo.backends import BackendError, Completion, HFBackend, OpenAIBackend
 from tests.test_backends import CHATS, MULTIPLY_SCHEMA, PAYLOAD, SCRIPT_TEXT, build_scripted_model
 
+pytestmark = pytest.mark.slow  # starts a real server (seconds) before the first test
+
 TRANSFORMERS_CLI = Path(sys.executable).with_name("transformers")
 STARTUP_LIMIT_S = 45
 MULTIPLY_CALL = {"type": "function", "function": {"name": "multiply", "arguments": {"a": 3, "b": 4}}}

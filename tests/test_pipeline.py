@@ -2,12 +2,16 @@
 
 import json
 
+import pytest
+
 from fcdpo.agent import Agent, AgentConfig
 from fcdpo.config import load_profile
 from fcdpo.functions import Call
 from fcdpo.pipeline import reproduce, stages
 from fcdpo.tasks import problem_sets
 from tests.scripted import ScriptedBackend
+
+pytestmark = pytest.mark.slow  # builds a lab, trains every arm and runs five notebooks: minutes
 
 # Small enough for `make test`: a few optimizer steps of a very small teacher and student.
 TINY_MODEL = {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "problems_per_task": 40}

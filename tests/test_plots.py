@@ -158,6 +158,7 @@ def test_the_curves_fcdpo_training_writes_are_found_beside_its_report_and_adapte
     assert read_training_log(tmp_path) == DPO_LOG
 
 
+@pytest.mark.slow
 def test_plot_all_writes_every_figure_with_data_and_notes_the_rest(tmp_path, capsys):
     evaluation = tmp_path / "evaluation"
     write_table(METRICS[METRICS["metric"] != "parameters"], evaluation, "metrics")

@@ -11,9 +11,9 @@ from hypothesis import given, settings, strategies as st
 from fcdpo.agent import Agent, AgentConfig, Trajectory
 from fcdpo.config import load_profile
 from fcdpo.functions import Call
+from fcdpo.messages import MessageError, arrow_safe, restore_messages, restore_tools
 from fcdpo.preferences import (
     PreferenceError,
-    arrow_safe,
     assistant_turns,
     build_pairs,
     build_onpolicy_preference_dataset,
@@ -23,8 +23,6 @@ from fcdpo.preferences import (
     first_divergence,
     load_preferences,
     read_report,
-    restore_messages,
-    restore_tools,
     save_preferences,
     split_by_problem,
 )
@@ -225,7 +223,7 @@ def test_the_tokenized_prompt_is_an_exact_prefix_of_both_completions(syntax):
 
 
 def test_a_message_with_an_unknown_key_is_refused_not_dropped():
-    with pytest.raises(PreferenceError, match="reasoning"):
+    with pytest.raises(MessageError, match="reasoning"):
         arrow_safe([{"role": "assistant", "content": "x", "reasoning": "hidden"}])
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from transformers import MistralConfig, MistralForCausalLM
 
+from fcdpo.chat_templates import CHAT_TEMPLATES, named_chat_template
 from fcdpo.config import load_profile
 from fcdpo.preferences import build_pairs, restore_messages, save_preferences, split_by_problem
 from fcdpo.tinylab import build_model, build_tokenizer
-from fcdpo.training import CHAT_TEMPLATES, named_chat_template, assistant_tokens, train_from_profile
+from fcdpo.training import assistant_tokens, train_from_profile
 from tests.test_preferences import scripted_chains
 
 # Enough to run the code path, not to learn anything: the profiles' own model, LoRA and QLoRA settings.
@@ -66,6 +67,7 @@ def _check_qlora_run(result):
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_the_colab_code_path_runs_on_a_tiny_qwen2_in_4bit(run_template, tmp_path):
     _, tokenizer = run_template
     qwen = build_model(tokenizer, hidden_size=64, num_layers=1, num_heads=2)  # 4-bit on CPU needs 64-wide inputs
@@ -75,6 +77,7 @@ def test_the_colab_code_path_runs_on_a_tiny_qwen2_in_4bit(run_template, tmp_path
     assert result.report["settings"]["target_modules"] == profile.training.target_modules
 
 
+@pytest.mark.slow
 def test_the_a100_code_path_runs_on_a_tiny_mistral_in_4bit_with_its_tool_template(run_template, tmp_path):
     _, tokenizer = run_template
     config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=1,

@@ -23,6 +23,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / 
 if not FIXTURES.is_dir():
     pytest.skip(f"the real tokenizer fixtures are not here ({FIXTURES.resolve()} is absent: a clone without "
                 "the shared fixtures folder)", allow_module_level=True)
+pytestmark = pytest.mark.slow  # loads real tokenizers (megabytes each) and renders every chain under them
 
 # name: (fixture folder, training.chat_template, the end-of-turn token the template writes, architecture)
 TEMPLATES = {

@@ -59,6 +59,7 @@ KILLABLE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_killed_rollout_resumes_keeping_every_finished_chain_once(tmp_path):
     path = tmp_path / "t.jsonl"
     script = tmp_path / "run.py"
@@ -217,6 +218,7 @@ def complete_lines(path):
     return [_ for _ in data[: data.rfind(b"\n") + 1].split(b"\n") if _]
 
 
+@pytest.mark.slow
 def test_kills_at_random_moments_lose_duplicate_and_corrupt_no_finished_chain(tmp_path):
     import random
 

@@ -213,6 +213,7 @@ def test_shared_prefix_loss_equals_the_plain_loss_and_gradients(tokenizer):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_lowers_the_loss(tokenizer):
     chats = _chats(12)
     models = [build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0) for _ in range(2)]
@@ -224,6 +225,7 @@ def test_training_is_deterministic_and_lowers_the_loss(tokenizer):
     assert not torch.equal(models[0].model.embed_tokens.weight, before)
 
 
+@pytest.mark.slow
 def test_build_lab_reuses_its_cache_and_rebuilds_when_the_config_changes(tmp_path):
     recipe = ModelRecipe(hidden_size=32, num_layers=1, num_heads=2, problems_per_task=8, sft=TINY_SFT)
     config = LabConfig(vocab_size=300, teacher=recipe, student=recipe)
@@ -295,6 +297,7 @@ def test_listed_words_are_single_tokens_in_sentences_and_in_calls():
     assert " lempus" in [plain.decode([i]) for i in plain.encode(corpus[0])]  # BPE alone: two spellings
 
 
+@pytest.mark.slow
 def test_an_interrupted_build_resumes_and_keeps_the_finished_teacher(tmp_path):
     recipe = ModelRecipe(hidden_size=32, num_layers=1, num_heads=2, problems_per_task=8, sft=TINY_SFT)
     config = LabConfig(vocab_size=300, teacher=recipe, student=recipe)
@@ -322,6 +325,7 @@ def test_an_interrupted_build_resumes_and_keeps_the_finished_teacher(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_sft_resumes_from_its_last_checkpoint(tokenizer, tmp_path):
     chats = _chats(12)
     settings = SFTSettings(steps=10, batch_size=2, warmup_steps=1, learning_rate=1e-3)
@@ -342,6 +346,7 @@ def test_sft_resumes_from_its_last_checkpoint(tokenizer, tmp_path):
         assert torch.allclose(weight, resumed.state_dict()[name], atol=1e-6), name
 
 
+@pytest.mark.slow
 def test_an_exported_lab_is_checked_by_its_manifest(tmp_path):
     from fcdpo.tinylab import LabError, export_lab, verify_shipped
 
@@ -374,6 +379,7 @@ def test_an_exported_lab_is_checked_by_its_manifest(tmp_path):
         verify_shipped(tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_a_profile_uses_its_shipped_lab_only_when_it_was_built_from_the_profiles_settings(tmp_path):
     from fcdpo.config import load_profile
     from fcdpo.tinylab import LabError, export_lab, profile_lab

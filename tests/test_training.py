@@ -10,11 +10,11 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fcdpo.config import TrainingConfig
+from fcdpo.finetuning import _assistant_tokens_by_spans
 from fcdpo.preferences import build_pairs, load_preferences, restore_messages, save_preferences, split_by_problem
 from fcdpo.tinylab import IM_END, build_model, build_tokenizer
 from fcdpo.training import (
     TrainingError,
-    _assistant_tokens_by_spans,
     _dpo_trainer_class,
     assistant_tokens,
     chosen_conversations,
@@ -34,6 +34,7 @@ TINY = TrainingConfig(max_steps=8, batch_size=2, learning_rate=1e-2, sft_learnin
                       logging_steps=1, lora_r=8, lora_alpha=16, max_length=2048)
 
 
+# The tests that use `lab` are marked slow: building it takes seconds, and most of them train on it.
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A tiny Qwen2 student and a preference dataset of math and logic pairs, on disk."""
@@ -69,6 +70,7 @@ def assistant_text(messages: list[dict]) -> str:
     return "".join(parts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["rows", "json_rows"])
 def test_the_assistant_mask_covers_exactly_the_models_own_turns(lab, which):
     tokenizer = lab["tokenizer"]
@@ -83,6 +85,7 @@ def test_the_assistant_mask_covers_exactly_the_models_own_turns(lab, which):
                     assert message["content"] in dropped
 
 
+@pytest.mark.slow
 def test_masks_found_by_rendering_agree_with_generation_markers(lab):
     """Templates without `{% generation %}` (Qwen2.5's, Mistral's) get the masks marked ones give.
 
@@ -134,6 +137,7 @@ def _with_tool_results(row, replace):
     return row
 
 
+@pytest.mark.slow
 def test_tool_tokens_do_not_count_in_dpo_log_probabilities(lab, tmp_path):
     """With a context-free model (attention output zeroed: each token predicts the next from itself
     alone), a sequence's log-probability depends on the tool results only through the tool tokens'
@@ -172,6 +176,7 @@ def test_tool_tokens_do_not_count_in_dpo_log_probabilities(lab, tmp_path):
     assert (stock_other - stock).abs().max() > 1e-2
 
 
+@pytest.mark.slow
 def test_the_saved_dataset_loads_into_trls_dpo_trainer(lab, tmp_path):
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
@@ -188,6 +193,7 @@ def test_the_saved_dataset_loads_into_trls_dpo_trainer(lab, tmp_path):
     assert trainer.train_dataset["rejected_ids"] == [t["rejected_ids"] for t in ours]
 
 
+@pytest.mark.slow
 def test_an_untokenized_dataset_is_refused_rather_than_masked_the_stock_way(lab, tmp_path):
     from trl import DPOConfig
 
@@ -199,6 +205,7 @@ def test_an_untokenized_dataset_is_refused_rather_than_masked_the_stock_way(lab,
                              data_collator=preference_collator(0))
 
 
+@pytest.mark.slow
 def test_dpo_on_a_tiny_model_lowers_its_loss_and_saves_its_curves(dpo_run):
     losses = [row["loss"] for row in dpo_run.curves if "loss" in row]
     assert len(losses) == TINY.max_steps
@@ -214,6 +221,7 @@ def test_dpo_on_a_tiny_model_lowers_its_loss_and_saves_its_curves(dpo_run):
     assert "eval_rewards/margins" in report["final"]  # evaluated on the validation pairs
 
 
+@pytest.mark.slow
 def test_an_sft_term_adds_the_chosen_chains_negative_log_likelihood_to_dpo(lab, dpo_run):
     from dataclasses import replace
 
@@ -226,11 +234,13 @@ def test_an_sft_term_adds_the_chosen_chains_negative_log_likelihood_to_dpo(lab, 
     assert plain["loss"] == pytest.approx(0.6931, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_the_reference_is_the_base_with_the_adapter_disabled_not_a_copy(dpo_run):
     assert dpo_run.trainer.ref_model is None
     assert list(dpo_run.trainer.model.peft_config) == ["default"]
 
 
+@pytest.mark.slow
 def test_a_saved_and_reloaded_adapter_gives_identical_logits(lab, dpo_run, tmp_path):
     tokenizer = lab["tokenizer"]
     row = lab["rows"][0]
@@ -250,6 +260,7 @@ def test_a_saved_and_reloaded_adapter_gives_identical_logits(lab, dpo_run, tmp_p
     assert (merged_dir / "tokenizer_config.json").exists() and not (merged_dir / "adapter_config.json").exists()
 
 
+@pytest.mark.slow
 def test_pairs_longer_than_max_length_are_dropped_and_counted_per_task(lab):
     tokenizer = lab["tokenizer"]
     dataset = lab["preferences"]["train"]
@@ -269,12 +280,14 @@ def test_pairs_longer_than_max_length_are_dropped_and_counted_per_task(lab):
                for p, c, r in zip(kept["prompt_ids"], kept["chosen_ids"], kept["rejected_ids"]))
 
 
+@pytest.mark.slow
 def test_training_with_every_pair_too_long_is_an_error_not_a_silent_truncation(lab, tmp_path):
     settings = TrainingConfig(**{**TINY.__dict__, "max_length": 16})
     with pytest.raises(TrainingError, match="max_length=16"):
         train("dpo", lab["student"], lab["preferences"], settings, tmp_path)
 
 
+@pytest.mark.slow
 def test_the_sft_baseline_trains_on_the_chosen_chains_with_the_same_budget(lab, dpo_run):
     result = train("sft", lab["student"], lab["preferences"], TINY, lab["root"] / "sft")
     assert result.report["steps"] == dpo_run.report["steps"]
@@ -340,6 +353,7 @@ def _loss_and_gradients(trainer, examples, collator):
     return loss.detach(), gradients
 
 
+@pytest.mark.slow
 def test_tool_tokens_carry_no_weight_in_the_step_dpo_loss(lab, tmp_path):
     """Step pairs that run to the end of each chain hold tool results in the prompt and inside both
     completions. With a context-free model (attention output zeroed), the tool tokens' own logits
@@ -429,6 +443,7 @@ def arm_profile(lab, tmp_path_factory):
     return load_profile("tiny-cpu", overrides)
 
 
+@pytest.mark.slow
 def test_step_dpo_is_a_training_method_with_its_own_folder_that_the_evaluation_finds(arm_profile):
     from fcdpo.evaluation import run_models
     from fcdpo.training import train_from_profile
@@ -446,6 +461,7 @@ def test_step_dpo_is_a_training_method_with_its_own_folder_that_the_evaluation_f
     assert {"sft", "dpo"} <= noted and "onpolicy_dpo" in noted | set(specs)
 
 
+@pytest.mark.slow
 def test_onpolicy_dpo_samples_the_student_and_trains_on_its_own_pairs(arm_profile):
     """The tiny student's own chains (sampled with the HF backend) are graded and written as rollouts
     on the training problems; pairs of graded student chains train the arm into its own folder."""
@@ -477,6 +493,7 @@ def test_onpolicy_dpo_samples_the_student_and_trains_on_its_own_pairs(arm_profil
     assert result.report["pairs"]["train"] == report["pairs"] > 0
 
 
+@pytest.mark.slow
 def test_an_unknown_method_is_refused_by_the_profile_and_by_training(arm_profile):
     from fcdpo.config import ConfigError, load_profile
     from fcdpo.training import train_from_profile, trained_methods
@@ -489,6 +506,7 @@ def test_an_unknown_method_is_refused_by_the_profile_and_by_training(arm_profile
         train_from_profile(arm_profile, "ppo")
 
 
+@pytest.mark.slow
 def test_a_second_onpolicy_round_samples_the_first_rounds_model_and_takes_it_as_reference(arm_profile):
     """Iterative RPO: round 2 samples the round-1 model, starts from its adapter and compares with it."""
     from dataclasses import replace as with_changes

@@ -1,1 +1,28 @@
-"""fcdpo."""
+"""fcdpo: teaching small language models to reason by calling functions.
+
+The package is built in layers, listed in `LAYERS` from the bottom up. A module imports only from its
+own layer and the layers below it, never from one above, and no modules import each other in a circle;
+`tests/test_layers.py` holds every import to this, those inside functions included. Each module's
+docstring says its layer and what it imports.
+"""
+
+LAYERS = (
+    # What a run is made of, in plain data: its settings, text and messages as stored, chat templates,
+    # how models are loaded, formulas and their prover, the attention kernel.
+    ("settings and formats", ("settings", "safe_text", "progress", "chat_templates", "messages", "loading",
+                              "logic", "prefix_attention")),
+    # The function engine and the tasks: problems, the functions that solve them, benchmark files.
+    ("functions and tasks", ("functions", "tasks", "tasks.base", "tasks.calculator", "tasks.records",
+                             "tasks.math", "tasks.fol", "tasks.prontoqa", "tasks.sources")),
+    # Models that complete chats, local or over HTTP.
+    ("models", ("backends",)),
+    # A run's profile: its settings read from configs/, checked against the tasks and backends.
+    ("the profile", ("config",)),
+    # The agents that run a problem's chain of calls on a model.
+    ("agents", ("agent", "multi_agent")),
+    # The pipeline's stages, each one step of the experiment.
+    ("stages", ("rollouts", "preferences", "finetuning", "grpo", "training", "glpft", "evaluation", "tinylab",
+                "plots")),
+    # What is run from the command line.
+    ("commands", ("pipeline", "tasks.__main__")),
+)

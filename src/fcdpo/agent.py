@@ -1,5 +1,7 @@
 """The single-model agent: the paper's step-by-step chain of function calls.
 
+Layer: agents; imports the functions, tasks, backends, settings and safe_text.
+
 Given a problem and its task's functions, the agent builds the prompt (a system prompt with the
 function descriptions and example calls injected, optional few-shot chains), then loops:
 
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from fcdpo.functions import TRUNCATION_MARKER, Call, FunctionSet, ParseError, calls_from_tool_calls
 from fcdpo.safe_text import scrub, scrub_text
+from fcdpo.settings import AgentConfig
 
 if TYPE_CHECKING:
     from fcdpo.backends import Backend, Completion
@@ -39,48 +42,8 @@ FINAL_ANSWER = re.compile(r"final answer\s*:\s*(.*)", re.IGNORECASE | re.DOTALL)
 # Text that was meant as a call: a name followed by "(", or a JSON tool call.
 _CALL_ATTEMPT = re.compile(r"[A-Za-z_]\w*\s*\(|<tool_call>|^\s*\{", re.MULTILINE)
 
-SYNTAXES = ("python", "json")
 ERROR_KINDS = ("parse_error", "unknown_function", "bad_arguments", "execution_error", "timeout")
 STOP_REASONS = ("answer", "max_steps", "max_errors", "token_budget")
-
-
-@dataclass
-class AgentConfig:
-    """How the agent runs a chain; one per profile (the `agent` section)."""
-
-    syntax: str = "python"  # "python": the paper's `multiply(a=3, b=4)`; "json": native tool calls
-    max_steps: int = 8  # model turns per chain
-    max_errors: int = 3  # parse and execution errors before the chain is abandoned
-    max_new_tokens: int = 96  # per model turn
-    token_budget: int = 1024  # generated tokens per chain
-    few_shot: int = 0  # gold chains of other problems shown in the system prompt
-    max_calls_per_turn: int = 8  # native tool calls run from one model turn; further ones are an error
-
-    def __post_init__(self) -> None:
-        if self.syntax not in SYNTAXES:
-            raise ValueError(f"agent.syntax must be one of {SYNTAXES}, got {self.syntax!r}")
-        check_counts(self, "agent", ("max_steps", "max_errors", "max_new_tokens", "token_budget",
-                                     "max_calls_per_turn"))
-        check_counts(self, "agent", ("few_shot",), least=0)
-
-    @property
-    def max_turn_chars(self) -> int:
-        """The longest model turn kept in a chain; longer text (a server that ignores `max_tokens`)
-        is cut, so it is neither stored, sent back, nor written whole."""
-        return turn_char_limit(self.max_new_tokens)
-
-
-def check_counts(config: Any, section: str, names: tuple[str, ...], least: int = 1) -> None:
-    """ValueError naming `section.name` when one of `config`'s counts `names` is not a whole number >= `least`."""
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{section}.{name} must be a whole number of at least {least}, got {value!r}")
-
-
-def turn_char_limit(max_new_tokens: int) -> int:
-    """The longest model turn kept in a chain whose turns get `max_new_tokens` each."""
-    return max(16_000, 16 * max_new_tokens)
 
 
 def untrusted_turn(completion: "Completion", max_chars: int) -> tuple[str, list[dict] | None]:

@@ -1,5 +1,7 @@
 """Backends: one interface that completes many chats at once, with a local model or over HTTP.
 
+Layer: models; imports only the bottom layer (chat_templates, loading, prefix_attention, safe_text).
+
     backend = load_backend({"kind": "hf", "model": "runs/tiny-cpu/student", "adapter": "runs/tiny-cpu/dpo"})
     backend = load_backend({"kind": "openai", "model": "Qwen/Qwen2.5-7B-Instruct",
                             "base_url": "http://127.0.0.1:8000/v1"})
@@ -46,6 +48,7 @@ except ImportError:
     import httpcore
     import httpx
 
+from fcdpo.chat_templates import check_chat_template, named_chat_template
 from fcdpo.safe_text import scrub, scrub_text
 
 if TYPE_CHECKING:
@@ -113,7 +116,7 @@ class HFBackend:
         batch_size: At most this many chats per `generate`; chats of similar prompt length share one.
             Default: all chats of a call at once.
         chat_template: Replace the tokenizer's chat template: a name in
-            `fcdpo.training.CHAT_TEMPLATES` or a `.jinja` file. Needed where a model's own template
+            `fcdpo.chat_templates.CHAT_TEMPLATES` or a `.jinja` file. Needed where a model's own template
             cannot render tool turns (Mistral-7B-Instruct-v0.2's refuses them).
         share_prefix: Run the prompt prefix that all chats of a batch share (the system prompt with
             its function descriptions, usually most of the prompt) once, and give every row a copy
@@ -163,11 +166,8 @@ class HFBackend:
             tokenizer_ref = adapter_ref if adapter_ref and _has_tokenizer(adapter_ref) else model_ref
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref)
             if chat_template is not None:
-                from fcdpo.training import named_chat_template
-
                 tokenizer.chat_template = named_chat_template(chat_template)
-            from fcdpo.chat_templates import check_chat_template  # a refused tool turn fails here, not mid-run
-
+            # a refused tool turn fails here, not mid-run
             check_chat_template(tokenizer, model_ref, "the backend's chat_template", history=False)
             if adapter_ref is not None:
                 from peft import PeftModel

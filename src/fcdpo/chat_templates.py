@@ -1,6 +1,8 @@
 """Chat templates that fcdpo can train with, and a check that names the fix for one it cannot.
 
-Training needs two things of a student's chat template (`fcdpo.training.assistant_tokens`):
+Layer: settings and formats; imports nothing of fcdpo.
+
+Training needs two things of a student's chat template (`fcdpo.finetuning.assistant_tokens`):
 
 - it renders every turn fcdpo writes: system, user, assistant (text or native `tool_calls`) and
   `tool` results, with `tools`;
@@ -11,7 +13,7 @@ Training needs two things of a student's chat template (`fcdpo.training.assistan
 Two families' own templates fail one of these:
 
 - Mistral-7B-Instruct-v0.2 raises on `tool` messages (its roles must alternate user / assistant).
-  `mistral-tools` (in `fcdpo.training.CHAT_TEMPLATES`) shows a tool result as an instruction turn.
+  `mistral-tools` (in `CHAT_TEMPLATES` below) shows a tool result as an instruction turn.
 - Qwen3 gives the last assistant turn a think block (`<think>\\n\\n</think>\\n\\n`) and drops it once a
   later turn exists, so its history is not stable. `qwen3-tools` below is Qwen3's non-thinking format
   (the one `enable_thinking=False` gives) with the empty think block on every assistant turn, outside
@@ -24,6 +26,7 @@ turns one into an error that says which template to set.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 QWEN3_TOOLS_TEMPLATE = (
@@ -65,6 +68,43 @@ QWEN3_TOOLS_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
 )
+
+# Mistral-7B-Instruct-v0.2's format ([INST] … [/INST] answer</s>) extended to tool turns, which its own
+# template refuses: a tool result is shown as an instruction turn `Result: <content>`, and each
+# assistant turn (with its leading space and </s>) is marked for assistant-only masks.
+MISTRAL_TOOLS_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}{%- set system = messages[0].content %}"
+    "{%- set loop_messages = messages[1:] %}"
+    "{%- else %}{%- set system = '' %}{%- set loop_messages = messages %}{%- endif %}"
+    "{%- if tools %}{%- set ns = namespace(text=system + '\\n\\nTools:\\n<tools>') %}"
+    "{%- for tool in tools %}{%- set ns.text = ns.text + '\\n' + (tool | tojson) %}{%- endfor %}"
+    "{%- set system = ns.text + '\\n</tools>\\nCall a tool as <tool_call>\\n"
+    "{\"name\": <name>, \"arguments\": <arguments>}\\n</tool_call>' %}{%- endif %}"
+    "{{- bos_token }}"
+    "{%- for message in loop_messages %}"
+    "{%- if message.role == 'assistant' %}"
+    "{%- generation %}"
+    "{{- ' ' }}{%- if message.content %}{{- message.content }}{%- endif %}"
+    "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{{- '<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
+    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
+    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}{%- endif %}"
+    "{{- eos_token }}"
+    "{%- endgeneration %}"
+    "{%- else %}"
+    "{%- set text = message.content if message.role != 'tool' else 'Result: ' + message.content %}"
+    "{%- if loop.first and system %}{%- set text = system + '\\n\\n' + text %}{%- endif %}"
+    "{{- ' [INST] ' + text + ' [/INST]' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+)
+# Replacements for templates that cannot be trained with as they are (see the module docstring).
+CHAT_TEMPLATES = {"mistral-tools": MISTRAL_TOOLS_TEMPLATE, "qwen3-tools": QWEN3_TOOLS_TEMPLATE}
+
 
 # A conversation with every kind of turn fcdpo writes (python-syntax calls as text, tool results).
 PROBE = [
@@ -141,3 +181,14 @@ def check_chat_template(tokenizer: Any, where: str, setting: str = "chat_templat
     fix = (f"set {setting}: {replacement}" if replacement else
            f"set {setting} to a .jinja template with {{% generation %}} markers that renders tool turns")
     raise ChatTemplateError(f"the chat template of {where!r} cannot be used: {fault}; {fix}")
+
+
+def named_chat_template(name_or_path: str) -> str:
+    """A chat template by name (`CHAT_TEMPLATES`) or from a `.jinja` file."""
+    if name_or_path in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix == ".jinja" and path.is_file():
+        return path.read_text()
+    raise ChatTemplateError(f"chat template {name_or_path!r} is neither a name in {sorted(CHAT_TEMPLATES)} "
+                            "nor an existing .jinja file")

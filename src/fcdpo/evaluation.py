@@ -1,5 +1,7 @@
 """Evaluation: every model of a run, the same agent, held-out problems, metrics with intervals.
 
+Layer: stages; imports rollouts and training, the agent, the profile, settings, backends and tasks.
+
     result = evaluate({"teacher": {"kind": "hf", "model": "lab/teacher"}, "dpo": student_backend},
                       {"math": math_task}, {"math": held_out}, profile.agent, profile.run_path)
     result.summary          # one row per (model, dataset), one column per metric
@@ -739,7 +741,7 @@ def benchmark_problems(
     placeholder that `evaluate` counts as not solved (see `fcdpo.tasks.sources.held_out`), and what
     was read is printed, with the rows that could not be.
     """
-    from fcdpo.config import CONFIG_DIR
+    from fcdpo.settings import CONFIG_DIR
     from fcdpo.tasks.sources import held_out, load_split
 
     base = Path(root) if root is not None else CONFIG_DIR.parent

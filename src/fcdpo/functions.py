@@ -1,5 +1,7 @@
 """The function engine: describe callable functions to a model, parse its calls, run them safely.
 
+Layer: functions and tasks; imports only `fcdpo.safe_text`.
+
 A `FunctionSet` wraps plain typed Python callables with Google-style docstrings::
 
     def multiply(a: float, b: float) -> float:

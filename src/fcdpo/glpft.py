@@ -1,5 +1,7 @@
 """GLPFT: alpha-UMi's two-stage fine-tuning of the planner, caller and summarizer (TRL SFT + PEFT LoRA).
 
+Layer: stages; imports the multi-agent and the agent, rollouts, tasks, loading, messages and settings.
+
     report = run_glpft(profile)                       # teacher rollouts → <run>/training/glpft/*
     team = glpft_role_backends(profile)               # the student, loaded once, with the three adapters
     agent = MultiAgent(profile.task("math"), team, profile.multi_agent.agent)
@@ -40,9 +42,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from fcdpo.preferences import arrow_safe
-from fcdpo.multi_agent import ROLES, MultiAgent, MultiAgentConfig, RoleBackends, load_adapter_role_backends, \
-    role_chain, role_samples
+from fcdpo.messages import arrow_safe
+from fcdpo.multi_agent import ROLES, MultiAgent, RoleBackends, load_adapter_role_backends, role_chain, role_samples
+from fcdpo.settings import GLPFTConfig, MultiAgentConfig
 
 if TYPE_CHECKING:
     import torch
@@ -51,38 +53,6 @@ if TYPE_CHECKING:
     from fcdpo.tasks import Task
 
 STAGES = ("backbone", *ROLES)
-
-
-@dataclass
-class GLPFTConfig:
-    """How GLPFT trains: LoRA shape, steps per stage, optimizer, lengths, seed."""
-
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    # The single agent's DPO / SFT adapters' targets (`training.target_modules`), so one role adapter
-    # has as many trainable parameters as the single agent's one adapter.
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    backbone_steps: int = 200  # stage 1 optimizer steps
-    role_steps: int = 100  # stage 2 optimizer steps, per role
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_length: int = 2048  # tokens per training row; longer rows are cut (dropped if no trained token is left)
-    seed: int = 0
-    load_in_4bit: bool = False  # QLoRA: the base in 4-bit NF4 (needs a CUDA GPU for training)
-    gradient_checkpointing: bool = False  # saves GPU memory on long rows; no use on tiny CPU models
-    # None: the student's own chat template; else as `training.chat_template` (a name in
-    # fcdpo.training.CHAT_TEMPLATES or a .jinja file). It must render consecutive assistant turns.
-    chat_template: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("lora_r", "backbone_steps", "role_steps", "batch_size", "gradient_accumulation_steps",
-                     "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"glpft.{name} must be at least 1, got {getattr(self, name)}")
 
 
 # --------------------------------------------------------------------------- data
@@ -300,17 +270,14 @@ def train_glpft(
     import torch
     from peft import PeftModel, get_peft_model
 
-    from fcdpo.loading import lora_config
-
-    from fcdpo.config import TrainingConfig
-    from fcdpo.training import load_tokenizer
+    from fcdpo.loading import load_tokenizer, lora_config
 
     config = config or GLPFTConfig()
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     model_ref = str(model)
     # The single agent's training loads it the same way: the configured template, a pad token.
-    tokenizer = load_tokenizer(model_ref, TrainingConfig(chat_template=config.chat_template))
+    tokenizer = load_tokenizer(model_ref, config.chat_template, "multi_agent.glpft.chat_template")
     base = _load_base(model_ref, config)
     expected = lora_parameter_count(base, config.lora_r, config.target_modules)
     report: dict[str, Any] = {"base": model_ref, "config": asdict(config), "data": dict(data.counts), "stages": {}}

@@ -1,5 +1,7 @@
 """GRPO with the task's functions: the student learns from its own chains, rewarded by the task's answer check.
 
+Layer: stages; imports finetuning, the agent, backends, tasks and settings.
+
     result = train_grpo(profile)            # runs/<profile>/training/grpo/{adapter,curves.csv,report.json}
     result = train_from_profile(cfg, "grpo")  # the same, as one of fcdpo.training's methods
 
@@ -9,7 +11,7 @@ fcdpo's `Agent` on the policy being trained (`HFBackend.from_loaded`), exactly a
 the student. Each chain is then rendered with the chat template into prompt tokens and completion tokens
 (the model's turns with the tool results and feedback turns between them), and `env_mask` (TRL's
 tool mask) is 1 on the model's own turns only: tool results and feedback carry no weight in the loss,
-as in DPO (`fcdpo.training.assistant_tokens` gives both masks).
+as in DPO (`fcdpo.finetuning.assistant_tokens` gives both masks).
 
 Rewards (`answer_reward`, `format_reward`) read the chain the agent ran: 1 when the task's answer check
 accepts its final answer, and a small term (`training.grpo.format_weight`) when the chain ended with a
@@ -25,8 +27,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from fcdpo.agent import Agent, Trajectory, prompt_messages
-from fcdpo.config import TrainingConfig
-from fcdpo.training import TrainingError, TrainingResult, assistant_tokens
+from fcdpo.finetuning import (
+    TrainingError,
+    TrainingResult,
+    adapter_dtype_for_training,
+    assistant_tokens,
+    curve_writer,
+    is_number,
+    launched_processes,
+    load_student,
+    lora_config,
+    memory_snapshot,
+    resolve_steps,
+    student_reference,
+    trainer_arguments,
+    write_curves,
+)
+from fcdpo.settings import TrainingConfig
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -162,11 +179,9 @@ def grpo_trainer(
     """
     from trl import GRPOConfig, GRPOTrainer
 
-    from fcdpo.training import _launched_processes, lora_config, resolve_steps, trainer_arguments
-
     grpo = settings.grpo
     dataset = grpo_dataset(tasks, problems, agent)
-    steps = resolve_steps(settings, len(dataset), _launched_processes())  # problems, as pairs elsewhere
+    steps = resolve_steps(settings, len(dataset), launched_processes())  # problems, as pairs elsewhere
     args = GRPOConfig(
         output_dir=str(Path(output_dir) / "trainer"),
         max_steps=steps,
@@ -203,8 +218,6 @@ def train_grpo(profile: Any, progress: bool = False, seed: int | None = None) ->
     from transformers import PrinterCallback
 
     from fcdpo.tasks import problem_sets
-    from fcdpo.training import (_adapter_dtype_for_training, _curve_writer, _is_number, load_student,
-                                memory_snapshot, student_reference, write_curves)
 
     settings, label = profile.training, "grpo"
     if seed is not None and seed != settings.seed:
@@ -216,8 +229,8 @@ def train_grpo(profile: Any, progress: bool = False, seed: int | None = None) ->
     tasks = {name: profile.task(name) for name in profile.tasks}
     problems = {name: splits["train"][: settings.grpo.problems] for name, splits in problem_sets(profile).items()}
     trainer = grpo_trainer(base, tokenizer, tasks, problems, profile.agent, settings, output_dir, progress)
-    _adapter_dtype_for_training(trainer.model)
-    curves = _curve_writer(output_dir)
+    adapter_dtype_for_training(trainer.model)
+    curves = curve_writer(output_dir)
     trainer.add_callback(curves)
     trainer.remove_callback(PrinterCallback)
     trained_at = time.perf_counter()
@@ -238,7 +251,7 @@ def train_grpo(profile: Any, progress: bool = False, seed: int | None = None) ->
         "seconds": round(time.perf_counter() - started, 1),
         "train_seconds": round(train_seconds, 1),
         "memory_after": memory_snapshot(),
-        "final": {k: v for k, v in (curves.rows[-1] if curves.rows else {}).items() if _is_number(v)},
+        "final": {k: v for k, v in (curves.rows[-1] if curves.rows else {}).items() if is_number(v)},
     }
     if trainer.accelerator.is_main_process:
         write_curves(curves.rows, output_dir)

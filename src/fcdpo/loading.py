@@ -1,9 +1,12 @@
 """One place that decides how models are loaded for every stage: compute dtype, 4-bit quantisation,
-device map and LoRA.
+device map, LoRA and the tokenizer.
+
+Layer: settings and formats; imports only `fcdpo.chat_templates`.
 
     dtype = compute_dtype()                    # bf16 on GPUs with native bf16, fp16 on others (a T4), fp32 on CPU
     kwargs = model_kwargs(load_in_4bit=True)   # for AutoModelForCausalLM.from_pretrained
     lora = lora_config(16, 32, 0.05, ["q_proj", "v_proj"])
+    tokenizer = load_tokenizer("runs/tiny-cpu/lab/student", chat_template=None)
 
 Rollouts and evaluation (`fcdpo.backends`), DPO / SFT (`fcdpo.training`) and GLPFT (`fcdpo.glpft`) all
 take these from here, so no stage trains or generates in a dtype another stage would not choose (a
@@ -12,7 +15,10 @@ T4 reports bf16 support, but only through slow emulation: only native support co
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from fcdpo.chat_templates import check_chat_template, named_chat_template
 
 if TYPE_CHECKING:
     import torch
@@ -83,3 +89,23 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]) -
 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                       bias="none", task_type="CAUSAL_LM")
+
+
+def load_tokenizer(model: str | Path, chat_template: str | None = None, setting: str = "chat_template") -> Any:
+    """The tokenizer of `model` as training takes it: `chat_template` (a name in
+    `fcdpo.chat_templates.CHAT_TEMPLATES` or a .jinja file) in place of its own when given, a pad token set.
+
+    Raises:
+        ChatTemplateError: the template is unknown, or cannot be trained with (tool turns it refuses,
+            earlier turns it rewrites); the message names the replacement to set as `setting`.
+        OSError, ValueError: transformers cannot load the tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    if chat_template:
+        tokenizer.chat_template = named_chat_template(chat_template)
+    check_chat_template(tokenizer, str(model), setting)
+    if tokenizer.pad_token is None:  # Mistral has none; padding sits under a zero attention mask
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

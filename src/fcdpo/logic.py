@@ -1,5 +1,7 @@
 """First-order formulas in FOLIO notation, and a z3-backed prover over them.
 
+Layer: settings and formats; imports nothing of fcdpo.
+
 Notation (each Unicode symbol has an ASCII spelling):
 
     ∀x  forall x      universal quantifier (an optional "." may follow the variable)

@@ -1,5 +1,7 @@
 """The multi-LLM agent of alpha-UMi (Shen et al. 2024, arXiv 2401.07324): planner, caller, summarizer.
 
+Layer: agents; imports `fcdpo.agent` and the functions, tasks, backends and settings.
+
 One chain is a conversation between three role models:
 
     planner    → a short thought ending in a decision: `Next: caller`, `Next: conclusion` or `Next: give up`
@@ -54,19 +56,17 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from fcdpo.agent import (
     ERROR_KINDS,
     FINAL_ANSWER,
-    SYNTAXES,
     Agent,
     Trajectory,
     advance_all,
     assistant_message,
-    check_counts,
     gold_messages,
     read_turn,
     tool_message,
-    turn_char_limit,
     untrusted_turn,
 )
 from fcdpo.functions import Call, FunctionSet, ParseError, calls_from_tool_calls
+from fcdpo.settings import MultiAgentConfig
 
 if TYPE_CHECKING:
     from fcdpo.backends import Backend, Completion, HFBackend
@@ -269,27 +269,6 @@ def load_adapter_role_backends(
 
 
 # --------------------------------------------------------------------------- the agent
-
-
-@dataclass
-class MultiAgentConfig:
-    """How the multi-LLM agent runs a chain (see the module docstring for the rules)."""
-
-    syntax: str = "python"  # the caller's call syntax: "python" or "json" (native tool calls)
-    max_steps: int = 8  # planner turns per chain
-    max_errors: int = 3  # parse and execution errors before the chain is abandoned
-    max_new_tokens: int = 96  # per model turn, every role
-    token_budget: int = 2048  # generated tokens per chain, all roles together
-
-    def __post_init__(self) -> None:
-        if self.syntax not in SYNTAXES:
-            raise ValueError(f"multi_agent.syntax must be one of {SYNTAXES}, got {self.syntax!r}")
-        check_counts(self, "multi_agent", ("max_steps", "max_errors", "max_new_tokens", "token_budget"))
-
-    @property
-    def max_turn_chars(self) -> int:
-        """The longest role turn kept in a chain; longer text is cut (as `AgentConfig.max_turn_chars`)."""
-        return turn_char_limit(self.max_new_tokens)
 
 
 class _Chain:

@@ -1,5 +1,7 @@
 """Run the numbered notebooks in order with papermill: the whole experiment as one command.
 
+Layer: commands; imports the profile, evaluation and progress.
+
     python -m fcdpo.pipeline --profile tiny-cpu            # what `make reproduce` runs
     python -m fcdpo.pipeline --profile tiny-cpu --only 01  # one stage
 

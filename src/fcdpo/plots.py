@@ -1,6 +1,8 @@
 """Figures of a run: accuracy with intervals, the size/accuracy trade-off, DPO training curves, the
 failure taxonomy and accuracy by difficulty.
 
+Layer: stages; imports only `fcdpo.evaluation`.
+
 Each `plot_*` function takes a table written by `fcdpo.evaluation` (or training-log records) and an
 output folder, writes `<name>.png` and `<name>.pdf` there and returns their paths; the matching
 `*_figure` function returns the matplotlib `Figure` itself. Figures are drawn on matplotlib's

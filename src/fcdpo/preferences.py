@@ -1,5 +1,7 @@
 """Preference pairs from teacher chains: a correct chain (chosen) against an incorrect one (rejected).
 
+Layer: stages; imports rollouts, the agent, the profile, backends, tasks and messages.
+
     trajectories = read_trajectories(run / "rollouts" / "teacher-math.jsonl")
     pairs, report = build_pairs(trajectories, syntax="python", pairs_per_prompt=4)
     splits = split_by_problem(pairs, validation=0.1, seed=0)
@@ -24,10 +26,8 @@ Rows follow TRL's conversational preference format:
   functions), so training renders every prompt exactly as the agent did;
 - `task`, `problem_id`, `chosen_id`, `rejected_id`: where the pair comes from.
 
-Arrow stores a list of dicts as one struct type shared by every row, so tool-call `arguments` would
-gain the keys of every other function's arguments (as nulls). They are therefore stored as JSON strings,
-and messages lose the keys they do not have; `restore_messages` gives back the agent's messages exactly
-(arguments as dicts), which is what a chat template expects.
+Messages are stored Arrow-safe (`fcdpo.messages.arrow_safe`: tool-call arguments as JSON strings);
+`restore_messages` gives back the agent's messages exactly, which is what a chat template expects.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+# restore_messages and restore_tools read stored pairs back (notebook 02 imports them from here)
+from fcdpo.messages import arrow_safe, restore_messages, restore_tools  # noqa: F401
+
 if TYPE_CHECKING:
     from datasets import DatasetDict
 
@@ -49,7 +52,6 @@ SPLITS = ("train", "validation")
 # Where each training method's pairs live in the run folder.
 PREFERENCE_FOLDERS = {"dpo": "preferences", "sft": "preferences", "step_dpo": "preferences-step",
                       "onpolicy_dpo": "preferences-onpolicy"}
-MESSAGE_KEYS = ("role", "content", "name", "tool_calls")
 
 
 class PreferenceError(ValueError):
@@ -413,62 +415,6 @@ def _row(chosen: "Trajectory", rejected: "Trajectory", syntax: str) -> dict[str,
     }
 
 
-def arrow_safe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages as stored: tool-call arguments as JSON strings, only the keys in MESSAGE_KEYS.
-
-    Raises PreferenceError for a message with any other key, so nothing is silently lost.
-    """
-    safe = []
-    for position, message in enumerate(messages):
-        unknown = sorted(set(message) - set(MESSAGE_KEYS))
-        if unknown:
-            raise PreferenceError(f"message {position} ({message.get('role')}) has unknown key(s) {unknown}; "
-                                  f"a stored message may only have {list(MESSAGE_KEYS)}")
-        row: dict[str, Any] = {"role": message["role"], "content": message.get("content") or ""}
-        if message.get("name") is not None:
-            row["name"] = message["name"]
-        if message.get("tool_calls"):
-            calls = []
-            for call in message["tool_calls"]:
-                function = call.get("function", call)
-                arguments = function.get("arguments", {})
-                calls.append({
-                    "type": call.get("type", "function"),
-                    "function": {
-                        "name": function["name"],
-                        "arguments": arguments if isinstance(arguments, str)
-                        else json.dumps(arguments, ensure_ascii=False),
-                    },
-                })
-            row["tool_calls"] = calls
-        safe.append(row)
-    return safe
-
-
-def restore_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stored messages back in the agent's form: no null keys, tool-call arguments as dicts."""
-    restored = []
-    for message in messages:
-        row = {key: value for key, value in message.items() if value is not None}
-        if row.get("tool_calls"):
-            calls = []
-            for call in row["tool_calls"]:
-                function = dict(call["function"])
-                if isinstance(function.get("arguments"), str):
-                    function["arguments"] = json.loads(function["arguments"])
-                calls.append({"type": call.get("type") or "function", "function": function})
-            row["tool_calls"] = calls
-        else:
-            row.pop("tool_calls", None)
-        restored.append(row)
-    return restored
-
-
-def restore_tools(tools: str | list | None) -> list[dict[str, Any]] | None:
-    """The `tools` column as the chat template takes it: a list of schemas, or None."""
-    return json.loads(tools) if isinstance(tools, str) else tools
-
-
 def split_by_problem(
     rows: list[dict[str, Any]], validation: float = 0.1, seed: int = 0
 ) -> dict[str, list[dict[str, Any]]]:
@@ -655,7 +601,7 @@ def student_rollouts(profile: Any, backend: Any = None, progress: bool = False,
     run = profile.run_path
     if backend is None:
         from fcdpo.backends import load_backend
-        from fcdpo.training import student_spec
+        from fcdpo.config import student_spec
 
         backend = load_backend(student_spec(profile), root=run)
     settings = profile.rollouts

@@ -1,5 +1,7 @@
 """Attention that reads the prefix all rows of a batch share once, instead of once per row.
 
+Layer: settings and formats; imports nothing of fcdpo.
+
 An agent's chats of one task share their system prompt with its function descriptions, most of each
 prompt. In a batched decoding step every row attends to its own copy of that prefix's keys and
 values, and on a CPU that attention is bound by memory reads, so batching saves nothing on it. Inside

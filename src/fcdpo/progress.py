@@ -1,5 +1,7 @@
 """Progress of long steps, in a notebook and on the terminal of a headless run.
 
+Layer: settings and formats; imports nothing of fcdpo.
+
 In JupyterLab and on Colab, bars are tqdm's notebook widgets. `make reproduce` runs the notebooks
 with papermill, whose kernels have no screen: there `fcdpo.pipeline` sets `HEADLESS` in the
 environment, and the same bars become one plain line every `TQDM_MININTERVAL` seconds (default
@@ -7,7 +9,7 @@ environment, and the same bars become one plain line every `TQDM_MININTERVAL` se
 
     rollouts math:  42%|####2     | 2016/4800 [00:41<00:56, 49.2it/s]
 
-This module only formats; it imports nothing of fcdpo.
+This module only formats.
 """
 
 from __future__ import annotations

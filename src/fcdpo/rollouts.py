@@ -1,5 +1,7 @@
 """Rollouts: k sampled chains per problem, graded, written to append-only JSONL as they finish.
 
+Layer: stages; imports the agent, the tasks, progress and safe_text.
+
 A crash or Ctrl-C loses nothing already written: each finished chain is one flushed line, and a
 rerun reads the file, skips the (problem, sample) pairs it holds and completes the rest. A line torn
 by a crash mid-write is the only line ever dropped, and only if it is the last one; it is cut off in

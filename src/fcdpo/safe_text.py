@@ -1,5 +1,7 @@
 """Text that came from a model or a server, made safe to store and to send.
 
+Layer: settings and formats; imports nothing of fcdpo.
+
 Python strings may hold lone surrogates (U+D800..U+DFFF), which JSON text can spell (`"\\ud800"`)
 but UTF-8 cannot encode: one such character in a chain makes the chain impossible to write to a
 JSONL file or to send to an HTTP endpoint. `scrub` replaces each with U+FFFD, the replacement

@@ -1,5 +1,7 @@
 """The tiny lab: a tokenizer and small Qwen2-architecture models trained from scratch on the tasks.
 
+Layer: stages; imports the agent, the profile, backends, tasks and the bottom layer.
+
 The offline `tiny-cpu` profile cannot download weights, so it builds its own teacher and student
 from a seed: a byte-level BPE tokenizer trained on the task corpus (one token per digit), a
 Qwen2-style chat template that the rest of the pipeline uses like any hub model's, and
@@ -16,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +32,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from fcdpo.preferences import arrow_safe
+from fcdpo.messages import arrow_safe
 from fcdpo.progress import trainer_callback
+from fcdpo.settings import LabConfig, ModelRecipe, SFTSettings
 
 if TYPE_CHECKING:
     from fcdpo.config import Profile
@@ -203,27 +206,6 @@ def build_model(
         bos_token_id=end_of_text_id,
     )
     return model
-
-
-@dataclass
-class SFTSettings:
-    """How `train_sft` trains: a fixed number of optimizer steps, so a build is reproducible.
-
-    The defaults are the tiny lab's recipe: AdamW with betas (0.9, 0.95) and no weight decay, a
-    short warmup then cosine decay to `min_lr_ratio` × `learning_rate`, gradient clipping at 1.0,
-    fp32 (CPUs without bf16 units run bf16 autocast slower), loss on assistant turns only.
-    """
-
-    steps: int = 1000
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 1024
-    threads: int = 2  # torch CPU threads while training
-    seed: int = 0
 
 
 def train_sft(
@@ -413,46 +395,6 @@ def _shared_prefix_trainer_class() -> type:
 # The lab: tokenizer + teacher + student, built once per configuration and cached
 
 LAB_FORMAT = 2  # bump when a change here changes what a build produces for the same config
-
-
-@dataclass
-class ModelRecipe:
-    """One tiny-lab model: its size, how many gold chains per task it learns from, how it trains."""
-
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int | None = None  # default 4 × hidden_size
-    problems_per_task: int = 5000  # distinct gold chains per task (cycled if the steps need more)
-    # Share of the training rows per task, e.g. {math: 3, fol: 1}; default: equal shares. Tasks
-    # compete for a tiny model's capacity, and a hard task's loss can crowd out an easier one.
-    task_weights: dict[str, float] | None = None
-    sft: SFTSettings = field(default_factory=SFTSettings)
-    seed: int = 0  # weight initialisation
-
-
-@dataclass
-class LabConfig:
-    """How the tiny lab builds its tokenizer, teacher and student (a profile's `lab` section).
-
-    Which tasks, functions, difficulty and call syntax the models learn come from the profile
-    (`profile_lab`) or the caller (`build_lab`), so the lab always trains on the exact prompts the
-    agent will use. Training problems are drawn from `data_seed`, and any whose question is held out
-    (the profile's train and eval problems) is skipped.
-    """
-
-    vocab_size: int = 1024
-    # A folder (relative to the repository root) holding a built, shipped lab with its manifest.
-    # When set, runs use it after checking its hashes and never rebuild unless asked (`make lab`).
-    shipped: str | None = None
-    whole_words: bool = False  # keep the tasks' names and concepts single tokens (see build_tokenizer)
-    data_seed: int = 1000
-    teacher: ModelRecipe = field(default_factory=ModelRecipe)
-    student: ModelRecipe = field(
-        default_factory=lambda: ModelRecipe(
-            hidden_size=128, num_layers=2, num_heads=2, problems_per_task=500, sft=SFTSettings(steps=150)
-        )
-    )
 
 
 @dataclass
@@ -657,7 +599,7 @@ def profile_lab(profile: "Profile", log: Callable[[str], Any] = print, rebuild: 
         LabError: when the shipped lab's files do not match its manifest, or it was built from
             other settings or data than the profile's.
     """
-    from fcdpo.config import build
+    from fcdpo.settings import build
 
     if profile.lab is None:
         raise ValueError(f"profile {profile.name!r} has no `lab` section; only tiny-lab profiles build models")
@@ -749,7 +691,7 @@ def _sha256(path: Path) -> str:
 
 
 def _repository_root() -> Path:
-    from fcdpo.config import CONFIG_DIR
+    from fcdpo.settings import CONFIG_DIR
 
     return CONFIG_DIR.parent
 

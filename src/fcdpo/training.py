@@ -1,5 +1,7 @@
 """Training the student on preference pairs: DPO with a LoRA adapter (QLoRA on GPUs), and an SFT baseline.
 
+Layer: stages; imports preferences, finetuning and grpo, and the layers below.
+
     result = train_from_profile(cfg, "dpo")   # runs/<profile>/training/dpo/{adapter,curves.csv,report.json}
     result = train_from_profile(cfg, "sft")   # the baseline: SFT on the same pairs' chosen chains
     merge_and_export(base, result.adapter_dir, "merged/")
@@ -23,135 +25,45 @@ truncated (a truncated chain would lose its final answer, the very thing the pai
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-import os
-import resource
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fcdpo.chat_templates import QWEN3_TOOLS_TEMPLATE, ChatTemplateError, check_chat_template
-from fcdpo.config import TrainingConfig
-from fcdpo.preferences import restore_messages, restore_tools
+from fcdpo.config import student_spec
+from fcdpo.finetuning import (  # what every training arm shares
+    TrainingError,
+    TrainingResult,
+    adapter_dtype_for_training,
+    assistant_tokens,
+    curve_writer,
+    is_number,
+    launched_processes,
+    load_base,
+    load_student,
+    load_tokenizer,  # noqa: F401 - notebooks 02 and 03 take the student's tokenizer from here
+    lora_config,
+    memory_snapshot,
+    resolve_steps,
+    student_reference,
+    trainer_arguments,
+    write_curves,
+)
+from fcdpo.loading import compute_dtype
+from fcdpo.messages import restore_messages, restore_tools
 from fcdpo.progress import headless, trainer_callback
+from fcdpo.settings import METHODS, TrainingConfig
 
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset, DatasetDict
     from transformers import PreTrainedTokenizerBase
 
-# Every training arm: the paper's DPO on the teacher's pairs and its SFT baseline, then DPO on step-level
-# pairs of the same teacher chains (Step-DPO), DPO on the student's own chains (on-policy), and GRPO on
-# the student's own chains rewarded by the answer check (`fcdpo.grpo`, no pairs). Every DPO arm trains
-# the same way (`AssistantOnlyDPOTrainer`) on the pairs of its own folder
-# (`fcdpo.preferences.PREFERENCE_FOLDERS`).
-METHODS = ("dpo", "sft", "step_dpo", "onpolicy_dpo", "grpo")
 DPO_METHODS = ("dpo", "step_dpo", "onpolicy_dpo")
 
-# Mistral-7B-Instruct-v0.2's format ([INST] … [/INST] answer</s>) extended to tool turns, which its own
-# template refuses: a tool result is shown as an instruction turn `Result: <content>`, and each
-# assistant turn (with its leading space and </s>) is marked for assistant-only masks.
-MISTRAL_TOOLS_TEMPLATE = (
-    "{%- if messages[0].role == 'system' %}{%- set system = messages[0].content %}"
-    "{%- set loop_messages = messages[1:] %}"
-    "{%- else %}{%- set system = '' %}{%- set loop_messages = messages %}{%- endif %}"
-    "{%- if tools %}{%- set ns = namespace(text=system + '\\n\\nTools:\\n<tools>') %}"
-    "{%- for tool in tools %}{%- set ns.text = ns.text + '\\n' + (tool | tojson) %}{%- endfor %}"
-    "{%- set system = ns.text + '\\n</tools>\\nCall a tool as <tool_call>\\n"
-    "{\"name\": <name>, \"arguments\": <arguments>}\\n</tool_call>' %}{%- endif %}"
-    "{{- bos_token }}"
-    "{%- for message in loop_messages %}"
-    "{%- if message.role == 'assistant' %}"
-    "{%- generation %}"
-    "{{- ' ' }}{%- if message.content %}{{- message.content }}{%- endif %}"
-    "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}"
-    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{{- '<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
-    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
-    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
-    "{{- '}\\n</tool_call>' }}"
-    "{%- endfor %}{%- endif %}"
-    "{{- eos_token }}"
-    "{%- endgeneration %}"
-    "{%- else %}"
-    "{%- set text = message.content if message.role != 'tool' else 'Result: ' + message.content %}"
-    "{%- if loop.first and system %}{%- set text = system + '\\n\\n' + text %}{%- endif %}"
-    "{{- ' [INST] ' + text + ' [/INST]' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-)
-# Replacements for templates that cannot be trained with as they are (see fcdpo.chat_templates).
-CHAT_TEMPLATES = {"mistral-tools": MISTRAL_TOOLS_TEMPLATE, "qwen3-tools": QWEN3_TOOLS_TEMPLATE}
-
-
-class TrainingError(ValueError):
-    """Data, settings or a model that training cannot use; the message says what and where."""
-
-
 # --------------------------------------------------------------------------- tokenization with masks
-
-
-def assistant_tokens(
-    tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, Any]], tools: list[dict] | None = None
-) -> tuple[list[int], list[int]]:
-    """Token ids of a conversation under the chat template, and a mask that is 1 on the model's own turns.
-
-    The mask covers each assistant turn's content (and native tool calls) up to and including its
-    end-of-turn token; system, user and tool turns and the template's role headers are 0.
-
-    Templates with `{% generation %}` markers (the tiny lab's, TRL's training templates) give the mask
-    directly (`return_assistant_tokens_mask`). For others, each assistant turn is located by rendering
-    the conversation up to it (with the generation prompt) and through it: the turn is the text in
-    between, cut after the tokenizer's EOS. That needs a prefix-preserving template (each rendered
-    prefix begins the full rendering); one that is not raises TrainingError.
-    """
-    from trl.chat_template_utils import has_generation_markers
-
-    template = tokenizer.chat_template
-    if template is None:
-        raise TrainingError(f"the tokenizer of {tokenizer.name_or_path!r} has no chat template "
-                            "(set training.chat_template)")
-    if has_generation_markers(template if isinstance(template, str) else template["default"]):
-        out = tokenizer.apply_chat_template(
-            messages, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
-        return list(out["input_ids"]), list(out["assistant_masks"])
-    return _assistant_tokens_by_spans(tokenizer, messages, tools)
-
-
-def _assistant_tokens_by_spans(
-    tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, Any]], tools: list[dict] | None
-) -> tuple[list[int], list[int]]:
-    def render(part: list[dict[str, Any]], generation_prompt: bool = False) -> str:
-        return tokenizer.apply_chat_template(part, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
-
-    text = render(messages)
-    spans = []
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = render(messages[:index], generation_prompt=True)
-        through = render(messages[: index + 1])
-        if not (through.startswith(before) and text.startswith(through)):
-            raise TrainingError(
-                f"the chat template of {tokenizer.name_or_path!r} is not prefix-preserving at message {index}: "
-                "the assistant turns cannot be located; use a template with {% generation %} markers "
-                "(training.chat_template)"
-            )
-        end = len(through)
-        eos = tokenizer.eos_token
-        cut = through.rfind(eos, len(before)) if eos else -1
-        if cut >= 0:  # what the template writes after the end-of-turn token is not generated by the model
-            end = cut + len(eos)
-        spans.append((len(before), end))
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = [int(any(start <= first < end for start, end in spans)) for first, _ in encoded["offset_mapping"]]
-    return list(encoded["input_ids"]), mask
 
 
 def tokenize_pair(tokenizer: "PreTrainedTokenizerBase", row: dict[str, Any]) -> dict[str, list[int]]:
@@ -310,87 +222,6 @@ def _dpo_trainer_class() -> type:
     return AssistantOnlyDPOTrainer
 
 
-# --------------------------------------------------------------------------- models
-
-
-def compute_dtype() -> "torch.dtype":
-    """bf16 on GPUs that support it natively, fp16 on other GPUs (a T4), fp32 on CPU (`fcdpo.loading`)."""
-    from fcdpo.loading import compute_dtype as decide
-
-    return decide()
-
-
-def _launched_processes() -> int:
-    """Processes of this run as the launcher (`accelerate launch`, `torchrun`) set them.
-
-    Read from the environment: creating accelerate's shared state this early would fix it before
-    the trainer's arguments (`use_cpu`, the backend) are known.
-    """
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _sharded_launch() -> bool:
-    """Whether `accelerate launch` runs this process under FSDP or DeepSpeed (the model must not be placed)."""
-    return any(os.environ.get(k, "").lower() == "true" for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
-
-
-def load_student(model: str | Path, settings: TrainingConfig) -> tuple[Any, Any]:
-    """The base model to train and its tokenizer.
-
-    With `settings.load_in_4bit` the linear layers are quantised to NF4 with double quantisation and
-    computed in `compute_dtype()`, then `prepare_model_for_kbit_training` makes the model trainable
-    (norms in fp32, input gradients for checkpointing). Under FSDP or DeepSpeed the 4-bit weights are
-    stored in the compute dtype so they can be sharded. `settings.chat_template` replaces the
-    tokenizer's template (a name in CHAT_TEMPLATES or a .jinja file).
-    """
-    loaded = _load_base(model, settings)
-    if settings.load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-
-        loaded = prepare_model_for_kbit_training(
-            loaded,
-            use_gradient_checkpointing=_gradient_checkpointing(settings),
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    return loaded, load_tokenizer(model, settings)
-
-
-def _load_base(model: str | Path, settings: TrainingConfig) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from fcdpo.loading import model_kwargs
-
-    device_map = None
-    if settings.load_in_4bit:  # each process holds its whole (quantised) model on its own device
-        device_map = {"": int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"}
-    kwargs = model_kwargs(load_in_4bit=settings.load_in_4bit, dtype=compute_dtype(), device_map=device_map,
-                          sharded=settings.load_in_4bit and _sharded_launch())
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(model), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"cannot load the student {str(model)!r}: {exc}") from exc
-
-
-def load_tokenizer(model: str | Path, settings: TrainingConfig) -> Any:
-    """The student's tokenizer as training uses it: `settings.chat_template` applied, a pad token set."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model))
-    except (OSError, ValueError) as exc:
-        raise TrainingError(f"cannot load the tokenizer of {str(model)!r}: {exc}") from exc
-    if settings.chat_template:
-        tokenizer.chat_template = named_chat_template(settings.chat_template)
-    try:  # a template that refuses tool turns or rewrites earlier turns fails here, naming its replacement
-        check_chat_template(tokenizer, str(model), "training.chat_template")
-    except ChatTemplateError as exc:
-        raise TrainingError(str(exc)) from exc
-    if tokenizer.pad_token is None:  # Mistral has none; padding sits under a zero attention mask
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def pair_lengths(dataset: "Dataset", tokenizer: "PreTrainedTokenizerBase") -> list[dict[str, Any]]:
     """Token counts of every pair: `prompt`, `chosen` and `rejected` (completions), and `longest`
     (prompt + the longer completion, what `max_length` is compared with), with `task`."""
@@ -403,127 +234,7 @@ def pair_lengths(dataset: "Dataset", tokenizer: "PreTrainedTokenizerBase") -> li
     return rows
 
 
-def named_chat_template(name_or_path: str) -> str:
-    """A chat template by name (`CHAT_TEMPLATES`) or from a `.jinja` file."""
-    if name_or_path in CHAT_TEMPLATES:
-        return CHAT_TEMPLATES[name_or_path]
-    path = Path(name_or_path)
-    if path.suffix == ".jinja" and path.is_file():
-        return path.read_text()
-    raise TrainingError(f"training.chat_template {name_or_path!r} is neither a name in {sorted(CHAT_TEMPLATES)} "
-                        "nor an existing .jinja file")
-
-
-def _gradient_checkpointing(settings: TrainingConfig) -> bool:
-    import torch
-
-    if settings.gradient_checkpointing is None:
-        return torch.cuda.is_available()
-    return settings.gradient_checkpointing
-
-
-def lora_config(settings: TrainingConfig) -> Any:
-    """The PEFT LoRA configuration of both methods (`fcdpo.loading.lora_config`)."""
-    from fcdpo.loading import lora_config as make
-
-    return make(settings.lora_r, settings.lora_alpha, settings.lora_dropout, settings.target_modules)
-
-
-def _adapter_dtype_for_training(model: Any) -> None:
-    """Trainable (LoRA) weights in fp32 unless the run computes in bf16.
-
-    TRL casts the adapter of a quantised model to bf16 (the QLoRA recipe). fp16 mixed precision
-    (GPUs without bf16) needs fp32 master weights, and CPUs compute in fp32.
-    """
-    import torch
-
-    if compute_dtype() == torch.bfloat16:
-        return
-    for parameter in model.parameters():
-        if parameter.requires_grad and parameter.dtype != torch.float32:
-            parameter.data = parameter.data.float()
-
-
 # --------------------------------------------------------------------------- runs
-
-
-@dataclass
-class TrainingResult:
-    """What a training run leaves: its folder, the adapter, the curves and the report."""
-
-    output_dir: Path
-    adapter_dir: Path
-    curves: list[dict[str, Any]]
-    report: dict[str, Any]
-    trainer: Any = field(default=None, repr=False)  # the TRL trainer, its model still in memory
-
-
-def memory_snapshot() -> dict[str, float]:
-    """Memory in GB now: GPU allocated / peak / reserved when CUDA is in use, else this process's RSS and peak RSS."""
-    import torch
-
-    if torch.cuda.is_available():
-        return {
-            "gpu_allocated_gb": round(torch.cuda.memory_allocated() / 2**30, 3),
-            "gpu_peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-            "gpu_reserved_gb": round(torch.cuda.memory_reserved() / 2**30, 3),
-        }
-    pages = int(Path("/proc/self/statm").read_text().split()[1]) if Path("/proc/self/statm").exists() else 0
-    return {
-        "rss_gb": round(pages * os.sysconf("SC_PAGE_SIZE") / 2**30, 3),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),  # KB on Linux
-    }
-
-
-def _curve_writer(output_dir: Path) -> Any:
-    from transformers import TrainerCallback
-
-    class CurveWriter(TrainerCallback):
-        """Rewrites `curves.json` and `curves.csv` at every log, so a long run can be watched as it goes."""
-
-        def __init__(self) -> None:
-            self.rows: list[dict[str, Any]] = []
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or not state.is_world_process_zero:
-                return
-            self.rows.append({"step": state.global_step, **{k: v for k, v in logs.items() if _is_number(v)}})
-            write_curves(self.rows, output_dir)
-
-    return CurveWriter()
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def write_curves(rows: list[dict[str, Any]], output_dir: str | Path) -> None:
-    """Training curves as `curves.json` (a list of rows) and `curves.csv` (one column per metric)."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "curves.json").write_text(json.dumps(rows, indent=1))
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with (output_dir / "curves.csv").open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_curves(output_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows written by `write_curves`."""
-    return json.loads((Path(output_dir) / "curves.json").read_text())
-
-
-def resolve_steps(settings: TrainingConfig, examples: int, processes: int = 1) -> int:
-    """Optimizer steps of a run: `max_steps`, or `epochs` passes over `examples` training pairs.
-
-    Both methods use this with the number of *pairs*, so the SFT baseline gets the same budget as DPO:
-    the same steps of the same batch size.
-    """
-    if settings.max_steps > 0:
-        return settings.max_steps
-    per_step = settings.batch_size * settings.grad_accumulation * processes
-    return max(1, math.ceil(settings.epochs * examples / per_step))
 
 
 def train(
@@ -565,7 +276,7 @@ def train(
     if len(preferences["train"]) == 0:
         raise TrainingError("the preference dataset has no training pairs")
     output_dir = Path(output_dir)
-    steps = resolve_steps(settings, len(preferences["train"]), _launched_processes())
+    steps = resolve_steps(settings, len(preferences["train"]), launched_processes())
     memory_before = memory_snapshot()
     started = time.perf_counter()
     base, tokenizer = load_student(model, settings)
@@ -581,7 +292,7 @@ def train(
     finally:
         if bars_were_enabled:
             hf_datasets.enable_progress_bars()
-    curves = _curve_writer(output_dir)
+    curves = curve_writer(output_dir)
     trainer.add_callback(curves)
     trainer.remove_callback(PrinterCallback)  # one printed dict per log would flood a notebook
     trained_at = time.perf_counter()
@@ -610,7 +321,7 @@ def train(
         "train_seconds": round(train_seconds, 1),
         "memory_before": memory_before,
         "memory_after": memory_snapshot(),
-        "final": {k: v for k, v in final_metrics.items() if _is_number(v)},
+        "final": {k: v for k, v in final_metrics.items() if is_number(v)},
     }
     if trainer.accelerator.is_main_process:
         write_curves(curves.rows, output_dir)
@@ -694,55 +405,11 @@ def _trainer(
             processing_class=tokenizer,
             peft_config=peft_config,
         )
-    _adapter_dtype_for_training(trainer.model)
+    adapter_dtype_for_training(trainer.model)
     if progress and headless():
         every = settings.logging_steps * max(1, steps // (10 * settings.logging_steps))  # about 10 lines, on logged steps
         trainer.add_callback(trainer_callback(print, f"{method} {output_dir.name}: ", every))
     return trainer
-
-
-def trainer_arguments(settings: TrainingConfig, progress: bool) -> dict[str, Any]:
-    """The TRL config arguments every fcdpo trainer shares: schedule, seeds, precision, checkpointing,
-    device, logging, no checkpoints saved, and progress (lines instead of a bar in a headless run)."""
-    import torch
-
-    on_gpu = torch.cuda.is_available()
-    dtype = compute_dtype()
-    return dict(
-        lr_scheduler_type="cosine",
-        warmup_steps=settings.warmup,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        bf16=on_gpu and dtype == torch.bfloat16,
-        fp16=on_gpu and dtype == torch.float16,
-        activation_checkpointing=_gradient_checkpointing(settings),
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        use_cpu=not on_gpu,
-        logging_steps=settings.logging_steps,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=not progress or headless(),
-        dataloader_num_workers=0,
-    )
-
-
-TINY_LAB_STUDENT = {"kind": "hf", "model": "lab/student"}  # what the tiny lab builds in the run folder
-
-
-def student_spec(profile: Any) -> dict[str, Any]:
-    """The profile's student backend spec; an empty one means the tiny lab's student in the run folder."""
-    return dict(profile.student or TINY_LAB_STUDENT)
-
-
-def student_reference(profile: Any) -> str:
-    """The student's model as `from_pretrained` takes it: a folder in the run (the tiny lab's) or a hub id."""
-    spec = student_spec(profile)
-    if spec.get("kind") != "hf" or not spec.get("model"):
-        raise TrainingError(f"profile {profile.name!r}: the student must be a local model (kind: hf, model: ...) "
-                            f"to be trained, got {spec!r}")
-    model = str(spec["model"])
-    in_run = profile.run_path / model
-    return str(in_run) if in_run.exists() else model
 
 
 def trained_methods(settings: TrainingConfig) -> tuple[str, ...]:
@@ -821,7 +488,7 @@ def train_onpolicy(
     settings, label = profile.training, "onpolicy_dpo"
     if seed is not None and seed != settings.seed:
         settings, label = replace(settings, seed=seed), f"onpolicy_dpo-s{seed}"
-    if _launched_processes() > 1 and settings.onpolicy_rounds > 1:
+    if launched_processes() > 1 and settings.onpolicy_rounds > 1:
         raise TrainingError("later rounds of onpolicy_dpo sample the trained model: run them in one process")
     run = profile.run_path
     folder = run / "training" / label
@@ -863,7 +530,7 @@ def load_trained(base: str | Path, adapter_dir: str | Path, load_in_4bit: bool =
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    model = _load_base(base, TrainingConfig(load_in_4bit=load_in_4bit))
+    model = load_base(base, load_in_4bit)
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), tokenizer
 

@@ -1,4 +1,7 @@
-"""The reasoning tasks: math word problems and first-order logic."""
+"""The reasoning tasks: math word problems and first-order logic.
+
+Layer: functions and tasks; imports the task modules and `fcdpo.settings`.
+"""
 
 from fcdpo.tasks.base import Problem, Task, load_problems, save_problems
 
@@ -116,7 +119,7 @@ def _repository_path(path: str | None):
         return None
     from pathlib import Path
 
-    from fcdpo.config import CONFIG_DIR
+    from fcdpo.settings import CONFIG_DIR
 
     return Path(path) if Path(path).is_absolute() else CONFIG_DIR.parent / path
 

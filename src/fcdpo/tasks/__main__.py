@@ -1,5 +1,7 @@
 """Print one generated problem of each task with its gold chain, as the README shows them.
 
+Layer: commands; imports `fcdpo.tasks` and `fcdpo.agent`.
+
     python -m fcdpo.tasks
 """
 

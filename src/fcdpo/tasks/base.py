@@ -1,5 +1,7 @@
 """What every task looks like to the agent and to later stages.
 
+Layer: functions and tasks; imports only `fcdpo.functions`.
+
 A task is a source of problems (generated from a seed or loaded from a benchmark file), a set of
 functions the model may call while solving them, a system prompt that injects those functions'
 descriptions and example calls, and an answer check.

@@ -1,5 +1,7 @@
 """A safe, exact arithmetic evaluator for expressions written by a model.
 
+Layer: functions and tasks; imports nothing of fcdpo.
+
 The expression is parsed with `ast` and only number literals, `+ - * / // % **`, unary signs and
 parentheses are evaluated; everything else (names, calls, attributes, comparisons, strings, ...)
 is refused. Arithmetic is exact on rationals: `0.1 + 0.2` is `3/10` and `7 / 2` is `7/2`.

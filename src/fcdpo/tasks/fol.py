@@ -1,5 +1,7 @@
 """First-order logic: ProntoQA-style generated problems and FOLIO, solved with a z3 prover.
 
+Layer: functions and tasks; imports `fcdpo.logic`, `fcdpo.functions` and the task modules base and records.
+
 The model records what a problem states, then asks the prover. Small models copy short arguments
 far better than long formulas, so beside raw formulas (`add_premise`, `prove`, FOLIO notation) it
 gets structured helpers for the sentences generated problems use:
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from fcdpo.logic import FALSE, RESERVED_WORDS, TRUE, UNKNOWN, FormulaError, KnowledgeBase
 from fcdpo.tasks.base import Problem, Task
+from fcdpo.tasks.records import MAX_LIST_ITEMS, BadRow, Loaded, collect, jsonl_rows
 
 if TYPE_CHECKING:
     from fcdpo.functions import FunctionSet
@@ -671,10 +674,8 @@ class FolTask(Task):
         premise, formula and position (`strict=True` raises instead). Note that some FOLIO
         annotations do not entail their own label, so a gold chain may end in another label than
         the answer. A line that is not a FOLIO record raises ValueError naming the file and line.
-        For every row of a file, with unreadable ones counted, see `fcdpo.tasks.sources.read_folio`.
+        For every row of a file, with unreadable ones counted, see `read_folio`.
         """
-        from fcdpo.tasks.sources import read_folio
-
         loaded = read_folio(path, strict=True)
         problems: list[Problem] = []
         for problem, row in zip(loaded.problems, loaded.problem_rows):
@@ -782,3 +783,36 @@ def label_of(text: Any) -> str | None:
     if not isinstance(text, str):
         return None
     return {"true": TRUE, "false": FALSE, "uncertain": UNKNOWN, "unknown": UNKNOWN}.get(text.strip().lower())
+
+
+def folio_maker() -> Callable[[Any, int, int], Problem]:
+    """What `collect` makes of one FOLIO row: its problem, or a BadRow."""
+
+    def make(record: Any, line: int, index: int) -> Problem:
+        if isinstance(record, dict) and "label" in record and isinstance(record["label"], str):
+            if label_of(record["label"]) is None:
+                raise BadRow(f"label {record['label']!r} is not True, False or Uncertain", kind="gold")
+        problem = folio_record(record, line, max_premises=min(MAX_FOLIO_PREMISES, MAX_LIST_ITEMS))
+        error = folio_formula_error(problem)
+        if error is not None:
+            logger.warning("FOLIO row %s: the gold formulas cannot be read: %s", line, error)
+            problem.meta["gold_chain_error"] = error
+            problem.gold_chain = []
+        return problem
+
+    return make
+
+
+def read_folio(path: str | Path, *, strict: bool = False, limit: int | None = None) -> Loaded:
+    """FOLIO rows from an official jsonl file (`premises`, `premises-FOL`, `conclusion`,
+    `conclusion-FOL`, `label`).
+
+    A record whose label is not True / False / Uncertain has no readable gold answer (rejected,
+    kind "gold"). A record whose formulas the prover cannot read is kept, graded by its label, with
+    an empty gold chain and `meta["gold_chain_error"]` naming the premise or conclusion, the formula
+    and the position; it is listed in `notes` with its line."""
+    path = Path(path)
+    loaded = collect("folio", str(path), jsonl_rows(path, "FOLIO"), folio_maker(), strict, limit)
+    for note in loaded.notes:
+        note.reason = f"{path}:{note.line}: {note.reason}"
+    return loaded

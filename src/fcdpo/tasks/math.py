@@ -1,5 +1,7 @@
 """GSM8K-style math word problems: arithmetic functions, a seeded generator, GSM8K loading.
 
+Layer: functions and tasks; imports `fcdpo.functions` and the task modules base, calculator and records.
+
 The model solves a problem by calling exact arithmetic functions (`add`, `subtract`, `multiply`,
 `divide`, `remainder`, `percent_of`, `round_to`, `calculate`) one step at a time, then writes
 `Final answer: <number>`. All arithmetic is exact on sympy rationals: float arguments are read
@@ -13,21 +15,28 @@ from the official GSM8K jsonl via `load_gsm8k`, whose calculator annotations `<<
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import random
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import sympy
 
 from fcdpo.functions import FunctionSet, format_value
 from fcdpo.tasks.base import DatasetUnavailableError, Problem, Task
 from fcdpo.tasks.calculator import MAX_MAGNITUDE, evaluate_expression
+from fcdpo.tasks.records import (
+    MAX_LIST_ITEMS,
+    BadRow,
+    Loaded,
+    collect,
+    hub_offline_from_environment,
+    jsonl_rows,
+    text_field,
+)
 
 __all__ = [
     "GSM8KUnavailableError",
@@ -624,36 +633,39 @@ def gsm8k_problem(record: dict[str, Any], problem_id: str) -> Problem:
     return Problem(problem_id, "math", record["question"].strip(), canonical_number(value), chain, meta)
 
 
-def _read_gsm8k_file(path: str | Path, limit: int | None) -> list[Problem]:
-    from fcdpo.tasks.sources import read_gsm8k
+def gsm8k_maker(prefix: str) -> Callable[[Any, int, int], Problem]:
+    """What `collect` makes of one GSM8K row: its problem (ids `gsm8k-<prefix>-<row>`), or a BadRow."""
 
+    def make(record: Any, line: int, index: int) -> Problem:
+        if not isinstance(record, dict):
+            raise BadRow("expected a JSON object")
+        text_field(record, "question")
+        answer = text_field(record, "answer")
+        annotations = len(_ANNOTATION.findall(answer))
+        if annotations > MAX_LIST_ITEMS:
+            raise BadRow(f"{annotations} calculator annotations; the limit is {MAX_LIST_ITEMS}")
+        try:
+            return gsm8k_problem(record, f"gsm8k-{prefix}-{index}")
+        except ValueError as exc:  # the record's shape was checked above: what is left is its answer
+            raise BadRow(str(exc).split(": ", 1)[-1], kind="gold") from exc
+
+    return make
+
+
+def read_gsm8k(path: str | Path, *, strict: bool = False, limit: int | None = None) -> Loaded:
+    """GSM8K rows from an official jsonl file (`{"question", "answer"}`, `#### <answer>` last).
+
+    Problem ids are `gsm8k-<file stem>-<row>` (row: 0-based among the file's non-blank lines)."""
+    path = Path(path)
+    rows = jsonl_rows(path, "GSM8K")
+    return collect("gsm8k", str(path), rows, gsm8k_maker(path.stem), strict, limit)
+
+
+def _read_gsm8k_file(path: str | Path, limit: int | None) -> list[Problem]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no GSM8K file at {path}; expected the official jsonl (see {_GSM8K_URL})")
     return read_gsm8k(path, strict=True, limit=limit).problems
-
-
-@contextlib.contextmanager
-def _hub_offline_from_environment() -> Iterator[None]:
-    """Honour HF_HUB_OFFLINE / HF_DATASETS_OFFLINE as set now, not as they were at import time.
-
-    `datasets` and `huggingface_hub` read these variables once when imported; if they were
-    imported earlier, a later offline setting would be ignored and `load_dataset` would retry the
-    network for about half a minute.
-    """
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("HF_DATASETS_OFFLINE", ""))
-    if not any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags):
-        yield
-        return
-    import datasets.config
-    import huggingface_hub.constants
-
-    saved = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
-    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
 
 
 def load_gsm8k(
@@ -686,7 +698,7 @@ def load_gsm8k(
     except ImportError as exc:
         raise GSM8KUnavailableError(f"the `datasets` package is not installed; {advice}") from exc
     try:
-        with _hub_offline_from_environment():
+        with hub_offline_from_environment():
             rows = load_dataset(_HUB_DATASET, "main", split=split)
     except Exception as exc:  # noqa: BLE001 - any failure here means the same thing to the caller
         raise GSM8KUnavailableError(

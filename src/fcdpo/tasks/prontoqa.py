@@ -1,5 +1,7 @@
 """ProntoQA's sentences as the structured FOL calls: a gold chain for a real ProntoQA problem.
 
+Layer: functions and tasks; imports nothing of fcdpo.
+
 ProntoQA (and the generator in `fcdpo.tasks.fol`) writes a handful of sentence forms:
 
     Max is a yumpus.                       add_fact(entity="Max", concept="yumpus")
