@@ -6,7 +6,7 @@ PROFILE ?= tiny-cpu
 # The CPU build of torch must be installed before anything that depends on torch, or pip pulls the CUDA one.
 TORCH   ?= torch==2.13.0
 
-.PHONY: reproduce test setup lab clean-notebooks
+.PHONY: reproduce experiments test setup lab clean-notebooks
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml
 
 reproduce: setup
 	$(PY) -m fcdpo.pipeline --profile $(PROFILE)
+
+# Every training arm (DPO, SFT, step DPO, on-policy DPO, GRPO), three seeds each, on the tiny lab:
+# configs/tiny-cpu-arms.yaml, results in runs/tiny-cpu-arms/.
+experiments: setup
+	$(PY) -m fcdpo.pipeline --profile $(PROFILE)-arms
 
 # Rebuild the shipped tiny lab (lab/<profile>/): tokenizer, teacher and student from the profile's seed,
 # measured on the dev split. About an hour on 2 cores; an interrupted build resumes where it stopped.

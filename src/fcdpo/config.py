@@ -110,7 +110,19 @@ def load_profile(name_or_path: str | Path = "tiny-cpu", overrides: dict[str, Any
     `overrides` maps dotted keys to values, e.g. `{"tasks.math.train": 20}`; they are checked like the file.
     A profile must be UTF-8 YAML, not empty, with no key given twice; a profile name (given here or
     as `name:`) is letters, digits and _ . + - only, so it stays inside `configs/` and `runs/`.
+    A profile may start from another with `extends: <profile>`: its sections are merged into the other's
+    key by key (a mapping merges, anything else replaces), and `name` is its own.
     """
+    path = _profile_path(name_or_path)
+    raw = _read_profile(path, chain=())
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    profile = build(Profile, raw, where=str(path))
+    _check_profile(profile, str(path))
+    return profile
+
+
+def _profile_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         if not _PROFILE_NAME.match(str(name_or_path)) or ".." in str(name_or_path):
@@ -120,6 +132,11 @@ def load_profile(name_or_path: str | Path = "tiny-cpu", overrides: dict[str, Any
     if not path.exists():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"no profile {str(name_or_path)!r}: {path} does not exist (known profiles: {known})")
+    return path
+
+
+def _read_profile(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The profile file's mapping, with the profile it `extends` (if any) merged under it."""
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -132,11 +149,28 @@ def load_profile(name_or_path: str | Path = "tiny-cpu", overrides: dict[str, Any
         raise ConfigError(f"{path}: the profile is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
-    profile = build(Profile, raw, where=str(path))
-    _check_profile(profile, str(path))
-    return profile
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str):
+        raise ConfigError(f"{path}:extends: expected a profile name, got {base_name!r}")
+    base_path = _profile_path(base_name)
+    if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
+        names = " -> ".join(p.stem for p in (*chain, path, base_path))
+        raise ConfigError(f"{path}:extends: profiles extend each other in a circle ({names})")
+    if "name" not in raw:
+        raise ConfigError(f"{path}: a profile that extends another needs its own `name` (it names the run folder)")
+    return _merged(_read_profile(base_path, (*chain, path)), raw)
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _check_profile(profile: Profile, where: str) -> None:
