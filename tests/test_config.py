@@ -138,3 +138,39 @@ def test_command_line_overrides_are_read_as_yaml_and_a_missing_equals_sign_is_an
         "training.max_steps": 10, "lab.shipped": None, "tasks.fol.functions": ["query"]}
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         parse_overrides(["training.max_steps"])
+
+
+def test_a_profile_extends_another_section_by_section(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: tiny-cpu\nname: child\ntraining:\n  methods: [dpo, sft, grpo]\n  grpo: {problems: 5}\n"
+                     "tasks:\n  math: {train: 7}\n")
+    base, profile = load_profile("tiny-cpu"), load_profile(child)
+    assert profile.name == "child" and profile.run_path.name == "child"
+    assert profile.training.methods == ["dpo", "sft", "grpo"] and profile.training.grpo.problems == 5
+    assert profile.training.learning_rate == base.training.learning_rate  # the rest of a section is kept
+    assert profile.tasks["math"].train == 7 and profile.tasks["math"].eval == base.tasks["math"].eval
+    assert profile.tasks["fol"] == base.tasks["fol"] and profile.lab == base.lab
+    arms = load_profile("tiny-cpu-arms")
+    assert set(arms.training.methods) == {"dpo", "sft", "step_dpo", "onpolicy_dpo", "grpo"}
+    assert arms.tasks == base.tasks and arms.lab == base.lab  # the same lab, problems and splits
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("extends: tiny-cpu\ntraining: {methods: [dpo]}\n", "needs its own `name`"),
+    ("extends: nowhere\nname: x\n", "no profile 'nowhere'"),
+    ("extends: [tiny-cpu]\nname: x\n", "extends: expected a profile name"),
+    ("extends: tiny-cpu\nname: x\ntraining: {lerning_rate: 1}\n", "lerning_rate"),
+])
+def test_a_bad_extends_is_an_error_naming_the_file(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="bad.yaml") as error:
+        load_profile(path)
+    assert fragment in str(error.value)
+
+
+def test_profiles_that_extend_each_other_in_a_circle_are_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\nname: a\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\nname: b\n")
+    with pytest.raises(ConfigError, match="in a circle"):
+        load_profile(tmp_path / "a.yaml")

@@ -154,7 +154,10 @@ def _read_profile(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         return raw
     if not isinstance(base_name, str):
         raise ConfigError(f"{path}:extends: expected a profile name, got {base_name!r}")
-    base_path = _profile_path(base_name)
+    try:
+        base_path = _profile_path(base_name)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}:extends: {exc}") from None
     if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
         names = " -> ".join(p.stem for p in (*chain, path, base_path))
         raise ConfigError(f"{path}:extends: profiles extend each other in a circle ({names})")
