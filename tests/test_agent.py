@@ -174,8 +174,9 @@ def test_the_agent_gives_each_chain_functions_of_its_own_problem():
     # echo_next functions hand out the next statement of the chain's own question, as in the gold chain
     task = get_task("fol", ["add_fact", "add_rule", "query"], echo_next=True)
     problems = task.generate(3, seed=4, min_hops=1, max_hops=2, distractors=1, chain="text")
-    gold = {p.question: gold_messages(p, task) for p in problems}
+    gold = {task.user_message(p): gold_messages(p, task) for p in problems}
     backend = ScriptedBackend({q: [m["content"] for m in chain[2::2]] for q, chain in gold.items()})
     for chain in Agent(task, backend, AgentConfig()).run(problems):
         assert chain.correct and chain.messages == gold[chain.messages[1]["content"]]
         assert chain.messages[3]["content"].startswith("ok. Next: ")
+        assert chain.messages[1]["content"].splitlines()[-1].startswith("Next: ")

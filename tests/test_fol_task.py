@@ -421,6 +421,9 @@ def test_with_echo_next_each_record_hands_out_the_next_statement_and_the_questio
         statements = statements_of(problem.question)
         body, ask = problem.question.split("\n")
         assert " ".join(statements[:-1]) == body and statements[-1] == ask.strip()
+        # the user turn hands out the first statement, after the whole question
+        assert task.user_message(problem) == f"{problem.question}\nNext: {statements[0]}"
+        assert get_task("fol").user_message(problem) == problem.question
         *records, query = task.functions(problem).run_chain(problem.gold_chain)
         # record i (0-based) translates statement i, which the question states or record i-1 handed out
         assert [o.content for o in records] == [f"ok. Next: {s}" for s in statements[1:]]

@@ -150,7 +150,7 @@ def prompt_messages(problem: "Problem", task: "Task", config: AgentConfig, shots
     """The opening of a chain: the system prompt with the functions injected, then the question."""
     return [
         {"role": "system", "content": task.system_prompt(config.syntax) + shots},
-        {"role": "user", "content": problem.question},
+        {"role": "user", "content": task.user_message(problem)},
     ]
 
 

@@ -274,12 +274,12 @@ def load_adapter_role_backends(
 class _Chain:
     """The state of one chain while the team runs it."""
 
-    def __init__(self, problem: "Problem", functions: FunctionSet, system_prompt: str, sample: int):
+    def __init__(self, problem: "Problem", task: "Task", system_prompt: str, sample: int):
         self.problem = problem
-        self.functions = functions
+        self.functions = task.functions(problem)
         self.messages: list[dict[str, Any]] = [
             {"role": "system", "content": system_prompt},
-            {"role": "user", "content": problem.question},
+            {"role": "user", "content": task.user_message(problem)},
         ]
         self.sample = sample
         self.waiting: str | None = "planner"  # the role that speaks next; None once finished
@@ -342,7 +342,7 @@ class MultiAgent:
         backend call of the run gets `seed + n`. `on_finish` gets each trajectory as its chain stops.
         """
         samples = samples if samples is not None else [0] * len(problems)
-        chains = [_Chain(problem, self.task.functions(problem), self.system_prompt, sample)
+        chains = [_Chain(problem, self.task, self.system_prompt, sample)
                   for problem, sample in zip(problems, samples, strict=True)]
         tools = self.schemas if self.config.syntax == "json" else None
         backend_calls = 0
@@ -535,7 +535,7 @@ def gold_role_messages(problem: "Problem", task: "Task", syntax: str = "python")
     """A problem's gold chain as a multi-agent chain (templated thoughts, `Final answer: <gold>`)."""
     gold = gold_messages(problem, task, syntax)
     steps = list(zip(gold[2:-1:2], gold[3:-1:2]))
-    return role_messages(task, problem.question, steps, gold[-1]["content"], syntax)
+    return role_messages(task, task.user_message(problem), steps, gold[-1]["content"], syntax)
 
 
 def role_samples(messages: list[dict[str, Any]], task: "Task", syntax: str | None = None) -> dict[str, list[dict]]:

@@ -64,9 +64,10 @@ class Task(abc.ABC):
     # A short prompt: the task's first instruction, one line on the call format, and one line per
     # function. Tiny models trained from scratch copy from the question far better behind it.
     brief_prompt: bool = False
-    # FOL only: each recorded statement's result also hands out the next statement of the question
-    # ("ok. Next: Every wumpus is a tumpus."), so translating it is a copy from the turn just before
-    # instead of a lookup by position in the question (`FolTask.functions`).
+    # FOL only: the user turn ends with the question's first statement and each recorded statement's
+    # result hands out the next one ("ok. Next: Every wumpus is a tumpus."), so translating a statement
+    # is a copy from the turn just before instead of a lookup by position in the question
+    # (`FolTask.functions`, `FolTask.user_message`).
     echo_next: bool = False
 
     def offered(self, functions: list[Callable[..., Any]]) -> list[Callable[..., Any]]:
@@ -85,6 +86,10 @@ class Task(abc.ABC):
 
         `problem` is the chain's problem where the functions depend on it (`echo_next`); without it
         they behave as for any problem."""
+
+    def user_message(self, problem: Problem) -> str:
+        """The user turn that opens a chain on `problem`: its question."""
+        return problem.question
 
     @abc.abstractmethod
     def generate(self, n: int, seed: int = 0, **difficulty: Any) -> list[Problem]:

@@ -613,6 +613,12 @@ class FolTask(Task):
         statements = statements_of(problem.question) if self.echo_next and problem is not None else None
         return FunctionSet(self.offered(list(_make_functions(kb, statements))), time_limit=limit)
 
+    def user_message(self, problem: Problem) -> str:
+        """The question; with `echo_next`, followed by a line that hands out its first statement."""
+        if not self.echo_next:
+            return problem.question
+        return f"{problem.question}\nNext: {statements_of(problem.question)[0]}"
+
     def generate(
         self,
         n: int,
