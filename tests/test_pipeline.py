@@ -7,7 +7,7 @@ import pytest
 from fcdpo.agent import Agent, AgentConfig
 from fcdpo.config import load_profile
 from fcdpo.functions import Call
-from fcdpo.pipeline import reproduce, stages
+from fcdpo.pipeline import _local_kernel_manager, reproduce, stages
 from fcdpo.tasks import problem_sets
 from tests.scripted import ScriptedBackend
 
@@ -38,9 +38,9 @@ def scripted_teacher_rollouts(profile):
     folder.mkdir(parents=True, exist_ok=True)
     for name, splits in problem_sets(profile).items():
         task, problems = profile.task(name), splits["train"]
-        right = {p.question: [Call.from_dict(s).to_python() for s in p.gold_chain] + [f"Final answer: {p.answer}"]
+        right = {task.user_message(p): [Call.from_dict(s).to_python() for s in p.gold_chain] + [f"Final answer: {p.answer}"]
                  for p in problems}
-        wrong = {p.question: [Call.from_dict(p.gold_chain[0]).to_python(), "Final answer: 12345"] for p in problems}
+        wrong = {task.user_message(p): [Call.from_dict(p.gold_chain[0]).to_python(), "Final answer: 12345"] for p in problems}
         with (folder / f"teacher-{name}.jsonl").open("w") as out:
             for sample, scripts in ((0, right), (1, wrong)):
                 chains = Agent(task, ScriptedBackend(scripts), profile.agent).run(problems, samples=[sample] * len(problems))
@@ -70,3 +70,8 @@ def test_the_five_notebooks_run_in_order_and_write_their_artifacts(tmp_path):
     assert {"teacher", "student", "sft", "dpo", "multi", "sft-s1", "dpo-s1"} <= models
     methods = json.loads((run / "evaluation" / "methods.json").read_text())
     assert {(row["method"], row["seeds"]) for row in methods} >= {("dpo", 2), ("sft", 2), ("dpo − sft", 2)}
+
+
+def test_the_notebook_kernels_talk_over_local_sockets_not_tcp():
+    manager = _local_kernel_manager()(kernel_name="python3")
+    assert manager.transport == "ipc"
