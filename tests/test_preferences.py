@@ -349,9 +349,12 @@ class AlternatingStudent:
 
     name = "alternating-student"
 
-    def __init__(self, problems):
-        self.calls = {p.question: [Call.from_dict(step).to_python() for step in p.gold_chain] for p in problems}
-        self.answers = {p.question: p.answer for p in problems}
+    def __init__(self, problems, profile):
+        # keyed by the user turn that opens each problem's chain, as the profile's task writes it
+        opening = {p.question: profile.task(p.task).user_message(p) for p in problems}
+        self.calls = {opening[p.question]: [Call.from_dict(step).to_python() for step in p.gold_chain]
+                      for p in problems}
+        self.answers = {opening[p.question]: p.answer for p in problems}
         self.given: dict[str, int] = {}
 
     def complete(self, chats, *, tools=None, max_new_tokens=128, temperature=0.0, seed=None):
@@ -379,7 +382,7 @@ def test_onpolicy_pairs_come_from_the_students_own_graded_chains_of_one_problem(
         "tasks.math.train": 3, "tasks.math.eval": 2, "tasks.math.dev": 0,
         "tasks.fol.train": 2, "tasks.fol.eval": 2, "tasks.fol.dev": 0})
     train = [p for splits in problem_sets(profile).values() for p in splits["train"]]
-    dataset, report = build_onpolicy_preference_dataset(profile, backend=AlternatingStudent(train))
+    dataset, report = build_onpolicy_preference_dataset(profile, backend=AlternatingStudent(train, profile))
     chains = {t.id: t for name in ("math", "fol")
               for t in read_trajectories(tmp_path / "rollouts" / f"student-{name}.jsonl")}
     assert len(chains) == 4 * len(train)  # k chains per training problem, written where rollouts go

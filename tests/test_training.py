@@ -487,7 +487,7 @@ def test_onpolicy_dpo_samples_the_student_and_trains_on_its_own_pairs(arm_profil
     # Student chains that are right on half the samples (a scripted student) give pairs that train the arm.
     for name in ("math", "fol"):
         (run / "rollouts" / f"student-{name}.jsonl").unlink()  # a file of another model is refused, not mixed
-    dataset, report = build_onpolicy_preference_dataset(arm_profile, backend=AlternatingStudent(train_problems))
+    dataset, report = build_onpolicy_preference_dataset(arm_profile, backend=AlternatingStudent(train_problems, arm_profile))
     result = train_from_profile(arm_profile, "onpolicy_dpo", preferences=dataset)
     assert result.output_dir == run / "training" / "onpolicy_dpo" and result.report["method"] == "onpolicy_dpo"
     assert result.report["pairs"]["train"] == report["pairs"] > 0
@@ -524,7 +524,7 @@ def test_a_second_onpolicy_round_samples_the_first_rounds_model_and_takes_it_as_
 
     def backend_for(adapter):
         sampled_with.append(adapter)
-        student = AlternatingStudent(train_problems)
+        student = AlternatingStudent(train_problems, arm_profile)
         student.name = f"alternating-{len(sampled_with)}"
         return student
 
