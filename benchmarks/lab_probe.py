@@ -3,11 +3,15 @@ from scratch on gold chains and score it on 100 dev problems (greedy, through th
 
     python benchmarks/lab_probe.py text 1200 --every 300        # logic, text-order chain
     python benchmarks/lab_probe.py reasoning 1200 --every 300   # logic, reasoning-order chain
-    python benchmarks/lab_probe.py text 600 --every 150 --echo-next  # records hand out the next statement
+    python benchmarks/lab_probe.py text 600 --every 150 --echo-next           # statements handed out
+    python benchmarks/lab_probe.py text 600 --every 150 --echo-next --pieces  # ... and names as word pieces
 
 The problems are the `tiny-cpu` logic settings (1–2 hops, one distractor) with the brief prompt and
-single-token names; training problems come from seed 1000, dev problems from seed 777, and no dev
-question is trained on. Not part of the pipeline: a way to compare recipes cheaply on a dev split.
+single-token names (`--pieces`: word pieces); training problems come from seed 1000, dev problems from
+seed 777, and no dev question is trained on. Each line gives the dev accuracy and, per position in the
+gold chain, how many chains made exactly the gold call there: whether the model copies at all shows
+there long before it shows in the accuracy (a model that copies nothing still guesses a third right).
+Not part of the pipeline: a way to compare recipes cheaply on a dev split.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 
 from fcdpo.agent import Agent, AgentConfig, gold_messages
 from fcdpo.backends import load_backend
+from fcdpo.functions import Call
 from fcdpo.tasks import get_task
 from fcdpo.tinylab import SFTSettings, _interleave, build_model, build_tokenizer, train_sft
 
@@ -54,8 +59,14 @@ def main() -> None:
         tokenizer.save_pretrained(args.out)
         backend = load_backend({"kind": "hf", "model": args.out, "batch_size": 64})
         chains = Agent(task, backend, AgentConfig(max_steps=8, max_errors=3, max_new_tokens=32, token_budget=256)).run(dev)
-        print(json.dumps({"chain": args.chain, "echo_next": args.echo_next, "pieces": args.pieces, "step": done, "loss": stats["loss"],
-                          "dev_accuracy": sum(c.correct for c in chains) / len(chains),
+        exact: dict[int, int] = {}
+        for chain, problem in zip(chains, dev):
+            made = [m["content"] for m in chain.messages[2:] if m["role"] == "assistant"]
+            for i, step in enumerate(problem.gold_chain):
+                exact[i] = exact.get(i, 0) + (i < len(made) and made[i] == Call.from_dict(step).to_python())
+        print(json.dumps({"chain": args.chain, "echo_next": args.echo_next, "pieces": args.pieces, "step": done,
+                          "loss": stats["loss"], "dev_accuracy": sum(c.correct for c in chains) / len(chains),
+                          "exact_call_by_position": [exact[i] for i in sorted(exact)],
                           "seconds": round(time.perf_counter() - started)}), flush=True)
 
 
