@@ -69,6 +69,17 @@ QWEN3_TOOLS_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
 )
 
+# One tool call of an assistant turn as a `<tool_call>` block of JSON (inside a loop over
+# `message.tool_calls`), shared by the templates fcdpo writes.
+TOOL_CALL_BLOCK = (
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{{- '<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
+    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
+    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+)
+
 # Mistral-7B-Instruct-v0.2's format ([INST] … [/INST] answer</s>) extended to tool turns, which its own
 # template refuses: a tool result is shown as an instruction turn `Result: <content>`, and each
 # assistant turn (with its leading space and </s>) is marked for assistant-only masks.
@@ -86,12 +97,7 @@ MISTRAL_TOOLS_TEMPLATE = (
     "{%- generation %}"
     "{{- ' ' }}{%- if message.content %}{{- message.content }}{%- endif %}"
     "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}"
-    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{{- '<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
-    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
-    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
-    "{{- '}\\n</tool_call>' }}"
+    + TOOL_CALL_BLOCK +
     "{%- endfor %}{%- endif %}"
     "{{- eos_token }}"
     "{%- endgeneration %}"

@@ -32,6 +32,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from fcdpo.chat_templates import TOOL_CALL_BLOCK
 from fcdpo.messages import arrow_safe
 from fcdpo.progress import trainer_callback
 from fcdpo.settings import LabConfig, ModelRecipe, SFTSettings
@@ -77,12 +78,7 @@ CHAT_TEMPLATE = (
     "{%- if message.content %}{{- message.content }}{%- endif %}"
     "{%- if message.tool_calls %}"
     "{%- for tool_call in message.tool_calls %}"
-    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{{- '<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
-    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
-    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
-    "{{- '}\\n</tool_call>' }}"
+    + TOOL_CALL_BLOCK +
     "{%- endfor %}"
     "{%- endif %}"
     "{{- '<|im_end|>' }}"
