@@ -46,3 +46,21 @@ def test_readme_examples_are_what_the_generators_produce():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("<!-- examples:start -->")[1].split("<!-- examples:end -->")[0]
     assert section.strip() == examples_markdown().strip(), "regenerate with: python -m fcdpo.tasks"
+
+
+def test_only_the_two_known_library_messages_are_quieted():
+    import logging
+    import warnings
+
+    import fcdpo  # noqa: F401 - importing the package installs the filters
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        import importlib
+
+        importlib.reload(fcdpo)  # the filter goes in front of "default", as on a first import
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("`past_key_values` is deprecated", FutureWarning)
+    assert [str(w.message) for w in caught] == ["`past_key_values` is deprecated"]
+    assert logging.getLogger("bitsandbytes.backends.cpu.ops").getEffectiveLevel() == logging.ERROR
+    assert logging.getLogger("bitsandbytes").getEffectiveLevel() < logging.ERROR  # the rest of it still speaks

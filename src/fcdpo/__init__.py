@@ -6,6 +6,17 @@ own layer and the layers below it, never from one above, and no modules import e
 docstring says its layer and what it imports.
 """
 
+import logging
+import warnings
+
+# Two messages from libraries, not from fcdpo's use of them, that every executed notebook would repeat:
+# - PEFT 0.21 asks each model it wraps for `is_gradient_checkpointing`, which transformers 5.2x deprecates
+#   for `is_activation_checkpointing`: one FutureWarning per adapter loaded or trained.
+# - bitsandbytes, imported by PEFT, tries on CPUs with AVX512-BF16 to download a 4-bit kernel with the
+#   `kernels` package and logs a warning when it cannot; fcdpo quantises only on GPUs, and runs offline.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 LAYERS = (
     # What a run is made of, in plain data: its settings, text and messages as stored, chat templates,
     # how models are loaded, formulas and their prover, the attention kernel.
