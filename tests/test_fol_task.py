@@ -433,6 +433,8 @@ def test_with_echo_next_each_record_hands_out_the_next_statement_and_the_questio
     for step in problem.gold_chain[:-1] * 2:  # more records than statements: the question line again
         last = extra.run_chain([step])[0]
     assert last.content == f"ok. Next: {statements[-1]}"
+    blank = Problem(id="b", task="fol", question="  ", answer="Unknown")
+    assert task.user_message(blank) == "  " and task.functions(blank).run_chain(problem.gold_chain[:1])[0].content == "ok"
     off = get_task("fol", ["add_fact", "add_rule", "query"])
     assert all(o.content == "ok" for o in off.functions(problem).run_chain(problem.gold_chain)[:-1])
 

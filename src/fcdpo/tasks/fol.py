@@ -615,9 +615,8 @@ class FolTask(Task):
 
     def user_message(self, problem: Problem) -> str:
         """The question; with `echo_next`, followed by a line that hands out its first statement."""
-        if not self.echo_next:
-            return problem.question
-        return f"{problem.question}\nNext: {statements_of(problem.question)[0]}"
+        statements = statements_of(problem.question) if self.echo_next else []
+        return f"{problem.question}\nNext: {statements[0]}" if statements else problem.question
 
     def generate(
         self,
