@@ -21,6 +21,7 @@ from fcdpo.evaluation import (
     difficulty,
     difficulty_table,
     evaluate,
+    evaluate_run,
     metrics_table,
     outcome,
     pass_at_k,
@@ -30,7 +31,7 @@ from fcdpo.evaluation import (
     summary_table,
 )
 from fcdpo.functions import Call
-from fcdpo.tasks import get_task
+from fcdpo.tasks import get_task, split_problems
 from tests.scripted import ScriptedBackend
 
 NO_ERRORS = {"parse_error": 0, "unknown_function": 0, "bad_arguments": 0, "execution_error": 0, "timeout": 0}
@@ -513,3 +514,24 @@ def test_method_table_gives_each_method_over_its_seeds_and_dpo_against_sft():
     assert rows.loc["sft", "gain"] == pytest.approx(0.1)
     assert rows.loc["dpo − sft", "gain"] == pytest.approx(0.3) and rows.loc["dpo − sft", "baseline"] == "sft"
     assert method_table({**run("dpo", {1})}, {"dpo": ["dpo"]}).empty  # no student: nothing to compare with
+
+
+def test_the_dev_split_is_scored_under_its_own_names_and_never_the_eval_split(tmp_path):
+    small = {"run_dir": str(tmp_path), "training.extra_seeds": [], "evaluation.resamples": 10,
+             "tasks.math": {"train": 5, "eval": 4, "dev": 3}, "tasks.fol": {"train": 5, "eval": 4, "dev": 3}}
+    profile = load_profile("tiny-cpu", {**small, "evaluation.split": "dev"})
+    sets = {name: split_problems(profile.task(name), {"eval": 4, "train": 5, "dev": 3}, profile.seed,
+                                 **profile.tasks[name].difficulty) for name in profile.tasks}
+    backend = ScriptedBackend({profile.task(p.task).user_message(p): gold_scripts([p])[p.question]
+                               for splits in sets.values() for p in splits["dev"]})
+    result = evaluate_run(profile, {"student": backend}, progress=False)
+    assert sorted(result.summary["dataset"]) == ["fol-dev", "math-dev"]
+    assert result.summary["accuracy"].tolist() == [1.0, 1.0]
+    scored = {t.problem_id for chains in result.trajectories.values() for t in chains}
+    assert scored == {p.id for splits in sets.values() for p in splits["dev"]}
+
+    with pytest.raises(ValueError, match="evaluation.split must be one of"):
+        load_profile("tiny-cpu", {**small, "evaluation.split": "test"})
+    no_dev = load_profile("tiny-cpu", {**small, "evaluation.split": "dev", "tasks.fol.dev": 0})
+    with pytest.raises(ValueError, match=r"tasks \['fol'\] have no dev problems"):
+        evaluate_run(no_dev, {"student": backend}, progress=False)

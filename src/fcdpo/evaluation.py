@@ -765,6 +765,8 @@ def benchmark_problems(
 def evaluate_run(profile: "Profile", models: Mapping[str, Any] | None = None, progress: bool = True) -> Evaluation:
     """Evaluate a profile's run: its models (default: `run_models`, notes printed) on every task's
     held-out split and on the benchmarks its `evaluation` section names, with its agent settings.
+    With `evaluation.split: dev` it scores the dev split instead (datasets `math-dev`, `fol-dev`, no
+    benchmarks): what a recipe is chosen on, so the eval split is scored once, for the chosen recipe.
 
     The held-out splits are drawn with `fcdpo.tasks.problem_sets` (the same problems every stage
     sees); the training split's questions are passed as `training_questions`, so a leak is an error.
@@ -776,9 +778,21 @@ def evaluate_run(profile: "Profile", models: Mapping[str, Any] | None = None, pr
         models, notes = run_models(profile)
         for note in notes:
             print(note)
-    sets = problem_sets(profile)
-    problems: dict[str, list[Problem]] = {name: splits["eval"] for name, splits in sets.items()}
-    problems.update(benchmark_problems(settings.gsm8k_path, settings.folio_path, settings.benchmark_limit))
+    problems: dict[str, list[Problem]]
+    if settings.split == "dev":  # choosing a recipe: the dev split only, under its own dataset names
+        real = sorted(name for name, task in profile.tasks.items() if task.source != "generated")
+        if real:
+            raise ValueError(f"evaluation.split 'dev' needs generated tasks; {real} read a dataset, which has no dev "
+                             "split here (choose on a part of its train split instead)")
+        empty = sorted(name for name, task in profile.tasks.items() if not task.dev)
+        if empty:
+            raise ValueError(f"evaluation.split is 'dev', but tasks {empty} have no dev problems (tasks.<name>.dev: 0)")
+        sets = problem_sets(profile, ("eval", "train", "dev"))
+        problems = {f"{name}-dev": splits["dev"] for name, splits in sets.items()}
+    else:
+        sets = problem_sets(profile)
+        problems = {name: splits["eval"] for name, splits in sets.items()}
+        problems.update(benchmark_problems(settings.gsm8k_path, settings.folio_path, settings.benchmark_limit))
     tasks = {name: profile.task(name) for name in {p.task for items in problems.values() for p in items}}
     result = evaluate(
         models, tasks, problems, profile.agent, profile.run_path,

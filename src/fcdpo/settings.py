@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 
 
 SYNTAXES = ("python", "json")  # how a model writes its calls: the paper's `add(a=3, b=4)`, or native tool calls
+HELD_OUT_SPLITS = ("eval", "dev")  # what `evaluation.split` may score: reported results, or recipe choice
 
 # Every training arm: the paper's DPO on the teacher's pairs and its SFT baseline, then DPO on step-level
 # pairs of the same teacher chains (Step-DPO), DPO on the student's own chains (on-policy), and GRPO on
@@ -188,11 +189,18 @@ class EvaluationConfig:
     batch_size: int = 32  # chains advanced together
     seed: int = 0  # sampling and bootstrap seed
     resamples: int = 1000  # bootstrap resamples of the 95% accuracy intervals
+    # The held-out split scored: "eval" for reported results, "dev" (generated tasks) while choosing a
+    # recipe, so the eval split is scored once, for the chosen one.
+    split: str = "eval"
     gsm8k_path: str | None = None  # GSM8K test.jsonl (relative: to the repository root); None skips it
     folio_path: str | None = None  # FOLIO validation jsonl; None skips it
     benchmark_limit: int | None = None  # evaluate only the first problems of each benchmark
     # Parameter counts by model label ("teacher", ...) for models that are not local (an endpoint).
     parameters: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.split not in HELD_OUT_SPLITS:
+            raise ValueError(f"evaluation.split must be one of {HELD_OUT_SPLITS}, got {self.split!r}")
 
 
 @dataclass
