@@ -184,11 +184,28 @@ def test_settings_below_one_are_refused(key):
         GLPFTConfig(**{key: 0})
 
 
-def test_4bit_training_without_a_gpu_is_refused_before_loading(base_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+def test_glpft_and_the_single_agents_training_load_their_base_the_same_way(base_dir, tmp_path, monkeypatch):
+    """One loader for every trained stage: 4-bit GLPFT is not refused on CPU, where the DPO arm trains in 4-bit."""
+    from fcdpo import loading
+    from fcdpo.finetuning import load_student
+    from fcdpo.settings import TrainingConfig
+
+    calls = []
+
+    class Loaded(Exception):
+        pass
+
+    def record(model, load_in_4bit=False, **options):
+        calls.append((load_in_4bit, options))
+        raise Loaded
+
+    monkeypatch.setattr(loading, "load_base", record)
     data = glpft_data([trajectory(PROBLEMS[0])], {"math": MATH})
-    with pytest.raises(ValueError, match="load_in_4bit needs a CUDA GPU"):
+    with pytest.raises(Loaded):
         train_glpft(base_dir, data, tmp_path, GLPFTConfig(load_in_4bit=True), log=lambda _: None)
+    with pytest.raises(Loaded):
+        load_student(base_dir, TrainingConfig(load_in_4bit=True, gradient_checkpointing=False))
+    assert calls == [(True, {"trainable": True, "gradient_checkpointing": False})] * 2
 
 
 # --------------------------------------------------------------------------- end to end

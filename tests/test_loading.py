@@ -3,6 +3,7 @@ with the real Qwen2.5 tokenizer and tiny random weights of its architecture."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,9 @@ def test_the_gpu_smoke_profile_is_small_and_uses_a_hub_instruct_model():
 @pytest.mark.slow
 @pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"the real tokenizer fixtures are absent ({FIXTURES})")
 def test_the_gpu_smoke_stages_run_on_cpu_with_the_real_tokenizer_and_tiny_weights(tmp_path):
-    """Problems, rollouts with the profile's agent, pairs, and QLoRA DPO steps: the smoke run's path."""
+    """Every stage of the smoke run on CPU: problems, rollouts with the profile's agent, pairs, QLoRA DPO
+    and SFT steps, both GLPFT stages, and the evaluation of every model the run made (the multi-LLM
+    agent included) on the held-out problems."""
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from fcdpo.agent import Agent
@@ -79,6 +82,9 @@ def test_the_gpu_smoke_stages_run_on_cpu_with_the_real_tokenizer_and_tiny_weight
     from fcdpo.preferences import build_pairs, save_preferences, split_by_problem
     from fcdpo.rollouts import rollout
     from fcdpo.tasks import problem_sets
+    from fcdpo.evaluation import evaluate_run, run_models
+    from fcdpo.glpft import glpft_adapters, glpft_role_backends, run_glpft
+    from fcdpo.multi_agent import ROLES, MultiAgent
     from fcdpo.training import train_from_profile
     from tests.test_preferences import scripted_chains
 
@@ -105,3 +111,20 @@ def test_the_gpu_smoke_stages_run_on_cpu_with_the_real_tokenizer_and_tiny_weight
     result = train_from_profile(profile, "dpo")
     assert result.report["steps"] == profile.training.max_steps and result.report["load_in_4bit"]
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    sft = train_from_profile(profile, "sft")
+    assert sft.report["steps"] == profile.training.max_steps and (sft.adapter_dir / "adapter_model.safetensors").exists()
+
+    # GLPFT reads the teacher's rollouts of every task: scripted ones again, written as notebook 01 would.
+    for name in profile.tasks:
+        lines = [json.dumps(c.to_dict(), ensure_ascii=False) for c in scripted_chains(name, n=3)]
+        (profile.run_path / "rollouts" / f"teacher-{name}.jsonl").write_text("\n".join(lines) + "\n")
+    glpft = run_glpft(profile, log=lambda _: None)
+    assert glpft["config"]["load_in_4bit"] and set(glpft_adapters(profile.run_path / "training" / "glpft")) >= set(ROLES)
+
+    models, notes = run_models(profile)
+    assert set(models) == {"teacher", "student", "dpo", "sft"}, notes
+    team = glpft_role_backends(profile)
+    models["multi"] = lambda task: MultiAgent(task, team, profile.multi_agent.agent)
+    evaluation = evaluate_run(profile, models, progress=False)
+    assert sorted(set(evaluation.summary["model"])) == ["dpo", "multi", "sft", "student", "teacher"]
+    assert (evaluation.summary["chains"] == profile.tasks["math"].eval).all()

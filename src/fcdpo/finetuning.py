@@ -49,44 +49,23 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _sharded_launch() -> bool:
-    """Whether `accelerate launch` runs this process under FSDP or DeepSpeed (the model must not be placed)."""
-    return any(os.environ.get(k, "").lower() == "true" for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
-
-
 def load_student(model: str | Path, settings: TrainingConfig) -> tuple[Any, Any]:
     """The base model to train and its tokenizer.
 
-    With `settings.load_in_4bit` the linear layers are quantised to NF4 with double quantisation and
-    computed in `compute_dtype()`, then `prepare_model_for_kbit_training` makes the model trainable
-    (norms in fp32, input gradients for checkpointing). Under FSDP or DeepSpeed the 4-bit weights are
-    stored in the compute dtype so they can be sharded. `settings.chat_template` replaces the
-    tokenizer's template (a name in `fcdpo.chat_templates.CHAT_TEMPLATES` or a .jinja file).
+    The base is `fcdpo.loading.load_base` (as GLPFT loads it): with `settings.load_in_4bit`
+    NF4 with double quantisation, computed in `compute_dtype()` and ready for k-bit training.
+    `settings.chat_template` replaces the tokenizer's template (a name in
+    `fcdpo.chat_templates.CHAT_TEMPLATES` or a .jinja file).
     """
-    loaded = load_base(model, settings.load_in_4bit)
-    if settings.load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-
-        loaded = prepare_model_for_kbit_training(
-            loaded,
-            use_gradient_checkpointing=_gradient_checkpointing(settings),
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    return loaded, load_tokenizer(model, settings)
+    base = load_base(model, settings.load_in_4bit, trainable=True, gradient_checkpointing=_gradient_checkpointing(settings))
+    return base, load_tokenizer(model, settings)
 
 
-def load_base(model: str | Path, load_in_4bit: bool = False) -> Any:
-    """The student's weights in `compute_dtype()`, in 4-bit NF4 when asked (placed on this process's device)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    device_map = None
-    if load_in_4bit:  # each process holds its whole (quantised) model on its own device
-        device_map = {"": int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"}
-    kwargs = loading.model_kwargs(load_in_4bit=load_in_4bit, dtype=compute_dtype(), device_map=device_map,
-                                  sharded=load_in_4bit and _sharded_launch())
+def load_base(model: str | Path, load_in_4bit: bool = False, **options: bool) -> Any:
+    """The student's weights (`fcdpo.loading.load_base`, `options` passed on); a TrainingError names a
+    model that cannot be read."""
     try:
-        return AutoModelForCausalLM.from_pretrained(str(model), **kwargs)
+        return loading.load_base(model, load_in_4bit, **options)
     except (OSError, ValueError) as exc:
         raise TrainingError(f"cannot load the student {str(model)!r}: {exc}") from exc
 

@@ -153,25 +153,6 @@ def _trainable(model: "torch.nn.Module") -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _load_base(model_ref: str, config: GLPFTConfig) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from fcdpo.loading import model_kwargs
-
-    cuda = torch.cuda.is_available()
-    if config.load_in_4bit and not cuda:
-        raise ValueError("glpft.load_in_4bit needs a CUDA GPU (bitsandbytes cannot train 4-bit layers on CPU); "
-                         "set load_in_4bit: false")
-    kwargs = model_kwargs(load_in_4bit=config.load_in_4bit, device_map={"": 0} if config.load_in_4bit else None)
-    model = AutoModelForCausalLM.from_pretrained(model_ref, **kwargs)
-    if config.load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    return model
-
-
 def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, config: GLPFTConfig,
                   output_dir: str | Path) -> Any:
     """The TRL `SFTTrainer` of one stage, its dataset tokenized and labelled, ready to `train()`.
@@ -270,7 +251,7 @@ def train_glpft(
     import torch
     from peft import PeftModel, get_peft_model
 
-    from fcdpo.loading import load_tokenizer, lora_config
+    from fcdpo.loading import load_base, load_tokenizer, lora_config
 
     config = config or GLPFTConfig()
     output = Path(output_dir)
@@ -278,7 +259,8 @@ def train_glpft(
     model_ref = str(model)
     # The single agent's training loads it the same way: the configured template, a pad token.
     tokenizer = load_tokenizer(model_ref, config.chat_template, "multi_agent.glpft.chat_template")
-    base = _load_base(model_ref, config)
+    base = load_base(model_ref, config.load_in_4bit, trainable=True,
+                     gradient_checkpointing=config.gradient_checkpointing)
     expected = lora_parameter_count(base, config.lora_r, config.target_modules)
     report: dict[str, Any] = {"base": model_ref, "config": asdict(config), "data": dict(data.counts), "stages": {}}
     started = time.perf_counter()

@@ -83,6 +83,43 @@ def model_kwargs(*, load_in_4bit: bool = False, dtype: "torch.dtype | None" = No
     return kwargs
 
 
+def sharded_launch() -> bool:
+    """Whether `accelerate launch` runs this process under FSDP or DeepSpeed (the model must not be placed)."""
+    import os
+
+    return any(os.environ.get(k, "").lower() == "true" for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+
+
+def load_base(model: str | Path, load_in_4bit: bool = False, *, trainable: bool = False,
+              gradient_checkpointing: bool = False) -> Any:
+    """A base model to put LoRA adapters on, loaded the same way by every stage that trains or reloads one.
+
+    In `compute_dtype()`; with `load_in_4bit`, QLoRA's NF4 base on this process's device (the GPU of
+    its rank, the CPU without one, where bitsandbytes 0.50 also runs 4-bit layers), and when it is to
+    be `trainable` made ready by `prepare_model_for_kbit_training` (norms in fp32, input gradients
+    for checkpointing). Under FSDP
+    or DeepSpeed the 4-bit weights are stored in the compute dtype and not placed. Raises
+    `OSError` / `ValueError` from transformers when the model cannot be read.
+    """
+    import os
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device_map = None
+    if load_in_4bit:  # each process holds its whole (quantised) model on its own device
+        device_map = {"": int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"}
+    kwargs = model_kwargs(load_in_4bit=load_in_4bit, dtype=compute_dtype(), device_map=device_map,
+                          sharded=load_in_4bit and sharded_launch())
+    loaded = AutoModelForCausalLM.from_pretrained(str(model), **kwargs)
+    if load_in_4bit and trainable:
+        from peft import prepare_model_for_kbit_training
+
+        loaded = prepare_model_for_kbit_training(loaded, use_gradient_checkpointing=gradient_checkpointing,
+                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
+    return loaded
+
+
 def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:
     """The LoRA adapter of every trained stage (no bias, causal LM)."""
     from peft import LoraConfig

@@ -243,7 +243,7 @@ class GLPFTConfig:
     gradient_accumulation_steps: int = 1
     max_length: int = 2048  # tokens per training row; longer rows are cut (dropped if no trained token is left)
     seed: int = 0
-    load_in_4bit: bool = False  # QLoRA: the base in 4-bit NF4 (needs a CUDA GPU for training)
+    load_in_4bit: bool = False  # QLoRA: the base in 4-bit NF4, loaded as the single agent's training loads it
     gradient_checkpointing: bool = False  # saves GPU memory on long rows; no use on tiny CPU models
     # None: the student's own chat template; else as `training.chat_template` (a name in
     # fcdpo.chat_templates.CHAT_TEMPLATES or a .jinja file). It must render consecutive assistant turns.
