@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fcdpo.agent import Trajectory, gold_messages
+from fcdpo.finetuning import student_reference
 from fcdpo.glpft import (
     STAGES,
     GLPFTConfig,
@@ -19,7 +20,6 @@ from fcdpo.glpft import (
     glpft_data,
     lora_parameter_count,
     stage_trainer,
-    student_model,
     teacher_trajectories,
     train_glpft,
 )
@@ -272,12 +272,16 @@ def test_teacher_rollouts_are_read_for_every_task_of_the_profile(tmp_path):
         teacher_trajectories(profile)
 
 
-def test_the_student_is_a_run_folder_when_one_exists_else_a_hub_id(tmp_path):
+def test_glpft_trains_the_student_the_other_arms_train_a_run_folder_when_one_exists_else_a_hub_id(tmp_path):
+    from fcdpo import glpft
+
+    assert glpft.student_reference is student_reference  # one way to find the student, for every arm
     (tmp_path / "lab" / "student").mkdir(parents=True)
-    assert student_model(SimpleNamespace(run_path=tmp_path, student={"model": "lab/student"})) == \
-        str(tmp_path / "lab" / "student")
-    assert student_model(SimpleNamespace(run_path=tmp_path, student={"model": "Qwen/Qwen2.5-0.5B-Instruct"})) == \
-        "Qwen/Qwen2.5-0.5B-Instruct"
+    local = SimpleNamespace(name="p", run_path=tmp_path, student={"kind": "hf", "model": "lab/student"})
+    assert student_reference(local) == str(tmp_path / "lab" / "student")
+    assert student_reference(SimpleNamespace(name="p", run_path=tmp_path, student={})) == str(tmp_path / "lab" / "student")
+    hub = SimpleNamespace(name="p", run_path=tmp_path, student={"kind": "hf", "model": "Qwen/Qwen2.5-0.5B-Instruct"})
+    assert student_reference(hub) == "Qwen/Qwen2.5-0.5B-Instruct"
 
 
 def test_role_samples_of_the_data_match_the_chains_they_come_from():

@@ -18,9 +18,9 @@ warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is depre
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 LAYERS = (
-    # What a run is made of, in plain data: its settings, text and messages as stored, chat templates,
-    # how models are loaded, formulas and their prover, the attention kernel.
-    ("settings and formats", ("settings", "safe_text", "progress", "chat_templates", "messages", "loading",
+    # What a run is made of, in plain data: its settings and its folder's layout, text and messages as
+    # stored, chat templates, how models are loaded, formulas and their prover, the attention kernel.
+    ("settings and formats", ("settings", "runs", "safe_text", "progress", "chat_templates", "messages", "loading",
                               "logic", "prefix_attention")),
     # The function engine and the tasks: problems, the functions that solve them, benchmark files.
     ("functions and tasks", ("functions", "tasks", "tasks.base", "tasks.calculator", "tasks.records",

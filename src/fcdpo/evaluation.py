@@ -1,6 +1,6 @@
 """Evaluation: every model of a run, the same agent, held-out problems, metrics with intervals.
 
-Layer: stages; imports rollouts and training, the agent, the profile, settings, backends and tasks.
+Layer: stages; imports rollouts and training, the agent, the profile, settings, backends, tasks and the run folder's layout.
 
     result = evaluate({"teacher": {"kind": "hf", "model": "lab/teacher"}, "dpo": student_backend},
                       {"math": math_task}, {"math": held_out}, profile.agent, profile.run_path)
@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from fcdpo import runs
 from fcdpo.agent import Agent, AgentConfig, Trajectory
 from fcdpo.rollouts import rollout
 
@@ -509,7 +510,7 @@ def evaluate(
         if leaked:
             raise ValueError(f"dataset {name!r}: {len(leaked)} problem(s) were used in training, e.g. {leaked[:3]}")
 
-    folder = Path(run_dir) / "evaluation"
+    folder = runs.evaluation_dir(run_dir)
     trajectory_dir = folder / "trajectories" / decoding_name(samples, temperature)
     known = _read_models_file(folder)
     counts: dict[str, float | None] = {}

@@ -1,6 +1,7 @@
 """GLPFT: alpha-UMi's two-stage fine-tuning of the planner, caller and summarizer (TRL SFT + PEFT LoRA).
 
-Layer: stages; imports the multi-agent and the agent, rollouts, tasks, loading, messages and settings.
+Layer: stages; imports the multi-agent and the agent, rollouts, tasks, the profile, the student as `finetuning`
+finds it, loading, messages, settings and the run folder's layout.
 
     report = run_glpft(profile)                       # teacher rollouts → <run>/training/glpft/*
     team = glpft_role_backends(profile)               # the student, loaded once, with the three adapters
@@ -8,7 +9,7 @@ Layer: stages; imports the multi-agent and the agent, rollouts, tasks, loading, 
 
     # the same, step by step
     data = glpft_data(teacher_trajectories(profile), profile_tasks(profile))
-    report = train_glpft(student_model(profile), data, profile.run_path / "training" / "glpft", GLPFTConfig())
+    report = train_glpft(student_reference(profile), data, runs.training_dir(profile.run_path, "glpft"), GLPFTConfig())
 
 The data are the teacher's single-agent rollouts, the same ones the single agent's preference pairs
 come from. Each correct, clean chain becomes a multi-agent chain (`fcdpo.multi_agent.role_chain`):
@@ -42,6 +43,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from fcdpo import runs
+from fcdpo.config import student_spec
+from fcdpo.finetuning import student_reference  # the student every arm trains, found one way
 from fcdpo.messages import arrow_safe
 from fcdpo.multi_agent import ROLES, MultiAgent, RoleBackends, load_adapter_role_backends, role_chain, role_samples
 from fcdpo.settings import GLPFTConfig, MultiAgentConfig
@@ -308,7 +312,7 @@ def teacher_trajectories(profile: Any) -> list["Trajectory"]:
 
     trajectories = []
     for name in profile.tasks:
-        path = profile.run_path / "rollouts" / f"teacher-{name}.jsonl"
+        path = runs.rollouts_file(profile.run_path, name)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no teacher rollouts for task {name!r}; run notebook 01 first")
         trajectories.extend(read_trajectories(path))
@@ -320,15 +324,6 @@ def profile_tasks(profile: Any) -> dict[str, "Task"]:
     from fcdpo.tasks import get_task
 
     return {name: profile.task(name) if hasattr(profile, "task") else get_task(name) for name in profile.tasks}
-
-
-def student_model(profile: Any) -> str:
-    """The student's base model: a folder in the run (the tiny lab's) or as written (a hub id)."""
-    model = profile.student.get("model")
-    if not model:
-        raise ValueError("the profile's `student` section names no model")
-    local = profile.run_path / model
-    return str(local) if local.exists() else str(model)
 
 
 def run_glpft(profile: Any, config: GLPFTConfig | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -347,7 +342,7 @@ def run_glpft(profile: Any, config: GLPFTConfig | None = None, log: Callable[[st
         config = GLPFTConfig(**{**asdict(config), "chat_template": training.chat_template})
     data = glpft_data(teacher_trajectories(profile), profile_tasks(profile))
     log(f"glpft data: {data.counts}")
-    return train_glpft(student_model(profile), data, profile.run_path / "training" / "glpft", config, log=log)
+    return train_glpft(student_reference(profile), data, runs.training_dir(profile.run_path, "glpft"), config, log=log)
 
 
 def glpft_role_backends(profile: Any, output_dir: str | Path | None = None) -> RoleBackends:
@@ -356,9 +351,9 @@ def glpft_role_backends(profile: Any, output_dir: str | Path | None = None) -> R
     The student spec's hf options (load_in_4bit, device, dtype, batch_size) apply; adapters are read
     from `output_dir` (default `<run>/training/glpft`).
     """
-    options = {k: v for k, v in profile.student.items() if k in ("load_in_4bit", "device", "dtype", "batch_size")}
-    adapters = glpft_adapters(output_dir or profile.run_path / "training" / "glpft")
-    return load_adapter_role_backends(student_model(profile), adapters, **options)
+    options = {k: v for k, v in student_spec(profile).items() if k in ("load_in_4bit", "device", "dtype", "batch_size")}
+    adapters = glpft_adapters(output_dir or runs.training_dir(profile.run_path, "glpft"))
+    return load_adapter_role_backends(student_reference(profile), adapters, **options)
 
 
 def glpft_agent(profile: Any, task: "Task", config: MultiAgentConfig | None = None,

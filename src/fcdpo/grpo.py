@@ -1,6 +1,6 @@
 """GRPO with the task's functions: the student learns from its own chains, rewarded by the task's answer check.
 
-Layer: stages; imports finetuning, the agent, backends, tasks and settings.
+Layer: stages; imports finetuning, the agent, backends, tasks, settings and the run folder's layout.
 
     result = train_grpo(profile)            # runs/<profile>/training/grpo/{adapter,curves.csv,report.json}
     result = train_from_profile(cfg, "grpo")  # the same, as one of fcdpo.training's methods
@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from fcdpo import runs
 from fcdpo.agent import Agent, Trajectory, prompt_messages
 from fcdpo.finetuning import (
     TrainingError,
@@ -221,8 +222,8 @@ def train_grpo(profile: Any, progress: bool = False, seed: int | None = None) ->
 
     settings, label = profile.training, "grpo"
     if seed is not None and seed != settings.seed:
-        settings, label = replace(settings, seed=seed), f"grpo-s{seed}"
-    output_dir = profile.run_path / "training" / label
+        settings, label = replace(settings, seed=seed), runs.seed_label("grpo", seed, settings.seed)
+    output_dir = runs.training_dir(profile.run_path, label)
     started = time.perf_counter()
     model = student_reference(profile)
     base, tokenizer = load_student(model, settings)

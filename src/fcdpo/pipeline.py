@@ -1,6 +1,6 @@
 """Run the numbered notebooks in order with papermill: the whole experiment as one command.
 
-Layer: commands; imports the profile, evaluation and progress.
+Layer: commands; imports the profile, evaluation, progress and the run folder's layout.
 
     python -m fcdpo.pipeline --profile tiny-cpu            # what `make reproduce` runs
     python -m fcdpo.pipeline --profile tiny-cpu --only 01  # one stage
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 import yaml
 
+from fcdpo import runs
 from fcdpo.config import CONFIG_DIR, load_profile
 
 NOTEBOOK_DIR = CONFIG_DIR.parent / "notebooks"
@@ -55,7 +56,7 @@ def reproduce(
     # The kernels inherit this environment: long steps report in lines, which papermill forwards
     # here from each cell's stdout as it runs, under its own bar over the notebook's cells.
     os.environ.setdefault(HEADLESS, "1")
-    output_dir = Path(output_dir) if output_dir else run_path / "notebooks"
+    output_dir = Path(output_dir) if output_dir else runs.notebooks_dir(run_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     executed = []
     for notebook in stages(only):
@@ -97,7 +98,7 @@ def results_table(profile: str) -> "pd.DataFrame | None":
 
     from fcdpo.evaluation import report_table
 
-    summary = load_profile(profile).run_path / "evaluation" / "summary.csv"
+    summary = runs.evaluation_dir(load_profile(profile).run_path) / "summary.csv"
     if not summary.exists():
         return None
     columns = ["model", "dataset", "problems", "accuracy [95% CI]", "valid calls", "mean steps"]

@@ -1,11 +1,11 @@
 """Preference pairs from teacher chains: a correct chain (chosen) against an incorrect one (rejected).
 
-Layer: stages; imports rollouts, the agent, the profile, backends, tasks and messages.
+Layer: stages; imports rollouts, the agent, the profile, backends, tasks, messages and the run folder's layout.
 
-    trajectories = read_trajectories(run / "rollouts" / "teacher-math.jsonl")
+    trajectories = read_trajectories(runs.rollouts_file(run, "math"))
     pairs, report = build_pairs(trajectories, syntax="python", pairs_per_prompt=4)
     splits = split_by_problem(pairs, validation=0.1, seed=0)
-    dataset = save_preferences(splits, run / "preferences", report)
+    dataset = save_preferences(splits, runs.preferences_dir(run), report)
 
 Pairs are only ever made between chains of the same prompt (the same problem, rendered the same way).
 A prompt whose chains are all correct or all incorrect gives no pair: it is dropped and counted in the
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 # restore_messages and restore_tools read stored pairs back (notebook 02 imports them from here)
+from fcdpo import runs
 from fcdpo.messages import arrow_safe, restore_messages, restore_tools  # noqa: F401
 
 if TYPE_CHECKING:
@@ -50,8 +51,7 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "validation")
 # Where each training method's pairs live in the run folder.
-PREFERENCE_FOLDERS = {"dpo": "preferences", "sft": "preferences", "step_dpo": "preferences-step",
-                      "onpolicy_dpo": "preferences-onpolicy"}
+PREFERENCE_FOLDERS = runs.PREFERENCE_FOLDERS  # re-exported: notebook 03 reads it from here
 
 
 class PreferenceError(ValueError):
@@ -533,7 +533,7 @@ def build_preference_dataset(profile: Any, trajectories: Iterable["Trajectory"] 
     settings = profile.preferences
     run = profile.run_path
     if trajectories is None:
-        trajectories = [t for name in profile.tasks for t in read_trajectories(run / "rollouts" / f"teacher-{name}.jsonl")]
+        trajectories = [t for name in profile.tasks for t in read_trajectories(runs.rollouts_file(run, name))]
     trajectories = list(trajectories)
     if not trajectories:
         raise PreferenceError(f"no teacher trajectories under {run / 'rollouts'}: run notebook 01 first")
@@ -547,8 +547,8 @@ def build_preference_dataset(profile: Any, trajectories: Iterable["Trajectory"] 
     )
     splits = split_by_problem(rows, settings.validation, settings.seed)
     report["settings"]["validation"] = settings.validation
-    dataset = save_preferences(splits, run / "preferences", report)
-    return dataset, read_report(run / "preferences")
+    dataset = save_preferences(splits, runs.preferences_dir(run), report)
+    return dataset, read_report(runs.preferences_dir(run))
 
 
 def build_step_preference_dataset(
@@ -565,7 +565,7 @@ def build_step_preference_dataset(
     settings = profile.preferences
     run = profile.run_path
     if trajectories is None:
-        trajectories = [t for name in profile.tasks for t in read_trajectories(run / "rollouts" / f"teacher-{name}.jsonl")]
+        trajectories = [t for name in profile.tasks for t in read_trajectories(runs.rollouts_file(run, name))]
     trajectories = list(trajectories)
     if not trajectories:
         raise PreferenceError(f"no teacher trajectories under {run / 'rollouts'}: run notebook 01 first")
@@ -580,7 +580,7 @@ def build_step_preference_dataset(
     )
     splits = split_by_problem(rows, settings.validation, settings.seed)
     report["settings"]["validation"] = settings.validation
-    folder = run / PREFERENCE_FOLDERS["step_dpo"]
+    folder = runs.preferences_dir(run, "step_dpo")
     dataset = save_preferences(splits, folder, report)
     return dataset, read_report(folder)
 
@@ -608,7 +608,7 @@ def student_rollouts(profile: Any, backend: Any = None, progress: bool = False,
     chains = []
     for task, splits in problem_sets(profile).items():
         agent = Agent(profile.task(task), backend, profile.agent)
-        chains += rollout(splits["train"], agent, run / "rollouts" / f"{name}-{task}.jsonl", k=settings.k,
+        chains += rollout(splits["train"], agent, runs.rollouts_file(run, task, name), k=settings.k,
                           temperature=settings.temperature, seed=settings.seed, batch_size=settings.batch_size,
                           progress=progress)
     return chains
@@ -653,7 +653,7 @@ def build_onpolicy_preference_dataset(
             "completion_tokens": sum(t.tokens.get("completion", 0) for t in chains),
         }
     splits = split_by_problem(rows, settings.validation, settings.seed)
-    folder = Path(folder) if folder is not None else run / PREFERENCE_FOLDERS["onpolicy_dpo"]
+    folder = Path(folder) if folder is not None else runs.preferences_dir(run, "onpolicy_dpo")
     dataset = save_preferences(splits, folder, report)
     return dataset, read_report(folder)
 
@@ -670,7 +670,7 @@ def method_preferences(profile: Any, method: str, progress: bool = False) -> "Da
     """
     if method not in PREFERENCE_FOLDERS:
         raise PreferenceError(f"no preference pairs for method {method!r}; known: {sorted(PREFERENCE_FOLDERS)}")
-    folder = profile.run_path / PREFERENCE_FOLDERS[method]
+    folder = runs.preferences_dir(profile.run_path, method)
     if method in ("dpo", "sft") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under `accelerate launch` every process would sample and write the same files: the pairs
         # must have been built beforehand, in one process (notebook 03, or this function).

@@ -31,7 +31,7 @@ HELD_OUT_SPLITS = ("eval", "dev")  # what `evaluation.split` may score: reported
 # pairs of the same teacher chains (Step-DPO), DPO on the student's own chains (on-policy), and GRPO on
 # the student's own chains rewarded by the answer check (`fcdpo.grpo`, no pairs). Every DPO arm trains
 # the same way (`AssistantOnlyDPOTrainer`) on the pairs of its own folder
-# (`fcdpo.preferences.PREFERENCE_FOLDERS`).
+# (`fcdpo.runs.PREFERENCE_FOLDERS`).
 METHODS = ("dpo", "sft", "step_dpo", "onpolicy_dpo", "grpo")
 
 

@@ -32,6 +32,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from fcdpo import runs
 from fcdpo.chat_templates import TOOL_CALL_BLOCK
 from fcdpo.messages import arrow_safe
 from fcdpo.progress import trainer_callback
@@ -605,7 +606,7 @@ def profile_lab(profile: "Profile", log: Callable[[str], Any] = print, rebuild: 
     held_out = {p.question for splits in _held_out_sets(profile).values() for ps in splits.values() for p in ps}
     conversations = lab_conversations(config, tasks, difficulty, profile.agent.syntax, held_out)
     words = [w for name in sorted(tasks) for w in tasks[name].vocabulary()] if config.whole_words else []
-    lab_dir = profile.run_path / "lab"
+    lab_dir = runs.lab_dir(profile.run_path)
     if config.shipped and not rebuild:
         lab = _shipped(config, conversations, words, log)
     else:

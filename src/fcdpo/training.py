@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fcdpo import runs
 from fcdpo.config import student_spec
 from fcdpo.finetuning import (  # what every training arm shares
     TrainingError,
@@ -427,9 +428,9 @@ def seed_labels(method: str, settings: TrainingConfig) -> dict[str, int]:
     the evaluation)."""
     labels = {method: settings.seed}
     for seed in settings.extra_seeds:
-        if seed == settings.seed or f"{method}-s{seed}" in labels:
+        if seed == settings.seed or runs.seed_label(method, seed, settings.seed) in labels:
             raise TrainingError(f"training.extra_seeds {settings.extra_seeds} repeats a seed (training.seed is {settings.seed})")
-        labels[f"{method}-s{seed}"] = seed
+        labels[runs.seed_label(method, seed, settings.seed)] = seed
     return labels
 
 
@@ -460,8 +461,8 @@ def train_from_profile(
     settings = profile.training
     label = method
     if seed is not None and seed != settings.seed:
-        settings, label = replace(settings, seed=seed), f"{method}-s{seed}"
-    return train(method, student_reference(profile), preferences, settings, run / "training" / label,
+        settings, label = replace(settings, seed=seed), runs.seed_label(method, seed, settings.seed)
+    return train(method, student_reference(profile), preferences, settings, runs.training_dir(run, label),
                  progress=progress)
 
 
@@ -483,15 +484,15 @@ def train_onpolicy(
     import gc
 
     from fcdpo.backends import load_backend
-    from fcdpo.preferences import PREFERENCE_FOLDERS, build_onpolicy_preference_dataset
+    from fcdpo.preferences import build_onpolicy_preference_dataset
 
     settings, label = profile.training, "onpolicy_dpo"
     if seed is not None and seed != settings.seed:
-        settings, label = replace(settings, seed=seed), f"onpolicy_dpo-s{seed}"
+        settings, label = replace(settings, seed=seed), runs.seed_label("onpolicy_dpo", seed, settings.seed)
     if launched_processes() > 1 and settings.onpolicy_rounds > 1:
         raise TrainingError("later rounds of onpolicy_dpo sample the trained model: run them in one process")
     run = profile.run_path
-    folder = run / "training" / label
+    folder = runs.training_dir(run, label)
     adapter: Path | None = None
     rounds: list[dict[str, Any]] = []
     result = None
@@ -505,7 +506,7 @@ def train_onpolicy(
         dataset, pairs = build_onpolicy_preference_dataset(
             profile, backend=backend, progress=progress,
             name="student" if number == 1 else f"{label}-round{number - 1}",
-            folder=run / (PREFERENCE_FOLDERS["onpolicy_dpo"] + ("" if number == 1 else f"-{label}-round{number}")),
+            folder=runs.onpolicy_round_dir(run, label, number),
         )
         del backend
         last = number == settings.onpolicy_rounds

@@ -1,8 +1,9 @@
 """The reasoning tasks: math word problems and first-order logic.
 
-Layer: functions and tasks; imports the task modules and `fcdpo.settings`.
+Layer: functions and tasks; imports the task modules, `fcdpo.settings` and `fcdpo.runs`.
 """
 
+from fcdpo import runs
 from fcdpo.tasks.base import Problem, Task, load_problems, save_problems
 
 
@@ -109,7 +110,7 @@ def problem_sets(profile, splits: tuple[str, ...] = ("eval", "train")) -> dict[s
                         f"{name}: problem {problem.id}'s gold chain calls {sorted(missing)}, which the profile's "
                         f"tasks.{name}.functions leaves out"
                     )
-            save_problems(problems, profile.run_path / "problems" / f"{name}-{split}.jsonl")
+            save_problems(problems, runs.problems_file(profile.run_path, name, split))
     return out
 
 
