@@ -23,7 +23,8 @@ from fcdpo.glpft import (
     teacher_trajectories,
     train_glpft,
 )
-from fcdpo.multi_agent import ROLES, MultiAgentConfig, call_thought, role_chain, role_prompt, role_samples
+from fcdpo.multi_agent import ROLES, MultiAgentConfig, call_thought, role_prompt
+from fcdpo.roles import role_chain, role_samples
 from fcdpo.tasks import Problem, get_task
 from fcdpo.tinylab import IM_END, build_model, build_tokenizer
 

@@ -16,17 +16,14 @@ from fcdpo.multi_agent import (
     MultiAgent,
     MultiAgentConfig,
     RoleBackends,
-    argument_f1,
     backbone_prompt,
     call_thought,
-    gold_role_messages,
     load_adapter_role_backends,
     read_decision,
-    role_chain,
     role_prompt,
-    role_samples,
-    step_metrics,
 )
+from fcdpo.roles import gold_role_messages, role_chain, role_samples
+from fcdpo.step_metrics import argument_f1, step_metrics
 from fcdpo.rollouts import read_trajectories, rollout
 from fcdpo.tasks import Problem, get_task
 from fcdpo.tinylab import build_model, build_tokenizer

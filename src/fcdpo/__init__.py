@@ -29,8 +29,8 @@ LAYERS = (
     ("models", ("backends",)),
     # A run's profile: its settings read from configs/, checked against the tasks and backends.
     ("the profile", ("config",)),
-    # The agents that run a problem's chain of calls on a model.
-    ("agents", ("agent", "multi_agent")),
+    # The agents that run a problem's chain of calls on a model; the multi-LLM agent's role data and step metrics.
+    ("agents", ("agent", "multi_agent", "roles", "step_metrics")),
     # The pipeline's stages, each one step of the experiment.
     ("stages", ("rollouts", "preferences", "finetuning", "grpo", "training", "glpft", "evaluation", "tinylab",
                 "plots")),

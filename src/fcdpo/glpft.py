@@ -1,6 +1,6 @@
 """GLPFT: alpha-UMi's two-stage fine-tuning of the planner, caller and summarizer (TRL SFT + PEFT LoRA).
 
-Layer: stages; imports the multi-agent and the agent, rollouts, tasks, the profile, the student as `finetuning`
+Layer: stages; imports the multi-agent, its role data and the agent, rollouts, tasks, the profile, the student as `finetuning`
 finds it, loading, messages, settings and the run folder's layout.
 
     report = run_glpft(profile)                       # teacher rollouts → <run>/training/glpft/*
@@ -12,7 +12,7 @@ finds it, loading, messages, settings and the run folder's layout.
     report = train_glpft(student_reference(profile), data, runs.training_dir(profile.run_path, "glpft"), GLPFTConfig())
 
 The data are the teacher's single-agent rollouts, the same ones the single agent's preference pairs
-come from. Each correct, clean chain becomes a multi-agent chain (`fcdpo.multi_agent.role_chain`):
+come from. Each correct, clean chain becomes a multi-agent chain (`fcdpo.roles.role_chain`):
 before each call a planner turn `I will call <name> next.` / `Next: caller`, the caller's call (written
 the canonical way), the observation; after the last one `I have the answer.` / `Next: conclusion` and
 the summarizer's `Final answer: X`. Identical converted chains are kept once.
@@ -47,7 +47,8 @@ from fcdpo import runs
 from fcdpo.config import student_spec
 from fcdpo.finetuning import student_reference  # the student every arm trains, found one way
 from fcdpo.messages import arrow_safe
-from fcdpo.multi_agent import ROLES, MultiAgent, RoleBackends, load_adapter_role_backends, role_chain, role_samples
+from fcdpo.multi_agent import ROLES, MultiAgent, RoleBackends, load_adapter_role_backends
+from fcdpo.roles import role_chain, role_samples
 from fcdpo.settings import GLPFTConfig, MultiAgentConfig
 
 if TYPE_CHECKING:

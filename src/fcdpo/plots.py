@@ -130,7 +130,7 @@ STEP_METRICS = {"plan_acc": "Plan\nACC", "act_em": "Act\nEM", "arg_f1": "Arg\nF1
 def step_metrics_figure(table: pd.DataFrame) -> Figure:
     """Grouped bars per task: each agent's step-level metrics with the gold history given.
 
-    `table` has columns `model`, `task` and the metrics of `fcdpo.multi_agent.step_metrics`
+    `table` has columns `model`, `task` and the metrics of `fcdpo.step_metrics.step_metrics`
     (shares in [0, 1]); Hallu is better low, the others better high.
     """
     table = _as_frame(table)
