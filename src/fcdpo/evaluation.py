@@ -496,8 +496,41 @@ def evaluate(
     for label in [*models, *problems]:
         if not _NAME.fullmatch(label):
             raise ValueError(f"label {label!r} must be letters, digits or _ . + - (it names files)")
-    # A benchmark row that cannot be graded (`meta["unscored"]`, see fcdpo.tasks.sources) is not run:
-    # it counts as not solved, so accuracy stays out of every row of the file.
+    datasets, unscored = _scored_datasets(problems, tasks, training_questions)
+    folder = runs.evaluation_dir(run_dir)
+    trajectory_dir = folder / "trajectories" / decoding_name(samples, temperature)
+    known = _read_models_file(folder)
+    counts: dict[str, float | None] = {}
+    results: dict[tuple[str, str], list[Trajectory]] = {}
+    decoding = dict(k=samples, temperature=temperature, seed=seed, batch_size=batch_size, progress=progress)
+    for label, model in models.items():
+        chains, known[label] = _evaluate_model(label, model, datasets, tasks, agent_config, run_dir, trajectory_dir,
+                                               known.get(label, {}), decoding)
+        results.update({(label, dataset): items for dataset, items in chains.items()})
+        if parameters and label in parameters:  # a count given by the caller wins over the model's own
+            known[label]["parameters"] = float(parameters[label])
+        counts[label] = known[label]["parameters"]
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "models.json").write_text(json.dumps(known, indent=1, default=str) + "\n")
+    metrics = metrics_table(results, counts, resamples, seed, unscored)
+    summary = summary_table(metrics)
+    by_difficulty = difficulty_table(results, resamples, seed)
+    files = [folder / "models.json"]
+    for table, stem in ((metrics, "metrics"), (summary, "summary"), (by_difficulty, "by_difficulty")):
+        files += write_table(table, folder, stem)
+    return Evaluation(folder, results, metrics, summary, by_difficulty, counts, files)
+
+
+def _scored_datasets(
+    problems: Mapping[str, Sequence["Problem"]], tasks: Mapping[str, "Task"], training_questions: Iterable[str],
+) -> tuple[dict[str, tuple[list["Problem"], str]], dict[str, int]]:
+    """Each dataset's gradable problems and task name, and how many rows of each cannot be graded.
+
+    A benchmark row that cannot be graded (`meta["unscored"]`, see fcdpo.tasks.sources) is not run: it
+    counts as not solved, so accuracy stays out of every row of the file. A problem that was trained on
+    is a ValueError.
+    """
     unscored = {name: sum(1 for p in items if p.meta.get("unscored")) for name, items in problems.items()}
     for name, count in unscored.items():
         if count:
@@ -509,70 +542,64 @@ def evaluate(
         leaked = [p.id for p in items if p.question in seen]
         if leaked:
             raise ValueError(f"dataset {name!r}: {len(leaked)} problem(s) were used in training, e.g. {leaked[:3]}")
+    return datasets, unscored
 
-    folder = runs.evaluation_dir(run_dir)
-    trajectory_dir = folder / "trajectories" / decoding_name(samples, temperature)
-    known = _read_models_file(folder)
-    counts: dict[str, float | None] = {}
-    results: dict[tuple[str, str], list[Trajectory]] = {}
-    for label, model in models.items():
-        fingerprint = model_fingerprint(model, run_dir, agent_config)
-        written_by = known.get(label, {}).get("files", {})
-        for name in datasets:  # chains of an earlier version of this model are not resumed but redone
-            path = trajectory_dir / f"{label}-{name}.jsonl"
-            key = f"{trajectory_dir.name}/{path.name}"
-            if path.exists() and written_by.get(key) not in (None, fingerprint):
-                print(f"{label}: {path} was written by another version of the model or of the agent settings; "
-                      "evaluating again")
-                path.unlink()
-            written_by[key] = fingerprint
-        todo = {name: entry for name, entry in datasets.items()
-                if _missing_chains(trajectory_dir / f"{label}-{name}.jsonl", entry[0], samples)}
-        loaded, name_of_model = None, known.get(label, {}).get("name")
-        if isinstance(model, dict) and todo:
-            from fcdpo.backends import load_backend
 
-            loaded = load_backend(model, root=run_dir)
-        source = loaded if loaded is not None else model
-        agents: dict[str, Any] = {}
-        for dataset, (items, task_name) in datasets.items():
-            if isinstance(model, dict) and dataset not in todo:
-                agent: Any = _DoneAgent(tasks[task_name])  # every chain is on disk: nothing to run
-            else:
-                agent = agents.get(task_name) or _agent_for(source, tasks[task_name], agent_config)
-                if agent is None:
-                    print(f"{label}: its agent is for another task, so {dataset!r} ({task_name}) is skipped")
-                    continue
-                agents[task_name] = agent
-            results[(label, dataset)] = rollout(
-                items, agent, trajectory_dir / f"{label}-{dataset}.jsonl", k=samples,
-                temperature=temperature, seed=seed, batch_size=batch_size, progress=progress,
-            )
-        if not isinstance(model, dict):
-            name_of_model = getattr(getattr(source, "backend", source), "name", None) or name_of_model
-        elif loaded is not None:
-            name_of_model = loaded.name
-        # A count given by the caller wins, then one taken from the model in memory, then the last run's.
-        count = float(parameters[label]) if parameters and label in parameters else None
-        if count is None and (loaded is not None or not isinstance(model, dict)):
-            count = count_parameters(source)
-        counts[label] = count if count is not None else known.get(label, {}).get("parameters")
-        known[label] = {"name": name_of_model, "parameters": counts[label],
-                        "spec": model if isinstance(model, dict) else None, "files": written_by}
-        del agents, source
-        if loaded is not None:
-            del loaded
-            _release_memory()
+def _evaluate_model(
+    label: str, model: Any, datasets: Mapping[str, tuple[list["Problem"], str]], tasks: Mapping[str, "Task"],
+    agent_config: AgentConfig | None, run_dir: str | Path, trajectory_dir: Path, known: Mapping[str, Any],
+    decoding: Mapping[str, Any],
+) -> tuple[dict[str, list[Trajectory]], dict[str, Any]]:
+    """One model's chains on every dataset (resumed from its files, or redone when the model changed),
+    and its entry of `models.json`: name, parameter count, spec and which version wrote each file.
 
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "models.json").write_text(json.dumps(known, indent=1, default=str) + "\n")
-    metrics = metrics_table(results, counts, resamples, seed, unscored)
-    summary = summary_table(metrics)
-    by_difficulty = difficulty_table(results, resamples, seed)
-    files = [folder / "models.json"]
-    for table, stem in ((metrics, "metrics"), (summary, "summary"), (by_difficulty, "by_difficulty")):
-        files += write_table(table, folder, stem)
-    return Evaluation(folder, results, metrics, summary, by_difficulty, counts, files)
+    A spec is loaded only when some of its chains are missing, and released afterwards.
+    """
+    fingerprint = model_fingerprint(model, run_dir, agent_config)
+    written_by = dict(known.get("files", {}))
+    for name in datasets:  # chains of an earlier version of this model are not resumed but redone
+        path = trajectory_dir / f"{label}-{name}.jsonl"
+        key = f"{trajectory_dir.name}/{path.name}"
+        if path.exists() and written_by.get(key) not in (None, fingerprint):
+            print(f"{label}: {path} was written by another version of the model or of the agent settings; "
+                  "evaluating again")
+            path.unlink()
+        written_by[key] = fingerprint
+    todo = {name for name, (items, _) in datasets.items()
+            if _missing_chains(trajectory_dir / f"{label}-{name}.jsonl", items, decoding["k"])}
+    spec = isinstance(model, dict)
+    loaded = None
+    if spec and todo:
+        from fcdpo.backends import load_backend
+
+        loaded = load_backend(model, root=run_dir)
+    source = loaded if loaded is not None else model
+    chains: dict[str, list[Trajectory]] = {}
+    agents: dict[str, Any] = {}
+    for dataset, (items, task_name) in datasets.items():
+        if spec and dataset not in todo:
+            agent: Any = _DoneAgent(tasks[task_name])  # every chain is on disk: nothing to run
+        else:
+            agent = agents.get(task_name) or _agent_for(source, tasks[task_name], agent_config)
+            if agent is None:
+                print(f"{label}: its agent is for another task, so {dataset!r} ({task_name}) is skipped")
+                continue
+            agents[task_name] = agent
+        chains[dataset] = rollout(items, agent, trajectory_dir / f"{label}-{dataset}.jsonl", **decoding)
+    in_memory = loaded is not None or not spec
+    if not spec:
+        name = getattr(getattr(source, "backend", source), "name", None) or known.get("name")
+    else:
+        name = loaded.name if loaded is not None else known.get("name")
+    # A count taken from the model in memory wins over the last run's.
+    count = count_parameters(source) if in_memory else None
+    entry = {"name": name, "parameters": count if count is not None else known.get("parameters"),
+             "spec": model if spec else None, "files": written_by}
+    del agents, source
+    if loaded is not None:
+        del loaded
+        _release_memory()
+    return chains, entry
 
 
 def model_fingerprint(model: Any, run_dir: str | Path, agent_config: AgentConfig | None) -> str:
