@@ -38,7 +38,7 @@ import os
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 # restore_messages and restore_tools read stored pairs back (notebook 02 imports them from here)
 from fcdpo import runs
@@ -136,35 +136,26 @@ def build_pairs(
         by_task[task].append([_row(c, r, syntax) for c, r in chosen_pairs])
 
     rows = _balanced_rows(by_task, balance_tasks, counts, rng)
+    settings = {"syntax": syntax, "pairs_per_prompt": pairs_per_prompt, "drop_identical": drop_identical,
+                "balance_tasks": balance_tasks, "seed": seed}
+    return rows, _pair_report(settings, counts, problems, by_task, rows)
+
+
+def _pair_report(settings: dict[str, Any], counts: Mapping[str, Counter], problems: Mapping[str, set[str]],
+                 by_task: Mapping[str, list[list[dict[str, Any]]]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`build_pairs`' report: its settings, and per task what was seen, dropped, collapsed and kept."""
     report_tasks = {}
     for task in sorted(counts):
         tally = counts[task]
         report_tasks[task] = {
             "problems": len(problems[task]),
-            "prompts": tally["prompts"],
-            "chains": tally["chains"],
-            "correct_chains": tally["correct_chains"],
-            "no_correct": tally["no_correct"],
-            "no_incorrect": tally["no_incorrect"],
-            "no_distinct_pair": tally["no_distinct_pair"],
-            "duplicate_chains": tally["duplicate_chains"],
-            "identical_pairs": tally["identical_pairs"],
+            **{key: tally[key] for key in ("prompts", "chains", "correct_chains", "no_correct", "no_incorrect",
+                                            "no_distinct_pair", "duplicate_chains", "identical_pairs")},
             "prompts_paired": sum(1 for prompt_rows in by_task.get(task, []) if prompt_rows),
             "balanced_away": tally["balanced_away"],
             "pairs": sum(1 for row in rows if row["task"] == task),
         }
-    report = {
-        "settings": {
-            "syntax": syntax,
-            "pairs_per_prompt": pairs_per_prompt,
-            "drop_identical": drop_identical,
-            "balance_tasks": balance_tasks,
-            "seed": seed,
-        },
-        "tasks": report_tasks,
-        "pairs": len(rows),
-    }
-    return rows, report
+    return {"settings": settings, "tasks": report_tasks, "pairs": len(rows)}
 
 
 def first_divergence(chosen: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> int | None:
