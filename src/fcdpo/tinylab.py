@@ -205,6 +205,42 @@ def build_model(
     return model
 
 
+def _sft_config(settings: SFTSettings, output_dir: str, saving: bool) -> Any:
+    """TRL's `SFTConfig` of a lab model: cosine schedule to a floor, Adam betas (0.9, 0.95), loss on
+    assistant turns only, the caller's row order, fp32, a checkpoint every 10% of the steps when `saving`."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=output_dir,  # the caller saves the model itself
+        max_steps=settings.steps,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": settings.min_lr_ratio},
+        warmup_steps=settings.warmup_steps,
+        weight_decay=settings.weight_decay,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        max_grad_norm=settings.max_grad_norm,
+        max_length=settings.max_length,
+        assistant_only_loss=True,
+        train_sampling_strategy="sequential",  # the caller's order is the order trained on
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=False,
+        fp16=False,
+        activation_checkpointing=False,  # on by default in TRL; tiny models need no memory saving
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="steps" if saving else "no",
+        save_steps=max(1, settings.steps // 10),
+        save_total_limit=1,
+        report_to=[],
+        logging_steps=max(1, settings.steps // 20),  # loss history; every 10% goes to `log`
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
 def train_sft(
     model: Qwen2ForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
@@ -233,7 +269,6 @@ def train_sft(
     """
     import datasets
     from transformers import PrinterCallback
-    from trl import SFTConfig
 
     settings = settings or SFTSettings()
     if not conversations:
@@ -247,35 +282,7 @@ def train_sft(
     try:
         with tempfile.TemporaryDirectory() as scratch:
             saving = checkpoint_dir is not None
-            config = SFTConfig(
-                output_dir=str(checkpoint_dir) if saving else scratch,  # the caller saves the model itself
-                max_steps=settings.steps,
-                per_device_train_batch_size=settings.batch_size,
-                learning_rate=settings.learning_rate,
-                lr_scheduler_type="cosine_with_min_lr",
-                lr_scheduler_kwargs={"min_lr_rate": settings.min_lr_ratio},
-                warmup_steps=settings.warmup_steps,
-                weight_decay=settings.weight_decay,
-                adam_beta1=0.9,
-                adam_beta2=0.95,
-                max_grad_norm=settings.max_grad_norm,
-                max_length=settings.max_length,
-                assistant_only_loss=True,
-                train_sampling_strategy="sequential",  # the caller's order is the order trained on
-                seed=settings.seed,
-                data_seed=settings.seed,
-                bf16=False,
-                fp16=False,
-                activation_checkpointing=False,  # on by default in TRL; tiny models need no memory saving
-                use_cpu=not torch.cuda.is_available(),
-                save_strategy="steps" if saving else "no",
-                save_steps=max(1, settings.steps // 10),
-                save_total_limit=1,
-                report_to=[],
-                logging_steps=max(1, settings.steps // 20),  # loss history; every 10% goes to `log`
-                disable_tqdm=True,
-                dataloader_num_workers=0,
-            )
+            config = _sft_config(settings, str(checkpoint_dir) if saving else scratch, saving)
             trainer = _shared_prefix_trainer_class()(
                 model=model, args=config, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer
             )
