@@ -13,15 +13,18 @@ Training needs two things of a student's chat template (`fcdpo.finetuning.assist
 Two families' own templates fail one of these:
 
 - Mistral-7B-Instruct-v0.2 raises on `tool` messages (its roles must alternate user / assistant).
-  `mistral-tools` (in `CHAT_TEMPLATES` below) shows a tool result as an instruction turn.
+  `mistral-tools` (`templates/mistral-tools.jinja`) shows a tool result as an instruction turn.
 - Qwen3 gives the last assistant turn a think block (`<think>\\n\\n</think>\\n\\n`) and drops it once a
-  later turn exists, so its history is not stable. `qwen3-tools` below is Qwen3's non-thinking format
+  later turn exists, so its history is not stable. `qwen3-tools` is Qwen3's non-thinking format
   (the one `enable_thinking=False` gives) with the empty think block on every assistant turn, outside
   the `{% generation %}` markers: it is in the prompt the model continues, never in what it is trained
   to write.
 
 `template_fault` finds these problems by rendering a short conversation, and `check_chat_template`
 turns one into an error that says which template to set.
+
+The templates fcdpo writes (these two and the tiny lab's) are `.jinja` files in `templates/`, one tag
+per line, sharing `tool_call.jinja` (`packaged_template`).
 """
 
 from __future__ import annotations
@@ -29,85 +32,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-QWEN3_TOOLS_TEMPLATE = (
-    "{%- if tools %}"
-    "{{- '<|im_start|>system\\n' }}"
-    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
-    "{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
-    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
-    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
-    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": "
-    "<args-json-object>}\\n</tool_call><|im_end|>\\n' }}"
-    "{%- elif messages[0].role == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
-    "{%- elif message.role == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}"
-    "{%- generation %}"
-    "{%- if message.content %}{{- message.content }}{%- endif %}"
-    "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}"
-    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{{- '<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
-    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
-    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
-    "{{- '}\\n</tool_call>' }}"
-    "{%- endfor %}{%- endif %}"
-    "{{- '<|im_end|>' }}"
-    "{%- endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- elif message.role == 'tool' %}"
-    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
-    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
-    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-)
+TEMPLATE_DIR = Path(__file__).parent / "templates"  # the .jinja files of the templates fcdpo writes
+_INCLUDE = "{%- include 'tool_call.jinja' %}"  # chat templates run without a loader: spliced in here
 
-# One tool call of an assistant turn as a `<tool_call>` block of JSON (inside a loop over
-# `message.tool_calls`), shared by the templates fcdpo writes.
-TOOL_CALL_BLOCK = (
-    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{{- '<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
-    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
-    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
-    "{{- '}\\n</tool_call>' }}"
-)
 
+def packaged_template(name: str) -> str:
+    """The template `templates/<name>.jinja`, with `tool_call.jinja` (one tool call of an assistant turn
+    as a `<tool_call>` block of JSON, shared by every template fcdpo writes) spliced in where included.
+
+    Each tag opens with `{%-` or `{{-`, so the line breaks between tags render as nothing.
+    """
+    text = (TEMPLATE_DIR / f"{name}.jinja").read_text(encoding="utf-8")
+    return text.replace(_INCLUDE, (TEMPLATE_DIR / "tool_call.jinja").read_text(encoding="utf-8").strip())
+
+
+# Qwen3's template for tool chats, with thinking off, keeping each earlier turn's empty think block.
+QWEN3_TOOLS_TEMPLATE = packaged_template("qwen3-tools")
 # Mistral-7B-Instruct-v0.2's format ([INST] … [/INST] answer</s>) extended to tool turns, which its own
 # template refuses: a tool result is shown as an instruction turn `Result: <content>`, and each
 # assistant turn (with its leading space and </s>) is marked for assistant-only masks.
-MISTRAL_TOOLS_TEMPLATE = (
-    "{%- if messages[0].role == 'system' %}{%- set system = messages[0].content %}"
-    "{%- set loop_messages = messages[1:] %}"
-    "{%- else %}{%- set system = '' %}{%- set loop_messages = messages %}{%- endif %}"
-    "{%- if tools %}{%- set ns = namespace(text=system + '\\n\\nTools:\\n<tools>') %}"
-    "{%- for tool in tools %}{%- set ns.text = ns.text + '\\n' + (tool | tojson) %}{%- endfor %}"
-    "{%- set system = ns.text + '\\n</tools>\\nCall a tool as <tool_call>\\n"
-    "{\"name\": <name>, \"arguments\": <arguments>}\\n</tool_call>' %}{%- endif %}"
-    "{{- bos_token }}"
-    "{%- for message in loop_messages %}"
-    "{%- if message.role == 'assistant' %}"
-    "{%- generation %}"
-    "{{- ' ' }}{%- if message.content %}{{- message.content }}{%- endif %}"
-    "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}"
-    + TOOL_CALL_BLOCK +
-    "{%- endfor %}{%- endif %}"
-    "{{- eos_token }}"
-    "{%- endgeneration %}"
-    "{%- else %}"
-    "{%- set text = message.content if message.role != 'tool' else 'Result: ' + message.content %}"
-    "{%- if loop.first and system %}{%- set text = system + '\\n\\n' + text %}{%- endif %}"
-    "{{- ' [INST] ' + text + ' [/INST]' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-)
+MISTRAL_TOOLS_TEMPLATE = packaged_template("mistral-tools")
 # Replacements for templates that cannot be trained with as they are (see the module docstring).
 CHAT_TEMPLATES = {"mistral-tools": MISTRAL_TOOLS_TEMPLATE, "qwen3-tools": QWEN3_TOOLS_TEMPLATE}
 

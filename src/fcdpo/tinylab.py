@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from fcdpo import runs
-from fcdpo.chat_templates import TOOL_CALL_BLOCK
+from fcdpo.chat_templates import packaged_template
 from fcdpo.messages import arrow_safe
 from fcdpo.progress import trainer_callback
 from fcdpo.settings import LabConfig, ModelRecipe, SFTSettings
@@ -58,39 +58,7 @@ QWEN2_PRETOKENIZE_REGEX = (
 # `{% generation %}` marks each assistant turn's content and its end-of-turn token, so
 # `return_assistant_tokens_mask` (TRL's `assistant_only_loss`) trains on the model's own turns and
 # teaches it to stop. Tool-call arguments may be a dict or an already serialised JSON string.
-CHAT_TEMPLATE = (
-    "{%- if tools %}"
-    "{{- '<|im_start|>system\\n' }}"
-    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
-    "{{- 'Tools:\\n<tools>' }}"
-    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
-    "{{- '\\n</tools>\\nCall a tool as <tool_call>\\n{\"name\": <name>, \"arguments\": <arguments>}\\n</tool_call><|im_end|>\\n' }}"
-    "{%- elif messages[0].role == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if message.role == 'system' %}"
-    "{%- if not loop.first %}"
-    "{{- '<|im_start|>system\\n' + message.content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- elif message.role == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- generation %}"
-    "{%- if message.content %}{{- message.content }}{%- endif %}"
-    "{%- if message.tool_calls %}"
-    "{%- for tool_call in message.tool_calls %}"
-    + TOOL_CALL_BLOCK +
-    "{%- endfor %}"
-    "{%- endif %}"
-    "{{- '<|im_end|>' }}"
-    "{%- endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+CHAT_TEMPLATE = packaged_template("tiny-lab")
 
 
 def build_tokenizer(
