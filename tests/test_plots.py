@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fcdpo.evaluation import difficulty_table, metrics_table, write_table
+from fcdpo.finetuning import write_curves
 from fcdpo.plots import (
     accuracy_figure,
     difficulty_figure,
@@ -145,9 +146,10 @@ def test_training_logs_are_read_from_trainer_state_json_jsonl_and_csv(tmp_path):
     table = tmp_path / "csv" / "log.csv"
     table.parent.mkdir()
     table.write_text("step,loss,rewards/margins,note\n1,0.69,0.0,start\n2,0.6,,\n")
-    assert read_training_log(table.parent) == [{"step": 1.0, "loss": 0.69, "rewards/margins": 0.0},
+    assert read_training_log(table) == [{"step": 1.0, "loss": 0.69, "rewards/margins": 0.0},
                                                {"step": 2.0, "loss": 0.6}]
     assert read_training_log(tmp_path / "absent") == []
+    assert read_training_log(table.parent) == []  # a folder is an arm's: its curves or TRL's checkpoints, no guessing
 
 
 def test_the_curves_fcdpo_training_writes_are_found_beside_its_report_and_adapter(tmp_path):
@@ -165,7 +167,7 @@ def test_plot_all_writes_every_figure_with_data_and_notes_the_rest(tmp_path, cap
     write_table(BY_DIFFICULTY, evaluation, "by_difficulty")
     training = tmp_path / "training" / "dpo"
     training.mkdir(parents=True)
-    (training / "log_history.json").write_text(json.dumps(DPO_LOG))
+    write_curves(DPO_LOG, training)
     written = plot_all(evaluation, tmp_path / "figures", training)
     assert sorted(written) == ["accuracy", "accuracy_by_difficulty", "dpo_training", "failure_taxonomy"]
     for paths in written.values():

@@ -260,11 +260,14 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+CURVES_FILE = "curves.json"  # in a trained arm's folder, beside curves.csv, report.json and adapter/
+
+
 def write_curves(rows: list[dict[str, Any]], output_dir: str | Path) -> None:
     """Training curves as `curves.json` (a list of rows) and `curves.csv` (one column per metric)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "curves.json").write_text(json.dumps(rows, indent=1))
+    (output_dir / CURVES_FILE).write_text(json.dumps(rows, indent=1))
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with (output_dir / "curves.csv").open("w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=columns)
@@ -274,7 +277,7 @@ def write_curves(rows: list[dict[str, Any]], output_dir: str | Path) -> None:
 
 def read_curves(output_dir: str | Path) -> list[dict[str, Any]]:
     """The rows written by `write_curves`."""
-    return json.loads((Path(output_dir) / "curves.json").read_text())
+    return json.loads((Path(output_dir) / CURVES_FILE).read_text())
 
 
 def resolve_steps(settings: TrainingConfig, examples: int, processes: int = 1) -> int:

@@ -1,7 +1,7 @@
 """Figures of a run: accuracy with intervals, the size/accuracy trade-off, DPO training curves, the
 failure taxonomy and accuracy by difficulty.
 
-Layer: stages; imports only `fcdpo.evaluation`.
+Layer: stages; imports `fcdpo.evaluation`, and `fcdpo.finetuning` for the name of the curves it writes.
 
 Each `plot_*` function takes a table written by `fcdpo.evaluation` (or training-log records) and an
 output folder, writes `<name>.png` and `<name>.pdf` there and returns their paths; the matching
@@ -51,11 +51,6 @@ CURVES = (
     ("loss", "Training loss (nats; DPO, plus any NLL term)", False),
     ("rewards/margins", "Reward margin, chosen − rejected (β × log-ratio)", False),
     ("rewards/accuracies", "Reward accuracy (%)", True),
-)
-_LOG_NAMES = (
-    "curves.json", "curves.csv",  # what fcdpo.training writes
-    "log_history.json", "training_log.json", "train_log.json", "log.json", "logs.json", "trainer_state.json",
-    "log_history.jsonl", "log.jsonl", "logs.jsonl", "log_history.csv", "log.csv", "logs.csv", "metrics.csv",
 )
 STYLE = {
     "font.size": 10,
@@ -396,25 +391,21 @@ def plot_accuracy_by_difficulty(by_difficulty: pd.DataFrame, out_dir: str | Path
 def read_training_log(path: str | Path) -> list[dict[str, float]]:
     """Training-log records (`step`, `loss`, `rewards/margins`, ...) from a file or a folder.
 
-    Reads a JSON list of records, a JSON object holding one under `log_history` (Hugging Face
+    A folder is a trained arm's (`fcdpo.runs.training_dir`): the curves `fcdpo.finetuning` writes
+    there as it trains (`read_curves`), else the newest `checkpoint-*/trainer_state.json` TRL left.
+    A file is a JSON list of records, a JSON object holding one under `log_history` (Hugging Face
     `trainer_state.json`), `history`, `logs` or `records`, a JSONL file of records, or a CSV with a
-    header. In a folder, the first of the usual log names is read, else the newest
-    `checkpoint-*/trainer_state.json`, else any JSON / JSONL / CSV file that holds records with a
-    `step` or `loss`. Only numeric values are kept; any key may be missing. An absent path or a
-    folder with no log gives an empty list.
+    header. Only numeric values are kept; any key may be missing. An absent path or a folder with
+    no log gives an empty list.
     """
+    from fcdpo.finetuning import CURVES_FILE
+
     path = Path(path)
     if path.is_dir():
-        candidates = [path / name for name in _LOG_NAMES if (path / name).is_file()]
         checkpoints = sorted(path.glob("checkpoint-*/trainer_state.json"),
                              key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]) if p.parent.name.rsplit("-", 1)[-1].isdigit() else -1)
-        candidates += checkpoints[::-1]
-        candidates += sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl", ".csv") and p not in candidates)
-        for candidate in candidates:
-            records = _records_in(candidate)
-            if any("step" in r or "loss" in r for r in records):
-                return records
-        return []
+        candidates = [path / CURVES_FILE, *checkpoints[::-1]]
+        return next((records for c in candidates if c.is_file() for records in [_records_in(c)] if records), [])
     if not path.is_file():
         return []
     return _records_in(path)
