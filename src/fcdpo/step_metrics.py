@@ -21,7 +21,7 @@ from fcdpo.roles import gold_role_messages, role_samples
 
 if TYPE_CHECKING:
     from fcdpo.backends import Completion
-    from fcdpo.tasks import Problem
+    from fcdpo.tasks import Problem, Task
 
 
 def argument_f1(predicted: Mapping[str, Any], gold: Mapping[str, Any]) -> float:
@@ -120,6 +120,30 @@ def _read(role: str, completion: "Completion", functions: FunctionSet, syntax: s
     )
 
 
+# The scores a step can get (keys of `_score`'s result), averaged into the metrics of `step_metrics`.
+_SCORED = ("plan_correct", "act_em", "hallucination", "arg_f1", "parse_error", "correct")
+
+
+def _score(query: _Query, role: str, completion: "Completion", task: "Task", names: set[str],
+           syntax: str) -> dict[str, Any]:
+    """One step's record: which problem, role and step, the text, and the scores its query asks for."""
+    reading = _read(role, completion, task.functions(), syntax)
+    result: dict[str, Any] = {"problem_id": query.problem.id, "role": role, "step": query.step,
+                              "text": completion.text.strip()}
+    if query.gold_decision is not None:
+        result["plan_correct"] = reading.decision == query.gold_decision
+    if query.gold_call is not None:
+        call = reading.call
+        result["act_em"] = call is not None and call.name == query.gold_call.name
+        result["hallucination"] = call is not None and call.name not in names
+        result["arg_f1"] = argument_f1(call.arguments, query.gold_call.arguments) if result["act_em"] else 0.0
+        result["parse_error"] = reading.parse_error
+    if query.scores_answer:
+        answer = reading.answer
+        result["correct"] = answer is not None and task.check(answer, query.problem.answer)
+    return result
+
+
 def step_metrics(
     agent: "MultiAgent | Agent",
     problems: list["Problem"],
@@ -156,7 +180,7 @@ def step_metrics(
     queries = [query for problem in problems for query in make_queries(agent, problem)]  # type: ignore[arg-type]
     names = set(agent.task.functions().names)
     tools = agent.schemas if syntax == "json" else None
-    scores: dict[str, list[float]] = {k: [] for k in ("plan", "act_em", "hallucination", "arg_f1", "parse", "answer")}
+    scores: dict[str, list[float]] = {k: [] for k in _SCORED}
     for index, role in enumerate(ROLES if multi else ("single",)):
         group = [q for q in queries if q.role == role]
         if not group:
@@ -165,25 +189,10 @@ def step_metrics(
         completions = backend.complete([q.chat for q in group], tools=tools, max_new_tokens=agent.config.max_new_tokens,
                                        temperature=temperature, seed=None if seed is None else seed + index)
         for query, completion in zip(group, completions, strict=True):
-            reading = _read(role, completion, agent.task.functions(), syntax)
-            result: dict[str, Any] = {"problem_id": query.problem.id, "role": role, "step": query.step,
-                                      "text": completion.text.strip()}
-            if query.gold_decision is not None:
-                result["plan_correct"] = reading.decision == query.gold_decision
-                scores["plan"].append(result["plan_correct"])
-            if query.gold_call is not None:
-                call = reading.call
-                result["act_em"] = call is not None and call.name == query.gold_call.name
-                result["hallucination"] = call is not None and call.name not in names
-                result["arg_f1"] = argument_f1(call.arguments, query.gold_call.arguments) if result["act_em"] else 0.0
-                result["parse_error"] = reading.parse_error
-                for key in ("act_em", "hallucination", "arg_f1"):
-                    scores[key].append(float(result[key]))
-                scores["parse"].append(reading.parse_error)
-            if query.scores_answer:
-                answer = reading.answer
-                result["correct"] = answer is not None and agent.task.check(answer, query.problem.answer)
-                scores["answer"].append(result["correct"])
+            result = _score(query, role, completion, agent.task, names, syntax)
+            for key, value in result.items():
+                if key in scores:
+                    scores[key].append(float(value))
             if records is not None:
                 records.append(result)
 
@@ -193,12 +202,12 @@ def step_metrics(
     return {
         "agent": agent.name,
         "problems": len(problems),
-        "plan_steps": len(scores["plan"]),
+        "plan_steps": len(scores["plan_correct"]),
         "call_steps": len(scores["act_em"]),
-        "plan_acc": mean(scores["plan"]),
+        "plan_acc": mean(scores["plan_correct"]),
         "act_em": mean(scores["act_em"]),
         "hallucination": mean(scores["hallucination"]),
         "arg_f1": mean(scores["arg_f1"]),
-        "parse_error_rate": mean(scores["parse"]),
-        "answer_acc": mean(scores["answer"]),
+        "parse_error_rate": mean(scores["parse_error"]),
+        "answer_acc": mean(scores["correct"]),
     }
