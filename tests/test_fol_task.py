@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from fcdpo.logic import KnowledgeBase
+from fcdpo.tasks.logic import KnowledgeBase
 from fcdpo.tasks import get_task
 from fcdpo.tasks.base import Problem
 from fcdpo.tasks.fol import QUESTION_PREFIX, FolTask, concept_predicate, entity_constant, statements_of

@@ -8,7 +8,7 @@ import pytest
 import z3
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fcdpo.logic import (
+from fcdpo.tasks.logic import (
     MAX_DEPTH,
     MAX_FORMULA_CHARS,
     Atom,
@@ -483,7 +483,7 @@ def test_instances_of_universal_premises_decide_what_the_quantified_premises_do(
     (["∀x ∀y (R(x, y) → R(y, x))", "R(a, b)", "∀x ∃y R(x, y)"], "R(b, a)", "True"),  # ∃: quantified
 ])
 def test_instantiation_keeps_the_answer_at_its_edges(premises, conclusion, label):
-    from fcdpo.logic import _instances
+    from fcdpo.tasks.logic import _instances
 
     instances = _instances([parse_formula(p) for p in premises], parse_formula(conclusion))
     assert (instances is None) == any("∃" in p for p in premises)
@@ -497,7 +497,7 @@ def test_instantiation_keeps_the_answer_at_its_edges(premises, conclusion, label
 def test_proofs_in_many_threads_at_once_get_their_own_answers():
     from concurrent.futures import ThreadPoolExecutor
 
-    import fcdpo.logic as logic
+    import fcdpo.tasks.logic as logic
 
     def prove(i: int) -> str:
         kb = _kb("∀x (Wumpus(x) → Tumpus(x))", f"Wumpus(e{i})" if i % 2 else f"¬Tumpus(e{i})")
@@ -518,7 +518,7 @@ def wide_premises(disjuncts: int, constants: int) -> list[str]:
 
 
 def test_grounding_that_would_be_too_large_leaves_the_quantifiers_to_z3():
-    from fcdpo.logic import MAX_GROUND_NODES, _instances
+    from fcdpo.tasks.logic import MAX_GROUND_NODES, _instances
 
     premises = [parse_formula(p) for p in wide_premises(60, 40)]  # 1,600 instances of ~180 nodes each
     assert 1600 < 10_000 and 1600 * 180 > MAX_GROUND_NODES
@@ -527,7 +527,7 @@ def test_grounding_that_would_be_too_large_leaves_the_quantifiers_to_z3():
 
 
 def test_grounding_stops_when_the_time_budget_is_spent(monkeypatch):
-    import fcdpo.logic as logic
+    import fcdpo.tasks.logic as logic
 
     substituted = []
     real = logic._substitute
@@ -550,7 +550,7 @@ def test_grounding_stops_when_the_time_budget_is_spent(monkeypatch):
 
 
 def test_a_spent_budget_while_translating_is_a_timeout_too():
-    from fcdpo.logic import _decide
+    from fcdpo.tasks.logic import _decide
 
     premises = [parse_formula(p) for p in wide_premises(5, 3)]
     outcome = _decide(z3.Context(), premises, parse_formula("Q(c1)"), 1500, deadline=time.monotonic() - 1)

@@ -19,11 +19,12 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 LAYERS = (
     # What a run is made of, in plain data: its settings and its folder's layout, text and messages as
-    # stored, chat templates, how models are loaded, formulas and their prover, the attention kernel.
+    # stored, chat templates, how models are loaded, the attention kernel.
     ("settings and formats", ("settings", "runs", "safe_text", "progress", "chat_templates", "messages", "loading",
-                              "logic", "prefix_attention")),
-    # The function engine and the tasks: problems, the functions that solve them, benchmark files.
-    ("functions and tasks", ("functions", "tasks", "tasks.base", "tasks.calculator", "tasks.records",
+                              "prefix_attention")),
+    # The function engine and the tasks: problems, the functions that solve them, the FOL task's formulas
+    # and prover, benchmark files.
+    ("functions and tasks", ("functions", "tasks", "tasks.base", "tasks.logic", "tasks.calculator", "tasks.records",
                              "tasks.math", "tasks.fol", "tasks.prontoqa", "tasks.sources")),
     # Models that complete chats, local or over HTTP.
     ("models", ("backends",)),

@@ -1,6 +1,6 @@
 """First-order logic: ProntoQA-style generated problems and FOLIO, solved with a z3 prover.
 
-Layer: functions and tasks; imports `fcdpo.logic`, `fcdpo.functions` and the task modules base and records.
+Layer: functions and tasks; imports `fcdpo.tasks.logic` (its prover), `fcdpo.functions` and the task modules base and records.
 
 The model records what a problem states, then asks the prover. Small models copy short arguments
 far better than long formulas, so beside raw formulas (`add_premise`, `prove`, FOLIO notation) it
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from fcdpo.logic import FALSE, RESERVED_WORDS, TRUE, UNKNOWN, FormulaError, KnowledgeBase
+from fcdpo.tasks.logic import FALSE, RESERVED_WORDS, TRUE, UNKNOWN, FormulaError, KnowledgeBase
 from fcdpo.tasks.base import Problem, Task
 from fcdpo.tasks.records import MAX_LIST_ITEMS, BadRow, Loaded, collect, jsonl_rows
 

@@ -1,6 +1,6 @@
 """First-order formulas in FOLIO notation, and a z3-backed prover over them.
 
-Layer: settings and formats; imports nothing of fcdpo.
+Layer: functions and tasks (the FOL task's, `fcdpo.tasks.fol`); imports nothing of fcdpo.
 
 Notation (each Unicode symbol has an ASCII spelling):
 
