@@ -72,6 +72,18 @@ def test_the_five_notebooks_run_in_order_and_write_their_artifacts(tmp_path):
     assert {(row["method"], row["seeds"]) for row in methods} >= {("dpo", 2), ("sft", 2), ("dpo − sft", 2)}
 
 
+def test_the_run_folder_follows_the_overrides_and_a_notebook_gets_only_the_parameters_it_declares(tmp_path):
+    import papermill
+
+    from fcdpo.pipeline import run_folder
+
+    assert run_folder("tiny-cpu", {"overrides": {"run_dir": str(tmp_path / "dev")}}) == tmp_path / "dev"
+    assert run_folder("tiny-cpu", {}) == load_profile("tiny-cpu").run_path
+    declared = {notebook.stem[:2]: set(papermill.inspect_notebook(str(notebook))) for notebook in stages()}
+    assert "multi_agent" in declared["03"] and "multi_agent" not in declared["01"]
+    assert all({"profile", "overrides"} <= names for names in declared.values())
+
+
 def test_the_notebook_kernels_talk_over_local_sockets_not_tcp():
     manager = _local_kernel_manager()(kernel_name="python3")
     assert manager.transport == "ipc"

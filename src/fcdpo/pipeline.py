@@ -52,7 +52,8 @@ def reproduce(
 
     from fcdpo.progress import HEADLESS
 
-    run_path = load_profile(profile).run_path
+    parameters = dict(parameters or {})
+    run_path = run_folder(profile, parameters)
     # The kernels inherit this environment: long steps report in lines, which papermill forwards
     # here from each cell's stdout as it runs, under its own bar over the notebook's cells.
     os.environ.setdefault(HEADLESS, "1")
@@ -63,10 +64,11 @@ def reproduce(
         started = time.perf_counter()
         target = output_dir / notebook.name
         print(f"▶ {notebook.name} (profile {profile})", flush=True)
+        declared = papermill.inspect_notebook(str(notebook))  # each notebook gets the parameters it declares
         papermill.execute_notebook(
             str(notebook),
             str(target),
-            parameters={"profile": profile, **(parameters or {})},
+            parameters={k: v for k, v in {"profile": profile, **parameters}.items() if k in declared},
             kernel_name="python3",
             cwd=str(NOTEBOOK_DIR),
             progress_bar={"desc": notebook.stem, "unit": "cell", "leave": True},
@@ -76,6 +78,11 @@ def reproduce(
         print(f"  done in {time.perf_counter() - started:.0f} s → {target}", flush=True)
         executed.append(target)
     return executed
+
+
+def run_folder(profile: str, parameters: dict[str, Any] | None = None) -> Path:
+    """The run folder the notebooks write to: the profile's, as the `overrides` parameter changes it."""
+    return load_profile(profile, (parameters or {}).get("overrides") or {}).run_path
 
 
 def _local_kernel_manager() -> type:
@@ -92,13 +99,13 @@ def _local_kernel_manager() -> type:
     return LocalKernelManager
 
 
-def results_table(profile: str) -> "pd.DataFrame | None":
+def results_table(profile: str, parameters: dict[str, Any] | None = None) -> "pd.DataFrame | None":
     """The run's headline results (notebook 04's summary), or None before an evaluation exists."""
     import pandas as pd
 
     from fcdpo.evaluation import report_table
 
-    summary = runs.evaluation_dir(load_profile(profile).run_path) / "summary.csv"
+    summary = runs.evaluation_dir(run_folder(profile, parameters)) / "summary.csv"
     if not summary.exists():
         return None
     columns = ["model", "dataset", "problems", "accuracy [95% CI]", "valid calls", "mean steps"]
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     executed = reproduce(args.profile, dict(args.parameter), args.only, args.output_dir)
     print(f"{len(executed)} notebook(s) executed in {time.perf_counter() - started:.0f} s")
-    results = results_table(args.profile)
+    results = results_table(args.profile, dict(args.parameter))
     if results is not None:
         print("\nResults (held-out problems, greedy decoding):")
         print(results.to_string(index=False))
