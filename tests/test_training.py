@@ -439,6 +439,7 @@ def arm_profile(lab, tmp_path_factory):
         "training.lora_r": 8, "training.lora_alpha": 16, "preferences.validation": 0.0,
         "tasks.math.train": 2, "tasks.math.eval": 2, "tasks.math.dev": 0,
         "tasks.fol.train": 2, "tasks.fol.eval": 2, "tasks.fol.dev": 0, "rollouts.k": 2,
+        "rollouts.temperature": 1.6, "training.onpolicy_temperature": 1.0,  # the student is not sampled as hot
     }
     return load_profile("tiny-cpu", overrides)
 

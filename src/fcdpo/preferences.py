@@ -580,7 +580,7 @@ def student_rollouts(profile: Any, backend: Any = None, progress: bool = False,
                      name: str = "student") -> list["Trajectory"]:
     """The student's own chains on the training problems: `rollouts/<name>-<task>.jsonl` for every task.
 
-    `rollouts.k` chains per problem at `rollouts.temperature`, graded by the task's answer check, with
+    `rollouts.k` chains per problem at `training.onpolicy_temperature` (default `rollouts.temperature`), graded by the task's answer check, with
     the profile's agent, exactly as the teacher was sampled in notebook 01 (`fcdpo.rollouts.rollout`:
     resumable, refusing a file written by another model). `backend` defaults to the profile's student;
     a trained student (a later round of on-policy DPO) writes under another `name`.
@@ -596,11 +596,13 @@ def student_rollouts(profile: Any, backend: Any = None, progress: bool = False,
 
         backend = load_backend(student_spec(profile), root=run)
     settings = profile.rollouts
+    chosen = getattr(getattr(profile, "training", None), "onpolicy_temperature", None)
+    temperature = settings.temperature if chosen is None else chosen
     chains = []
     for task, splits in problem_sets(profile).items():
         agent = Agent(profile.task(task), backend, profile.agent)
         chains += rollout(splits["train"], agent, runs.rollouts_file(run, task, name), k=settings.k,
-                          temperature=settings.temperature, seed=settings.seed, batch_size=settings.batch_size,
+                          temperature=temperature, seed=settings.seed, batch_size=settings.batch_size,
                           progress=progress)
     return chains
 

@@ -178,6 +178,9 @@ class TrainingConfig:
     # model, starts from its adapter and takes it as the reference (iterative RPO, Pang et al. 2024,
     # with loss_type [sigmoid, sft]); every round gets the same steps.
     onpolicy_rounds: int = 1
+    # onpolicy_dpo: the temperature the student's own chains are sampled at (None: rollouts.temperature,
+    # the teacher's). A teacher sampled hot for varied pairs does not make the student's setting right.
+    onpolicy_temperature: float | None = None
 
 
 @dataclass
