@@ -166,13 +166,15 @@ def gold_messages(problem: "Problem", task: "Task", syntax: str = "python", shot
     return messages
 
 
-class _Chain:
-    """The state of one chain while the agent runs it."""
+class ChainState:
+    """The state of one chain while an agent runs it, and the trajectory it becomes; the single and
+    the multi-LLM agent keep the same record (the multi agent's chain adds whose turn it is)."""
 
-    def __init__(self, problem: "Problem", task: "Task", config: AgentConfig, sample: int, shots: str):
+    def __init__(self, problem: "Problem", task: "Task", messages: list[dict[str, Any]], sample: int):
         self.problem = problem
+        self.task = task
         self.functions = task.functions(problem)
-        self.messages = prompt_messages(problem, task, config, shots)
+        self.messages = messages
         self.sample = sample
         self.answer: str | None = None
         self.stop: str | None = None
@@ -188,6 +190,30 @@ class _Chain:
     def finish(self, reason: str) -> None:
         self.stop = reason
         self.seconds = time.perf_counter() - self.started
+
+    def record(self, model: str, agent: str, tools: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> Trajectory:
+        """The finished chain as a graded `Trajectory` (`meta` defaults to the problem's)."""
+        problem = self.problem
+        return Trajectory(
+            id=f"{problem.id}/{self.sample}",
+            task=problem.task,
+            problem_id=problem.id,
+            sample=self.sample,
+            model=model,
+            agent=agent,
+            messages=self.messages,
+            tools=tools,
+            answer=self.answer,
+            gold=problem.answer,
+            correct=self.answer is not None and self.task.check(self.answer, problem.answer),
+            steps=self.steps,
+            calls=self.calls,
+            errors={kind: self.errors.get(kind, 0) for kind in ERROR_KINDS},
+            stop=self.stop or "max_steps",
+            tokens={"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+            seconds=round(self.seconds, 4),
+            meta=dict(problem.meta) if meta is None else meta,
+        )
 
 
 class Agent:
@@ -224,7 +250,8 @@ class Agent:
         it to disk before the slower chains of the batch are done.
         """
         samples = samples if samples is not None else [0] * len(problems)
-        chains = [_Chain(p, self.task, self.config, s, self._shots) for p, s in zip(problems, samples)]
+        chains = [ChainState(p, self.task, prompt_messages(p, self.task, self.config, self._shots), s)
+                  for p, s in zip(problems, samples)]
         tools = self.schemas if self.config.syntax == "json" else None
         step = 0
         while active := [c for c in chains if c.stop is None]:
@@ -238,13 +265,13 @@ class Agent:
             advance_all(self._advance, active, completions)
             for chain in active:
                 if chain.stop is not None:
-                    chain.trajectory = self._record(chain)
+                    chain.trajectory = chain.record(self.backend.name, self.name, self.schemas)
                     if on_finish is not None:
                         on_finish(chain.trajectory)
             step += 1
         return [c.trajectory for c in chains]
 
-    def _advance(self, chain: _Chain, completion: "Completion") -> None:
+    def _advance(self, chain: ChainState, completion: "Completion") -> None:
         config = self.config
         chain.steps += 1
         chain.prompt_tokens += completion.prompt_tokens
@@ -290,29 +317,6 @@ class Agent:
             chain.finish("max_steps")
         elif chain.completion_tokens >= config.token_budget:
             chain.finish("token_budget")
-
-    def _record(self, chain: _Chain) -> Trajectory:
-        problem = chain.problem
-        return Trajectory(
-            id=f"{problem.id}/{chain.sample}",
-            task=problem.task,
-            problem_id=problem.id,
-            sample=chain.sample,
-            model=self.backend.name,
-            agent=self.name,
-            messages=chain.messages,
-            tools=self.schemas,
-            answer=chain.answer,
-            gold=problem.answer,
-            correct=chain.answer is not None and self.task.check(chain.answer, problem.answer),
-            steps=chain.steps,
-            calls=chain.calls,
-            errors={kind: chain.errors.get(kind, 0) for kind in ERROR_KINDS},
-            stop=chain.stop or "max_steps",
-            tokens={"prompt": chain.prompt_tokens, "completion": chain.completion_tokens},
-            seconds=round(chain.seconds, 4),
-            meta=dict(problem.meta),
-        )
 
 
 def _bounded(text: str, limit: int) -> str:

@@ -47,13 +47,12 @@ same role advance in one backend call.
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from fcdpo.agent import (
-    ERROR_KINDS,
+    ChainState,
     FINAL_ANSWER,
     Trajectory,
     advance_all,
@@ -268,34 +267,19 @@ def load_adapter_role_backends(
 # --------------------------------------------------------------------------- the agent
 
 
-class _Chain:
-    """The state of one chain while the team runs it."""
+class _Chain(ChainState):
+    """The state of one chain while the team runs it: whose turn it is, and each role's turns."""
 
     def __init__(self, problem: "Problem", task: "Task", system_prompt: str, sample: int):
-        self.problem = problem
-        self.functions = task.functions(problem)
-        self.messages: list[dict[str, Any]] = [
-            {"role": "system", "content": system_prompt},
-            {"role": "user", "content": task.user_message(problem)},
-        ]
-        self.sample = sample
+        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": task.user_message(problem)}]
+        super().__init__(problem, task, messages, sample)
         self.waiting: str | None = "planner"  # the role that speaks next; None once finished
-        self.answer: str | None = None
-        self.stop: str | None = None
         self.turns: Counter[str] = Counter()
         self.missing_decisions = 0
-        self.calls = 0
-        self.errors: Counter[str] = Counter()
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.started = time.perf_counter()
-        self.seconds = 0.0
-        self.trajectory: Trajectory | None = None
 
     def finish(self, reason: str) -> None:
-        self.stop = reason
+        super().finish(reason)
         self.waiting = None
-        self.seconds = time.perf_counter() - self.started
 
 
 class MultiAgent:
@@ -419,32 +403,13 @@ class MultiAgent:
             chain.waiting = "planner"
 
     def _record(self, chain: _Chain) -> Trajectory:
-        problem = chain.problem
-        meta = dict(problem.meta)
+        meta = dict(chain.problem.meta)
         meta["multi_agent"] = {
             "turns": {role: chain.turns.get(role, 0) for role in ROLES},
             "missing_decisions": chain.missing_decisions,
         }
-        return Trajectory(
-            id=f"{problem.id}/{chain.sample}",
-            task=problem.task,
-            problem_id=problem.id,
-            sample=chain.sample,
-            model=self.backends.name,
-            agent=self.name,
-            messages=chain.messages,
-            tools=self.schemas,
-            answer=chain.answer,
-            gold=problem.answer,
-            correct=chain.answer is not None and self.task.check(chain.answer, problem.answer),
-            steps=sum(chain.turns.values()),
-            calls=chain.calls,
-            errors={kind: chain.errors.get(kind, 0) for kind in ERROR_KINDS},
-            stop=chain.stop or "max_steps",
-            tokens={"prompt": chain.prompt_tokens, "completion": chain.completion_tokens},
-            seconds=round(chain.seconds, 4),
-            meta=meta,
-        )
+        chain.steps = sum(chain.turns.values())  # model turns of all roles
+        return chain.record(self.backends.name, self.name, self.schemas, meta)
 
 
 def summary_answer(text: str) -> str | None:
