@@ -127,6 +127,10 @@ def test_stage_one_trains_on_every_role_turn_of_whole_chains(base_dir, tmp_path)
     trainer = stage_trainer("backbone", fresh_lora(base_dir), tokenizer, data, TINY, tmp_path)
     turns = [m["content"] for m in data.chains[0] if m["role"] == "assistant"]
     assert labelled_text(trainer, tokenizer, 0) == "".join(turn + IM_END for turn in turns)
+    from transformers import PrinterCallback
+
+    # A stage reports in one line when it ends, not in a printed dict per log.
+    assert not any(isinstance(c, PrinterCallback) for c in trainer.callback_handler.callbacks)
 
 
 @pytest.mark.parametrize("role, target", [

@@ -214,6 +214,9 @@ def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, confi
     if not len(trainer.train_dataset):
         raise ValueError(f"every one of the {len(rows)} {stage} rows has its trained turns beyond "
                          f"max_length={config.max_length} tokens; raise glpft.max_length")
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # a raw dict per log; each stage ends with one line of its own
     return trainer
 
 
