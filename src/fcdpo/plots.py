@@ -405,7 +405,11 @@ def read_training_log(path: str | Path) -> list[dict[str, float]]:
         checkpoints = sorted(path.glob("checkpoint-*/trainer_state.json"),
                              key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]) if p.parent.name.rsplit("-", 1)[-1].isdigit() else -1)
         candidates = [path / CURVES_FILE, *checkpoints[::-1]]
-        return next((records for c in candidates if c.is_file() for records in [_records_in(c)] if records), [])
+        for candidate in candidates:
+            records = _records_in(candidate) if candidate.is_file() else []
+            if records:
+                return records
+        return []
     if not path.is_file():
         return []
     return _records_in(path)

@@ -50,8 +50,6 @@ if TYPE_CHECKING:
     from fcdpo.agent import Trajectory
 
 SPLITS = ("train", "validation")
-# Where each training method's pairs live in the run folder.
-PREFERENCE_FOLDERS = runs.PREFERENCE_FOLDERS  # re-exported: notebook 03 reads it from here
 
 
 class PreferenceError(ValueError):
@@ -661,8 +659,8 @@ def method_preferences(profile: Any, method: str, progress: bool = False) -> "Da
     Under a multi-process launch (`WORLD_SIZE` > 1) nothing is sampled or written: the method's pairs
     are read from its folder, which must already hold them.
     """
-    if method not in PREFERENCE_FOLDERS:
-        raise PreferenceError(f"no preference pairs for method {method!r}; known: {sorted(PREFERENCE_FOLDERS)}")
+    if method not in runs.PREFERENCE_FOLDERS:
+        raise PreferenceError(f"no preference pairs for method {method!r}; known: {sorted(runs.PREFERENCE_FOLDERS)}")
     folder = runs.preferences_dir(profile.run_path, method)
     if method in ("dpo", "sft") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under `accelerate launch` every process would sample and write the same files: the pairs
