@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fcdpo.agent import Agent, AgentConfig
-from fcdpo.config import load_profile
+from fcdpo.config import load_profile, student_spec
 from fcdpo.functions import Call
 from fcdpo.pipeline import _local_kernel_manager, reproduce, stages
 from fcdpo.tasks import problem_sets
@@ -23,27 +23,35 @@ SMALL = {
     "rollouts.k": 2, "rollouts.batch_size": 12,
     "agent.max_steps": 4, "agent.max_new_tokens": 24,
     "training.max_steps": 2, "training.batch_size": 2, "training.logging_steps": 1, "training.extra_seeds": [1],
+    # every arm, as `make experiments` runs them (tiny-cpu-arms)
+    "training.methods": ["dpo", "sft", "step_dpo", "onpolicy_dpo", "grpo"],
+    "training.grpo": {"problems": 2, "generations": 2},
     "multi_agent.glpft.backbone_steps": 2, "multi_agent.glpft.role_steps": 1,
     "evaluation.resamples": 50,
 }
 
 
-def scripted_teacher_rollouts(profile):
+def scripted_teacher_rollouts(profile, name="teacher", model="scripted"):
     """One correct and one incorrect chain per training problem, as the teacher's rollout files.
 
     A teacher trained for a few steps answers nothing right, and DPO needs both kinds of chain; notebook
-    01 then finds every (problem, sample) finished and resumes without running the model.
+    01 then finds every (problem, sample) finished and resumes without running the model. With
+    `name="student"` and the student's `model`, the same chains stand for the student's own samples
+    (the onpolicy_dpo arm resumes them in notebook 03).
     """
     folder = profile.run_path / "rollouts"
     folder.mkdir(parents=True, exist_ok=True)
-    for name, splits in problem_sets(profile).items():
-        task, problems = profile.task(name), splits["train"]
+    for task_name, splits in problem_sets(profile).items():
+        task, problems = profile.task(task_name), splits["train"]
         right = {task.user_message(p): [Call.from_dict(s).to_python() for s in p.gold_chain] + [f"Final answer: {p.answer}"]
                  for p in problems}
         wrong = {task.user_message(p): [Call.from_dict(p.gold_chain[0]).to_python(), "Final answer: 12345"] for p in problems}
-        with (folder / f"teacher-{name}.jsonl").open("w") as out:
-            for sample, scripts in ((0, right), (1, wrong)):
-                chains = Agent(task, ScriptedBackend(scripts), profile.agent).run(problems, samples=[sample] * len(problems))
+        backends = ScriptedBackend(right), ScriptedBackend(wrong)
+        for backend in backends:
+            backend.name = model
+        with (folder / f"{name}-{task_name}.jsonl").open("w") as out:
+            for sample, backend in enumerate(backends):
+                chains = Agent(task, backend, profile.agent).run(problems, samples=[sample] * len(problems))
                 for chain in chains:
                     out.write(json.dumps(chain.to_dict()) + "\n")
 
@@ -52,6 +60,7 @@ def test_the_five_notebooks_run_in_order_and_write_their_artifacts(tmp_path):
     overrides = {**SMALL, **LAB, "run_dir": str(tmp_path / "run")}
     profile = load_profile("tiny-cpu", overrides)
     scripted_teacher_rollouts(profile)
+    scripted_teacher_rollouts(profile, "student", student_spec(profile)["model"])  # the tiny student solves none
 
     executed = reproduce("tiny-cpu", {"overrides": overrides, "figures_dir": str(tmp_path / "figures")},
                          output_dir=tmp_path / "executed")
@@ -61,15 +70,22 @@ def test_the_five_notebooks_run_in_order_and_write_their_artifacts(tmp_path):
     for artifact in ("problems/math-eval.jsonl", "lab/teacher/config.json", "lab/student/config.json",
                      "rollouts/summary.csv", "preferences/train.jsonl", "training/dpo/adapter",
                      "training/sft/adapter", "training/dpo/curves.json", "training/glpft/report.json",
-                     "training/dpo-s1/adapter", "training/sft-s1/adapter",
+                     "training/dpo-s1/adapter", "training/sft-s1/adapter", "training/step_dpo-s1/adapter",
+                     "training/onpolicy_dpo/adapter", "training/grpo-s1/adapter",
                      "evaluation/summary.csv", "evaluation/metrics.json", "evaluation/methods.csv"):
         assert (run / artifact).exists(), f"missing {artifact}"
     figures = {p.stem for p in (tmp_path / "figures").glob("*.png")}
     assert {"accuracy", "tradeoff", "failure_taxonomy", "dpo_training", "gains"} <= figures
     models = {row["model"] for row in json.loads((run / "evaluation" / "summary.json").read_text())}
-    assert {"teacher", "student", "sft", "dpo", "multi", "sft-s1", "dpo-s1"} <= models
+    assert {"teacher", "student", "sft", "dpo", "multi", "sft-s1", "dpo-s1", "step_dpo", "onpolicy_dpo-s1", "grpo"} <= models
     methods = json.loads((run / "evaluation" / "methods.json").read_text())
-    assert {(row["method"], row["seeds"]) for row in methods} >= {("dpo", 2), ("sft", 2), ("dpo − sft", 2)}
+    assert {(row["method"], row["seeds"]) for row in methods} >= {("dpo", 2), ("sft", 2), ("dpo − sft", 2),
+                                                                  ("step_dpo", 2), ("onpolicy_dpo", 2), ("grpo", 2)}
+
+    # Run again, the arms are kept: a stopped `make experiments` resumes at the first arm not trained.
+    trained = {p.parent.name: p.stat().st_mtime for p in run.glob("training/*/report.json")}
+    reproduce("tiny-cpu", {"overrides": overrides, "multi_agent": False}, output_dir=tmp_path / "again", only=["03"])
+    assert {p.parent.name: p.stat().st_mtime for p in run.glob("training/*/report.json")} == trained
 
 
 def test_the_run_folder_follows_the_overrides_and_a_notebook_gets_only_the_parameters_it_declares(tmp_path):

@@ -463,6 +463,47 @@ def test_step_dpo_is_a_training_method_with_its_own_folder_that_the_evaluation_f
 
 
 @pytest.mark.slow
+def test_an_arm_trained_earlier_with_the_same_settings_is_kept_and_any_other_is_trained_again(arm_profile, capsys):
+    """A long run resumes at the first unfinished arm; a setting of this arm, its pairs or a cut-short
+    report make it train again, while settings only other arms read (GRPO's, the arms list) do not."""
+    from dataclasses import replace as with_changes
+
+    from fcdpo.preferences import method_preferences
+    from fcdpo.training import finished_arm, train_from_profile
+
+    first = train_from_profile(arm_profile, "step_dpo")
+    report = json.loads((first.output_dir / "report.json").read_text())
+    again = train_from_profile(arm_profile, "step_dpo")
+    assert again.trainer is None and again.report == report and again.curves == first.curves
+    assert "trained earlier with these settings, kept" in capsys.readouterr().out
+
+    def with_training(**changes):
+        return with_changes(arm_profile, training=with_changes(arm_profile.training, **changes))
+
+    grpo = with_changes(arm_profile.training.grpo, learning_rate=0.123)
+    assert finished_arm(with_training(grpo=grpo, methods=("dpo", "step_dpo"), extra_seeds=(4,)), "step_dpo") is not None
+    assert finished_arm(with_training(beta=0.5), "step_dpo") is None
+    assert finished_arm(arm_profile, "step_dpo", seed=7) is None  # another seed has its own folder
+    pairs = method_preferences(arm_profile, "step_dpo")
+    assert finished_arm(arm_profile, "step_dpo", preferences=pairs) is not None
+    assert finished_arm(arm_profile, "step_dpo", preferences=pairs.filter(lambda _, i: i > 0, with_indices=True)) is None
+
+    (first.output_dir / "report.json").write_text(json.dumps(report)[:40])  # a crash while writing it
+    assert finished_arm(arm_profile, "step_dpo") is None
+    (first.output_dir / "report.json").write_text(json.dumps(report))
+
+
+def test_an_arm_copied_with_its_run_folder_counts_as_trained_on_the_same_student(tmp_path):
+    from fcdpo.training import same_student
+
+    run = tmp_path / "runs" / "tiny-cpu-arms"
+    assert same_student("/old/runs/tiny-cpu/lab/student", run / "lab" / "student", run)
+    assert same_student("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct", run)
+    assert not same_student("/old/runs/tiny-cpu/lab/teacher", run / "lab" / "student", run)
+    assert not same_student("/models/lab/student", "/other/lab/student", run)  # outside the run: the same path only
+
+
+@pytest.mark.slow
 def test_onpolicy_dpo_samples_the_student_and_trains_on_its_own_pairs(arm_profile):
     """The tiny student's own chains (sampled with the HF backend) are graded and written as rollouts
     on the training problems; pairs of graded student chains train the arm into its own folder."""

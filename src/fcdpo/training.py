@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from fcdpo import runs
 from fcdpo.config import student_spec
 from fcdpo.finetuning import (  # what every training arm shares
+    CURVES_FILE,
     TrainingError,
     TrainingResult,
     adapter_dtype_for_training,
@@ -47,6 +48,7 @@ from fcdpo.finetuning import (  # what every training arm shares
     load_tokenizer,  # noqa: F401 - notebooks 02 and 03 take the student's tokenizer from here
     lora_config,
     memory_snapshot,
+    read_curves,
     resolve_steps,
     student_reference,
     trainer_arguments,
@@ -450,6 +452,11 @@ def train_from_profile(
 
     if method not in METHODS:
         raise TrainingError(f"method must be one of {METHODS}, got {method!r}")
+    finished = finished_arm(profile, method, seed, preferences)
+    if finished is not None:
+        print(f"{finished.output_dir}: trained earlier with these settings, kept "
+              f"(delete the folder to train it again)")
+        return finished
     if method == "grpo":
         from fcdpo.grpo import train_grpo
 
@@ -464,6 +471,65 @@ def train_from_profile(
         settings, label = replace(settings, seed=seed), runs.seed_label(method, seed, settings.seed)
     return train(method, student_reference(profile), preferences, settings, runs.training_dir(run, label),
                  progress=progress)
+
+
+# Settings that only some arms read: an arm trained earlier is kept when the others change.
+_ARM_SETTINGS = {"grpo": ("grpo",), "onpolicy_dpo": ("onpolicy_rounds", "onpolicy_temperature")}
+_RUN_SETTINGS = ("methods", "extra_seeds")  # which arms and seeds a run trains, not how one is trained
+
+
+def _arm_settings(settings: TrainingConfig, method: str) -> dict[str, Any]:
+    """The settings that shape `method`'s model: all but the run's list of arms and the other arms' own."""
+    others = {key for arm, keys in _ARM_SETTINGS.items() if arm != method for key in keys}
+    return {k: v for k, v in asdict(settings).items() if k not in others and k not in _RUN_SETTINGS}
+
+
+def same_student(earlier: str | Path, model: str | Path, run: str | Path) -> bool:
+    """Whether a report's student is `model`: the same path or hub id, or, for a student in the run
+    folder (the tiny lab's `lab/student`), the same place in the run folder the report came from."""
+    earlier, model, run = Path(earlier), Path(model), Path(run)
+    if earlier == model:
+        return True
+    if not model.is_relative_to(run):
+        return False
+    inside = model.relative_to(run).parts
+    return earlier.parts[-len(inside):] == inside
+
+
+def finished_arm(
+    profile: Any, method: str, seed: int | None = None, preferences: "DatasetDict | None" = None,
+) -> TrainingResult | None:
+    """The arm `method` (at `seed`) as an earlier run of this profile left it, or None to train it.
+
+    A long run (`make experiments`) that stops part-way resumes at the first arm not finished: an arm
+    is finished when its folder has `adapter/`, `curves.json` and `report.json`, and the report's
+    method, student (the same path, or the run folder's own `lab/student` in a run folder that was
+    copied) and settings are this profile's, leaving aside settings only other arms read. When
+    `preferences` are given, the report's pair counts must be theirs too. The result has no trainer.
+    """
+    settings, label = profile.training, method
+    if seed is not None and seed != settings.seed:
+        settings, label = replace(settings, seed=seed), runs.seed_label(method, seed, settings.seed)
+    folder = runs.training_dir(profile.run_path, label)
+    paths = [folder / "adapter", folder / "report.json", folder / CURVES_FILE]
+    if not all(path.exists() for path in paths):
+        return None
+    try:
+        report = json.loads(paths[1].read_text())
+        curves = read_curves(folder)
+    except (OSError, ValueError):
+        return None  # a report cut short by a crash: train the arm again
+    if not isinstance(report, dict) or report.get("method") != method:
+        return None
+    if not same_student(str(report.get("model")), student_reference(profile), profile.run_path):
+        return None
+    earlier_settings = {k: v for k, v in dict(report.get("settings") or {}).items() if k in _arm_settings(settings, method)}
+    if earlier_settings != json.loads(json.dumps(_arm_settings(settings, method))):
+        return None
+    if preferences is not None and report.get("pairs") != {name: len(preferences[name]) if name in preferences else 0
+                                                           for name in ("train", "validation")}:
+        return None
+    return TrainingResult(folder, paths[0], curves, report, None)
 
 
 def train_onpolicy(
