@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fcdpo.agent import Agent, AgentConfig
+from fcdpo.agent import Agent
 from fcdpo.config import load_profile, student_spec
 from fcdpo.functions import Call
 from fcdpo.pipeline import _local_kernel_manager, reproduce, stages
@@ -72,7 +72,8 @@ def test_the_five_notebooks_run_in_order_and_write_their_artifacts(tmp_path):
                      "training/sft/adapter", "training/dpo/curves.json", "training/glpft/report.json",
                      "training/dpo-s1/adapter", "training/sft-s1/adapter", "training/step_dpo-s1/adapter",
                      "training/onpolicy_dpo/adapter", "training/grpo-s1/adapter",
-                     "evaluation/summary.csv", "evaluation/metrics.json", "evaluation/methods.csv"):
+                     "evaluation/summary.csv", "evaluation/metrics.json", "evaluation/methods.csv",
+                     "evaluation/costs.csv"):
         assert (run / artifact).exists(), f"missing {artifact}"
     figures = {p.stem for p in (tmp_path / "figures").glob("*.png")}
     assert {"accuracy", "tradeoff", "failure_taxonomy", "dpo_training", "gains"} <= figures

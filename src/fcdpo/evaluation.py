@@ -423,9 +423,9 @@ def write_table(table: pd.DataFrame, folder: Path, stem: str) -> list[Path]:
 
 
 def read_tables(evaluation_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The tables an evaluation wrote: `{"metrics", "summary", "by_difficulty", "methods"}` (those present)."""
+    """The tables an evaluation wrote: `{"metrics", "summary", "by_difficulty", "methods", "costs"}` (those present)."""
     folder = Path(evaluation_dir)
-    return {stem: pd.read_csv(folder / f"{stem}.csv") for stem in ("metrics", "summary", "by_difficulty", "methods")
+    return {stem: pd.read_csv(folder / f"{stem}.csv") for stem in ("metrics", "summary", "by_difficulty", "methods", "costs")
             if (folder / f"{stem}.csv").exists()}
 
 
@@ -445,6 +445,7 @@ class Evaluation:
     parameters: dict[str, float | None] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     methods: pd.DataFrame | None = None  # trained methods over their seeds, against the student (`method_table`)
+    costs: pd.DataFrame | None = None  # what each trained method cost (`fcdpo.costs.arm_costs`)
 
 
 def decoding_name(samples: int, temperature: float) -> str:
@@ -834,4 +835,8 @@ def evaluate_run(profile: "Profile", models: Mapping[str, Any] | None = None, pr
     methods = {method: list(seed_labels(method, profile.training)) for method in trained_methods(profile.training)}
     result.methods = method_table(result.trajectories, methods, resamples=settings.resamples, seed=settings.seed)
     result.files += write_table(result.methods, result.folder, "methods")
+    from fcdpo.costs import arm_costs
+
+    result.costs = arm_costs(profile)
+    result.files += write_table(result.costs, result.folder, "costs")
     return result
