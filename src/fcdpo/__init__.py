@@ -33,7 +33,7 @@ LAYERS = (
     # The agents that run a problem's chain of calls on a model; the multi-LLM agent's role data and step metrics.
     ("agents", ("agent", "multi_agent", "roles", "step_metrics")),
     # The pipeline's stages, each one step of the experiment.
-    ("stages", ("rollouts", "preferences", "finetuning", "grpo", "training", "glpft", "evaluation", "tinylab",
+    ("stages", ("rollouts", "preferences", "finetuning", "grpo", "training", "glpft", "costs", "evaluation", "tinylab",
                 "plots")),
     # What is run from the command line.
     ("commands", ("pipeline", "tasks.__main__")),
