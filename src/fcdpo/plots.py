@@ -32,9 +32,12 @@ MODEL_STYLES = {
     "student": ("Student, before training", "#7f7f7f"),
     "sft": ("Student + SFT", "#E69F00"),
     "dpo": ("Student + DPO", "#009E73"),
+    "step_dpo": ("Student + step DPO", "#D55E00"),
+    "onpolicy_dpo": ("Student + on-policy DPO", "#56B4E9"),
+    "grpo": ("Student + GRPO", "#8c564b"),
     "multi": ("Multi-LLM agent", "#CC79A7"),
 }
-_SPARE_COLOURS = ("#D55E00", "#56B4E9", "#000000", "#8c564b", "#F0E442", "#bcbd22")
+_SPARE_COLOURS = ("#000000", "#F0E442", "#bcbd22", "#17becf")
 DATASET_NAMES = {"math": "Math (held-out)", "fol": "Logic (held-out)", "gsm8k": "GSM8K test", "folio": "FOLIO validation"}
 OUTCOME_STYLES = {
     "correct": ("Correct", "#009E73"),
@@ -520,23 +523,27 @@ EXTRA_SEED = r".+-s\d+"  # the label of a method trained with an extra seed (`fc
 
 def gains_figure(methods: pd.DataFrame) -> Figure:
     """Gain over the untrained student by method, one panel per dataset: the mean over seeds with its
-    paired bootstrap 95% interval (`fcdpo.evaluation.method_table`); the number of seeds in the label."""
+    paired bootstrap 95% interval (`fcdpo.evaluation.method_table`); the number of seeds as n in the label."""
     methods = _as_frame(methods)
     if methods.empty or "gain" not in methods:
         raise ValueError("no method has a gain over the student to plot")
     datasets = _ordered(methods["dataset"], list(DATASET_NAMES))
+    colours = model_colors(m for m in methods["method"] if "−" not in m)  # one colour per method, all panels
+    bars = max(methods.groupby("dataset").size())
     with rc_context(STYLE):
-        figure = _new_figure(3.2 * len(datasets) + 1.0, 3.4)
+        figure = _new_figure(max(3.2, 0.75 * bars + 0.6) * len(datasets) + 1.0, 3.6)
         panels = figure.subplots(1, len(datasets), sharey=True, squeeze=False)[0]
         for axes, dataset in zip(panels, datasets):
             rows = methods[methods["dataset"] == dataset].reset_index(drop=True)
             y = 100 * rows["gain"]
             error = [100 * (rows["gain"] - rows["gain_low"]).clip(lower=0), 100 * (rows["gain_high"] - rows["gain"]).clip(lower=0)]
-            colours = ["tab:grey" if "−" in m else model_colors([m]).get(m, "tab:blue") for m in rows["method"]]
-            axes.bar(range(len(rows)), y, yerr=error, color=colours, capsize=4)
+            axes.bar(range(len(rows)), y, yerr=error, color=[colours.get(m, "tab:grey") for m in rows["method"]],
+                     capsize=4)
             axes.axhline(0, color="black", linewidth=0.8)
             axes.set_xticks(range(len(rows)))
-            axes.set_xticklabels([f"{m}\n({int(s)} seeds)" for m, s in zip(rows["method"], rows["seeds"])])
+            # "onpolicy_dpo" → "onpolicy\ndpo": six bars a panel stay readable
+            axes.set_xticklabels([f"{m.replace('_', chr(10)).replace(' − ', chr(10) + '− ')}\nn={int(s)}"
+                                  for m, s in zip(rows["method"], rows["seeds"])], fontsize=8)
             axes.set_title(DATASET_NAMES.get(dataset, dataset))
         panels[0].set_ylabel("gain over the student (points)")
     return figure
