@@ -523,8 +523,8 @@ def finished_arm(
         return None
     if not same_student(str(report.get("model")), student_reference(profile), profile.run_path):
         return None
-    earlier_settings = {k: v for k, v in dict(report.get("settings") or {}).items() if k in _arm_settings(settings, method)}
-    if earlier_settings != json.loads(json.dumps(_arm_settings(settings, method))):
+    wanted = json.loads(json.dumps(_arm_settings(settings, method)))  # as a report stores them: lists, not tuples
+    if {k: v for k, v in dict(report.get("settings") or {}).items() if k in wanted} != wanted:
         return None
     if preferences is not None and report.get("pairs") != {name: len(preferences[name]) if name in preferences else 0
                                                            for name in ("train", "validation")}:
