@@ -31,7 +31,7 @@ SMALL = {
 }
 
 
-def scripted_teacher_rollouts(profile, name="teacher", model="scripted"):
+def scripted_rollouts(profile, name="teacher", model="scripted"):
     """One correct and one incorrect chain per training problem, as the teacher's rollout files.
 
     A teacher trained for a few steps answers nothing right, and DPO needs both kinds of chain; notebook
@@ -59,8 +59,8 @@ def scripted_teacher_rollouts(profile, name="teacher", model="scripted"):
 def test_the_five_notebooks_run_in_order_and_write_their_artifacts(tmp_path):
     overrides = {**SMALL, **LAB, "run_dir": str(tmp_path / "run")}
     profile = load_profile("tiny-cpu", overrides)
-    scripted_teacher_rollouts(profile)
-    scripted_teacher_rollouts(profile, "student", student_spec(profile)["model"])  # the tiny student solves none
+    scripted_rollouts(profile)
+    scripted_rollouts(profile, "student", student_spec(profile)["model"])  # the tiny student solves none
 
     executed = reproduce("tiny-cpu", {"overrides": overrides, "figures_dir": str(tmp_path / "figures")},
                          output_dir=tmp_path / "executed")

@@ -1,6 +1,6 @@
 """What each trained arm cost, read from the run folder: the figures a reader puts beside its accuracy.
 
-Layer: stages; imports the run folder's layout, the rollout files and the training settings.
+Layer: stages; imports the run folder's layout, the rollout files, the pairs' reports and the training settings.
 
     costs = arm_costs(profile)   # one row per method of training.methods, and glpft when it was trained
 
@@ -86,10 +86,11 @@ def arm_costs(profile: Any) -> pd.DataFrame:
 
 def _onpolicy_tokens(run: Path, reports: list[dict[str, Any]]) -> int:
     """The student's chains sampled once for every seed's first round, and each later round's own."""
-    pairs = runs.preferences_dir(run, "onpolicy_dpo") / "report.json"
-    if pairs.exists():
-        first = sum(int(task.get("completion_tokens", 0))
-                    for task in json.loads(pairs.read_text()).get("rollouts", {}).values())
+    from fcdpo.preferences import read_report
+
+    pairs = runs.preferences_dir(run, "onpolicy_dpo")
+    if (pairs / "report.json").exists():
+        first = sum(int(task.get("completion_tokens", 0)) for task in read_report(pairs).get("rollouts", {}).values())
     else:
         first = generated_tokens(run, "student")
     later = sum(int(task.get("completion_tokens", 0))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -521,6 +522,11 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], out_dir: str | Pa
 EXTRA_SEED = r".+-s\d+"  # the label of a method trained with an extra seed (`fcdpo.training.seed_labels`)
 
 
+def _bar_label(method: str, seeds: int) -> str:
+    """A method's bar label on lines of one word ("onpolicy_dpo" → "onpolicy", "dpo"; "dpo − sft" → "dpo", "− sft"), so six bars a panel stay readable."""
+    return "\n".join([*re.split(r"_| (?=− )", method), f"n={int(seeds)}"])
+
+
 def gains_figure(methods: pd.DataFrame) -> Figure:
     """Gain over the untrained student by method, one panel per dataset: the mean over seeds with its
     paired bootstrap 95% interval (`fcdpo.evaluation.method_table`); the number of seeds as n in the label."""
@@ -541,9 +547,7 @@ def gains_figure(methods: pd.DataFrame) -> Figure:
                      capsize=4)
             axes.axhline(0, color="black", linewidth=0.8)
             axes.set_xticks(range(len(rows)))
-            # "onpolicy_dpo" → "onpolicy\ndpo": six bars a panel stay readable
-            axes.set_xticklabels([f"{m.replace('_', chr(10)).replace(' − ', chr(10) + '− ')}\nn={int(s)}"
-                                  for m, s in zip(rows["method"], rows["seeds"])], fontsize=8)
+            axes.set_xticklabels([_bar_label(m, s) for m, s in zip(rows["method"], rows["seeds"])], fontsize=8)
             axes.set_title(DATASET_NAMES.get(dataset, dataset))
         panels[0].set_ylabel("gain over the student (points)")
     return figure
