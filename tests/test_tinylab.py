@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from fcdpo.finetuning import shared_prefix_loss
 from fcdpo.tinylab import (
     END_OF_TEXT,
     IM_END,
@@ -23,7 +24,6 @@ from fcdpo.tinylab import (
     build_model,
     build_tokenizer,
     lab_conversations,
-    shared_prefix_loss,
     train_sft,
 )
 

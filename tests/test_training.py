@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -591,3 +592,70 @@ def test_a_second_onpolicy_round_samples_the_first_rounds_model_and_takes_it_as_
         assert not ref.requires_grad
     trained = load_file(folder / "adapter" / "adapter_model.safetensors")
     assert any(not torch.equal(trained[k], round1[k]) for k in round1)  # round 2 moved on from round 1
+
+
+@pytest.mark.slow
+def test_first_turns_run_once_give_the_plain_passes_log_probs_loss_and_gradients(lab, tmp_path):
+    """`shared_first_turn_outputs` is a speed-up only: the DPO loss, its gradients and the reference's
+    log-probabilities equal those of the plain pass, on a batch mixing both tasks' system prompts."""
+    from fcdpo.finetuning import turn_end_id
+
+    tokenizer = lab["tokenizer"]
+    from trl import DPOConfig
+
+    config = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, activation_checkpointing=False,
+                       report_to=[], max_length=None, loss_type=["sigmoid", "sft"])
+    rows = [lab["rows"][0], lab["rows"][-1], lab["rows"][1]]
+    assert len({r["task"] for r in rows}) == 2
+    trainer = _dpo_trainer_class()(
+        model=AutoModelForCausalLM.from_pretrained(lab["student"]), args=config,
+        train_dataset=tokenize_preferences(Dataset.from_list(rows), tokenizer, 4096)[0], processing_class=tokenizer,
+        data_collator=preference_collator(tokenizer.pad_token_id), peft_config=lora_config(TINY),
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():  # a fresh adapter is the identity (B = 0); make it change the model
+        for name, parameter in trainer.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    collator = preference_collator(tokenizer.pad_token_id)
+    examples = [tokenize_pair(tokenizer, row) for row in rows]
+    trainer.model.train()
+    plain_loss, plain_gradients = _loss_and_gradients(trainer, examples, collator)
+    plain_reference = torch.stack(trainer.compute_ref_log_probs(trainer.model, collator(examples)))
+    trainer.turn_end = turn_end_id(tokenizer)
+    assert trainer.turn_end is not None
+    shared_loss, shared_gradients = _loss_and_gradients(trainer, examples, collator)
+    shared_reference = torch.stack(trainer.compute_ref_log_probs(trainer.model, collator(examples)))
+    assert shared_loss.item() == pytest.approx(plain_loss.item(), rel=1e-5)
+    assert plain_gradients.abs().max() > 0
+    assert torch.allclose(shared_gradients, plain_gradients, atol=1e-5)
+    assert torch.allclose(shared_reference, plain_reference, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_reference_log_probs_are_computed_once_for_every_seed_and_change_nothing(lab, monkeypatch):
+    from trl import DPOTrainer
+
+    computed = []
+    original = DPOTrainer._precompute_ref_logps
+
+    def counting(self, dataset, name, batch_size):
+        computed.append(name)
+        return original(self, dataset, name, batch_size)
+
+    monkeypatch.setattr(DPOTrainer, "_precompute_ref_logps", counting)
+    root = lab["root"] / "speed"
+    fast = replace(TINY, shared_prefix=True, precompute_ref_log_probs=True)
+    first = train("dpo", lab["student"], lab["preferences"], fast, root / "dpo")
+    assert sorted(computed) == ["eval", "train"]
+    again = train("dpo", lab["student"], lab["preferences"], replace(fast, seed=1), root / "dpo-s1")
+    assert sorted(computed) == ["eval", "train"]  # the second seed read both splits back
+    assert len(list((root / "reference_log_probs").glob("*.json"))) == 2
+    assert again.curves != first.curves  # another seed: another adapter initialisation and data order
+
+    plain = train("dpo", lab["student"], lab["preferences"], TINY, root / "plain")
+    losses = [[row["loss"] for row in result.curves if "loss" in row] for result in (plain, first)]
+    assert len(losses[0]) == TINY.max_steps
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert first.report["final"]["eval_rewards/margins"] == pytest.approx(
+        plain.report["final"]["eval_rewards/margins"], rel=1e-3, abs=1e-5)

@@ -170,6 +170,7 @@ def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, confi
     import torch
     from trl import SFTConfig, SFTTrainer
 
+    from fcdpo.finetuning import shared_prefix_sft_trainer_class
     from fcdpo.loading import compute_dtype, mixed_precision
 
     if stage not in STAGES:
@@ -206,8 +207,9 @@ def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, confi
     bars_were_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # one bar per preprocessing pass would flood notebook output
     try:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                             processing_class=tokenizer)
+        trainer_class = shared_prefix_sft_trainer_class() if config.shared_prefix else SFTTrainer
+        trainer = trainer_class(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                                processing_class=tokenizer)
     finally:
         if bars_were_enabled:
             datasets.enable_progress_bars()

@@ -16,6 +16,12 @@ that every query may attend to all of them; `fcdpo.backends.HFBackend` lays its 
 calls it. The attention weights are computed explicitly, so a call whose score tensor would exceed
 `MAX_SCORES` elements (a long prompt prefilled in a large batch) copies the prefix into every row and
 uses SDPA instead.
+
+Training gets the same saving another way (`first_turn_groups`, `prefix_cache`): a right-padded batch's
+rows are grouped by their first turn (the system prompt, which carries no loss), each distinct first
+turn is run once, and its keys and values, expanded to the group's rows, are the cache the rest of
+each row is run on. Gradients flow through the shared cache, so losses and gradients equal those of
+the plain pass.
 """
 
 from __future__ import annotations
@@ -106,3 +112,45 @@ def register() -> str:
     AttentionInterface.register(NAME, attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     return NAME
+
+
+# --------------------------------------------------------------------------- training: first turns run once
+
+
+def first_turn_groups(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, turn_end_id: int
+) -> list[tuple[int, list[int]]] | None:
+    """The rows of a right-padded batch grouped by their first turn: `(its length, rows)` per distinct turn.
+
+    A row's first turn runs up to and including its first `turn_end_id`. Returns None when the batch
+    does not fit the pattern: a row without `turn_end_id`, or a labelled token (not -100) inside a
+    first turn or right after it, whose log-probability the shared pass would not compute.
+    """
+    lengths = attention_mask.sum(dim=1).tolist()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for r, (row, length) in enumerate(zip(input_ids.tolist(), lengths)):
+        try:
+            split = row.index(turn_end_id, 0, length) + 1
+        except ValueError:
+            return None
+        if (labels[r, : min(split + 1, labels.shape[1])] != -100).any():
+            return None
+        groups.setdefault(tuple(row[:split]), []).append(r)
+    return [(len(prefix), rows) for prefix, rows in groups.items()]
+
+
+def prefix_cache(model: torch.nn.Module, prefix_ids: torch.Tensor, rows: int) -> Any:
+    """A key/value cache holding `prefix_ids` (one row) run through `model`, expanded to `rows` rows.
+
+    `model` is a causal LM, a PEFT model around one included; only its backbone runs (the adapter
+    applied, no logits for the prefix). With gradients enabled they flow back through the expanded
+    keys and values.
+    """
+    from transformers import DynamicCache
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = inner.base_model(input_ids=prefix_ids[None], use_cache=True)
+    cache = DynamicCache(config=inner.config)  # sliding-window layers keep only their window
+    for layer, (keys, values, *_) in enumerate(out.cache):
+        cache.layers[layer].update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
+    return cache

@@ -160,6 +160,12 @@ class TrainingConfig:
     max_length: int = 1024  # tokens of prompt + chain; longer pairs are dropped and counted, never truncated
     warmup: float = 0.1  # learning-rate warmup: a fraction of the steps when < 1, else a number of steps
     gradient_checkpointing: bool | None = None  # None: on for GPUs, off on CPU
+    # Speed, not results: run each batch's distinct first turns (the system prompt) once and share their
+    # keys and values with the batch's rows (`fcdpo.prefix_attention.first_turn_groups`), in DPO and SFT;
+    # compute the reference's log-probabilities once before training (TRL's `precompute_ref_log_probs`),
+    # kept in `training/reference_log_probs/` for every seed trained on the same pairs and reference.
+    shared_prefix: bool = False
+    precompute_ref_log_probs: bool = False
     # None: the student's own chat template; a name in fcdpo.chat_templates.CHAT_TEMPLATES or a .jinja file
     # (one that can render tool turns: Mistral-7B-Instruct-v0.2's own template refuses them).
     chat_template: str | None = None
@@ -248,6 +254,7 @@ class GLPFTConfig:
     seed: int = 0
     load_in_4bit: bool = False  # QLoRA: the base in 4-bit NF4, loaded as the single agent's training loads it
     gradient_checkpointing: bool = False  # saves GPU memory on long rows; no use on tiny CPU models
+    shared_prefix: bool = False  # as `training.shared_prefix`: each batch's distinct first turns run once
     # None: the student's own chat template; else as `training.chat_template` (a name in
     # fcdpo.chat_templates.CHAT_TEMPLATES or a .jinja file). It must render consecutive assistant turns.
     chat_template: str | None = None

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
-    DynamicCache,
     GenerationConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -35,6 +34,7 @@ from transformers import (
 from fcdpo import runs
 from fcdpo.chat_templates import packaged_template
 from fcdpo.messages import arrow_safe
+from fcdpo.finetuning import shared_prefix_sft_trainer_class
 from fcdpo.progress import trainer_callback
 from fcdpo.settings import LabConfig, ModelRecipe, SFTSettings
 
@@ -251,7 +251,7 @@ def train_sft(
         with tempfile.TemporaryDirectory() as scratch:
             saving = checkpoint_dir is not None
             config = _sft_config(settings, str(checkpoint_dir) if saving else scratch, saving)
-            trainer = _shared_prefix_trainer_class()(
+            trainer = shared_prefix_sft_trainer_class()(
                 model=model, args=config, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer
             )
             trainer.remove_callback(PrinterCallback)  # progress goes to `log`, in one line per report
@@ -279,88 +279,6 @@ def train_sft(
         "tokens_per_second": round(tokens / seconds) if seconds else 0,
         "loss": round(sum(tail) / len(tail), 4),
     }
-
-
-def shared_prefix_loss(
-    model: Qwen2ForCausalLM,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    labels: torch.Tensor,
-    turn_end_id: int,
-    num_items_in_batch: int | torch.Tensor | None = None,
-) -> torch.Tensor | None:
-    """The causal-LM loss of a right-padded batch, running each distinct first turn only once.
-
-    Every tiny-lab conversation opens with its task's system prompt (hundreds of tokens, the bulk of
-    each row), and those tokens carry no loss. Causal attention means a prefix's keys and values do
-    not depend on what follows, so each distinct first turn (up to and including the first
-    `turn_end_id`) is run once, its key/value cache is shared by every row that starts with it, and
-    only the rest of each row is run per row. Gradients flow through the shared cache, so loss and
-    gradients equal those of the plain forward pass (sliding-window layers included) while a batch
-    of 16 rows of one task costs about a quarter of the compute.
-
-    Returns None when the batch does not fit the pattern (a row without `turn_end_id`, or a
-    labelled token inside a first turn or right after it); the caller then uses the plain pass.
-    """
-    lengths = attention_mask.sum(dim=1).tolist()
-    groups: dict[tuple[int, ...], list[int]] = {}
-    splits = []
-    for r, (row, length) in enumerate(zip(input_ids.tolist(), lengths)):
-        try:
-            split = row.index(turn_end_id, 0, length) + 1
-        except ValueError:
-            return None
-        if (labels[r, : min(split + 1, labels.shape[1])] != -100).any():
-            return None
-        splits.append(split)
-        groups.setdefault(tuple(row[:split]), []).append(r)
-    total = labels.new_zeros((), dtype=torch.float32)
-    count = 0
-    for prefix, rows in groups.items():
-        prefix_out = model.model(input_ids=input_ids[rows[0], : len(prefix)][None], use_cache=True)
-        cache = DynamicCache(config=model.config)  # sliding-window layers keep only their window
-        for layer, (keys, values, *_) in enumerate(prefix_out.cache):
-            cache.layers[layer].update(keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1))
-        width = max(lengths[r] - len(prefix) for r in rows)
-        suffix = slice(len(prefix), len(prefix) + width)
-        out = model(
-            input_ids=input_ids[rows, suffix],
-            attention_mask=torch.cat(
-                [attention_mask.new_ones((len(rows), len(prefix))), attention_mask[rows, suffix]], dim=1
-            ),
-            cache=cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, :-1].float()
-        targets = labels[rows, suffix][:, 1:]
-        total = total + torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-        count += int((targets != -100).sum())
-    denominator = count if num_items_in_batch is None else num_items_in_batch
-    return total / torch.as_tensor(denominator, device=total.device).clamp(min=1)
-
-
-def _shared_prefix_trainer_class() -> type:
-    """`SFTTrainer` whose training loss runs shared first turns once (see `shared_prefix_loss`)."""
-    from trl import SFTTrainer
-
-    class SharedPrefixSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not return_outputs and model.training and "attention_mask" in inputs:
-                loss = shared_prefix_loss(
-                    model,
-                    inputs["input_ids"],
-                    inputs["attention_mask"],
-                    inputs["labels"],
-                    self.processing_class.convert_tokens_to_ids(IM_END),
-                    num_items_in_batch,
-                )
-                if loss is not None:
-                    return loss
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-    return SharedPrefixSFTTrainer
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ truncated (a truncated chain would lose its final answer, the very thing the pai
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -50,11 +51,14 @@ from fcdpo.finetuning import (  # what every training arm shares
     memory_snapshot,
     read_curves,
     resolve_steps,
+    shared_prefix_sft_trainer_class,
     student_reference,
     trainer_arguments,
+    turn_end_id,
     write_curves,
 )
 from fcdpo.loading import compute_dtype
+from fcdpo.prefix_attention import first_turn_groups, prefix_cache
 from fcdpo.messages import restore_messages, restore_tools
 from fcdpo.progress import headless, trainer_callback
 from fcdpo.settings import METHODS, TrainingConfig
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 DPO_METHODS = ("dpo", "step_dpo", "onpolicy_dpo")
+REFERENCE_CACHE = "reference_log_probs"  # beside the arms' folders: the reference's log-probs, shared by seeds
 
 # --------------------------------------------------------------------------- tokenization with masks
 
@@ -199,6 +204,84 @@ def preference_collator(pad_token_id: int) -> Any:
     return _preference_collator_class()(pad_token_id=pad_token_id)
 
 
+def shared_first_turn_outputs(
+    model: Any, input_ids: "torch.Tensor", attention_mask: "torch.Tensor", labels: "torch.Tensor", turn_end_id: int
+) -> Any:
+    """TRL's fused per-token outputs of a right-padded batch, each distinct first turn run once; None if it does not fit.
+
+    What `model(input_ids=..., attention_mask=..., labels=..., fused_lm_head=True)` returns (a model
+    patched by TRL's `add_fused_lm_head`, as `DPOTrainer` patches the student): `log_probs`,
+    `entropy`, `mean_logits`, ... of shape batch × (length − 1), zero where the label is -100. Each
+    group of rows that share a first turn (`fcdpo.prefix_attention.first_turn_groups`) runs that turn
+    once and the rest of its rows on its keys and values, so the values equal the plain pass's and
+    gradients flow to the adapter through both. None when the batch does not fit the pattern.
+    """
+    import torch
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    groups = first_turn_groups(input_ids, attention_mask, labels, turn_end_id)
+    if groups is None:
+        return None
+    lengths = attention_mask.sum(dim=1).tolist()
+    width_all = input_ids.shape[1] - 1
+    fields = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    rows_of: dict[str, list[Any]] = {name: [None] * len(lengths) for name in fields}
+    for prefix, rows in groups:
+        cache = prefix_cache(model, input_ids[rows[0], :prefix], len(rows))
+        width = max(lengths[r] - prefix for r in rows)
+        suffix = slice(prefix, prefix + width)
+        out = model(
+            input_ids=input_ids[rows, suffix],
+            attention_mask=torch.cat([attention_mask.new_ones((len(rows), prefix)), attention_mask[rows, suffix]], dim=1),
+            labels=labels[rows, suffix],
+            cache=cache,
+            fused_lm_head=True,
+        )
+        for name in fields:
+            values = getattr(out, name)
+            if values is None:
+                continue
+            # The suffix's position i predicts token prefix + i + 1, as the whole row's position prefix + i
+            # does; position prefix − 1 predicts the suffix's first token, never labelled (first_turn_groups).
+            for k, r in enumerate(rows):
+                rows_of[name][r] = torch.cat([values.new_zeros(prefix), values[k],
+                                              values.new_zeros(width_all - prefix - values.shape[1])])
+    outputs = {name: torch.stack(v) if v[0] is not None else None for name, v in rows_of.items()}
+    label_mask = labels[:, 1:] != -100
+    loss = -outputs["log_probs"].sum() / label_mask.sum().clamp(min=1)
+    return FusedCausalLMOutput(loss=loss, label_mask=label_mask, aux_loss=None, **outputs)
+
+
+class _FirstTurnsOnce:
+    """`model` as DPOTrainer calls it, running fused passes through `shared_first_turn_outputs`."""
+
+    def __init__(self, model: Any, turn_end: int) -> None:
+        self.model, self.turn_end = model, turn_end
+
+    def __call__(self, input_ids=None, attention_mask=None, labels=None, fused_lm_head=False, **kwargs):
+        if fused_lm_head and labels is not None and attention_mask is not None and set(kwargs) <= {"use_cache"}:
+            outputs = shared_first_turn_outputs(self.model, input_ids, attention_mask, labels, self.turn_end)
+            if outputs is not None:
+                return outputs
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                          fused_lm_head=fused_lm_head, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+def reference_fingerprint(model: Any) -> str:
+    """sha256 of the reference's weights: the frozen parameters (the base, and a frozen "ref" adapter)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        if not parameter.requires_grad:
+            digest.update(name.encode())
+            digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _dpo_trainer_class() -> type:
     from trl import DPOTrainer
 
@@ -206,8 +289,17 @@ def _dpo_trainer_class() -> type:
         """`DPOTrainer` on rows tokenized by `tokenize_preferences`, with assistant-only completion masks.
 
         Pass `data_collator=preference_collator(pad_id)`; datasets must already be tokenized (TRL's own
-        tokenization would mark tool tokens as completion).
+        tokenization would mark tool tokens as completion). With `turn_end` (a token id), the policy's
+        and the precomputed reference's passes run each batch's first turns once
+        (`shared_first_turn_outputs`). With `reference_cache` (a folder) and `precompute_ref_log_probs`,
+        the reference's log-probabilities of a split are kept there, keyed by the split's tokens and the
+        reference's weights, and read back by every later run on the same pairs (the other seeds).
         """
+
+        def __init__(self, *args: Any, turn_end: int | None = None, reference_cache: Path | None = None,
+                     **kwargs: Any) -> None:
+            self.turn_end, self.reference_cache = turn_end, reference_cache
+            super().__init__(*args, **kwargs)
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             missing = {"prompt_ids", "chosen_ids", "rejected_ids", "chosen_mask", "rejected_mask"} - set(
@@ -221,6 +313,46 @@ def _dpo_trainer_class() -> type:
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
             self._signature_columns = list(self._signature_columns) + ["chosen_mask", "rejected_mask"]
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            if self.turn_end is not None:
+                model = _FirstTurnsOnce(model, self.turn_end)
+            return super()._compute_loss(model, inputs, return_outputs)
+
+        def compute_ref_log_probs(self, model, inputs):
+            if self.turn_end is not None:
+                model = _FirstTurnsOnce(model, self.turn_end)
+            return super().compute_ref_log_probs(model, inputs)
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            if self.reference_cache is None:
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            import hashlib
+
+            columns = ["prompt_ids", "chosen_ids", "rejected_ids", "chosen_mask", "rejected_mask"]
+            content = json.dumps([self._reference_weights(), [list(dataset[c]) for c in columns]])
+            path = Path(self.reference_cache) / f"{hashlib.sha256(content.encode()).hexdigest()[:24]}.json"
+            if path.exists():
+                try:
+                    kept = json.loads(path.read_text())
+                    if len(kept["chosen"]) == len(kept["rejected"]) == len(dataset):
+                        return dataset.add_column("ref_chosen_logps", kept["chosen"]).add_column(
+                            "ref_rejected_logps", kept["rejected"])
+                except (ValueError, KeyError, TypeError):
+                    pass  # an unreadable copy is computed again and overwritten
+            result = super()._precompute_ref_logps(dataset, name, batch_size)
+            if self.accelerator.is_main_process:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(".partial")  # a run stopped mid-write leaves no half file
+                partial.write_text(json.dumps({"split": name, "chosen": list(result["ref_chosen_logps"]),
+                                               "rejected": list(result["ref_rejected_logps"])}))
+                partial.replace(path)
+            return result
+
+        def _reference_weights(self) -> str:
+            if not hasattr(self, "_reference_weights_hash"):
+                self._reference_weights_hash = reference_fingerprint(self.model)
+            return self._reference_weights_hash
 
     return AssistantOnlyDPOTrainer
 
@@ -289,19 +421,26 @@ def train(
         base = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
     bars_were_enabled = hf_datasets.is_progress_bar_enabled()
     hf_datasets.disable_progress_bars()  # one bar per tokenizing pass would flood a notebook
+    tqdm_was = os.environ.get("TQDM_DISABLE")
+    if not progress or headless():  # TRL's bar over the reference's log-probabilities reads only this
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         data, dropped = _tokenized_splits(method, preferences, tokenizer, settings.max_length)
         trainer = _trainer(method, base, tokenizer, data, settings, steps, output_dir, progress)
     finally:
         if bars_were_enabled:
             hf_datasets.enable_progress_bars()
+        if tqdm_was is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_was
     curves = curve_writer(output_dir)
     trainer.add_callback(curves)
     trainer.remove_callback(PrinterCallback)  # one printed dict per log would flood a notebook
     trained_at = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - trained_at
-    final_metrics = trainer.evaluate() if "validation" in data else {}
+    final_metrics = final_evaluation(trainer) if "validation" in data else {}
     adapter_dir = output_dir / "adapter"
     trainer.save_model(str(adapter_dir))  # the adapter and the tokenizer (with the template used)
     report = {
@@ -330,6 +469,18 @@ def train(
         write_curves(curves.rows, output_dir)
         (output_dir / "report.json").write_text(json.dumps(report, indent=2))
     return TrainingResult(output_dir, adapter_dir, curves.rows, report, trainer)
+
+
+def final_evaluation(trainer: Any) -> dict[str, Any]:
+    """The validation metrics after training: those the trainer logged at its last step, else a new evaluation.
+
+    With `eval_steps`, the trainer evaluates at its last step too; evaluating again would only repeat it.
+    """
+    last = trainer.state.global_step
+    for row in reversed(trainer.state.log_history):
+        if "eval_loss" in row and row.get("step") == last:
+            return {k: v for k, v in row.items() if k != "step"}
+    return trainer.evaluate()
 
 
 def _tokenized_splits(
@@ -390,7 +541,9 @@ def _trainer(
             model=base,
             ref_model=None,  # the reference is the base itself, the adapter disabled
             args=DPOConfig(beta=settings.beta, loss_type=list(settings.loss_type), loss_weights=settings.loss_weights,
-                           **common),
+                           precompute_ref_log_probs=settings.precompute_ref_log_probs, **common),
+            turn_end=turn_end_id(tokenizer) if settings.shared_prefix else None,
+            reference_cache=output_dir.parent / REFERENCE_CACHE if settings.precompute_ref_log_probs else None,
             train_dataset=data["train"],
             eval_dataset=data.get("validation"),
             processing_class=tokenizer,
@@ -400,7 +553,8 @@ def _trainer(
     else:
         from trl import SFTConfig, SFTTrainer
 
-        trainer = SFTTrainer(
+        trainer_class = shared_prefix_sft_trainer_class() if settings.shared_prefix else SFTTrainer
+        trainer = trainer_class(
             model=base,
             args=SFTConfig(assistant_only_loss=False, **common),  # the masks come with the data (`assistant_masks`)
             train_dataset=data["train"],
@@ -475,7 +629,9 @@ def train_from_profile(
 
 # Settings that only some arms read: an arm trained earlier is kept when the others change.
 _ARM_SETTINGS = {"grpo": ("grpo",), "onpolicy_dpo": ("onpolicy_rounds", "onpolicy_temperature")}
-_RUN_SETTINGS = ("methods", "extra_seeds")  # which arms and seeds a run trains, not how one is trained
+# Which arms and seeds a run trains, and how fast, not what a model learns (the speed settings give the
+# same losses: tests/test_training.py), and `eval_steps`, how often the validation pairs are scored.
+_RUN_SETTINGS = ("methods", "extra_seeds", "shared_prefix", "precompute_ref_log_probs", "eval_steps")
 
 
 def _arm_settings(settings: TrainingConfig, method: str) -> dict[str, Any]:
