@@ -484,6 +484,10 @@ def test_an_arm_trained_earlier_with_the_same_settings_is_kept_and_any_other_is_
     grpo = with_changes(arm_profile.training.grpo, learning_rate=0.123)
     assert finished_arm(with_training(grpo=grpo, methods=("dpo", "step_dpo"), extra_seeds=(4,)), "step_dpo") is not None
     assert finished_arm(with_training(beta=0.5), "step_dpo") is None
+    # The SFT baseline's rate and the speed settings do not shape a DPO arm.
+    fast = not arm_profile.training.shared_prefix
+    assert finished_arm(with_training(sft_learning_rate=0.5, shared_prefix=fast, precompute_ref_log_probs=fast),
+                        "step_dpo") is not None
     assert finished_arm(arm_profile, "step_dpo", seed=7) is None  # another seed has its own folder
     pairs = method_preferences(arm_profile, "step_dpo")
     assert finished_arm(arm_profile, "step_dpo", preferences=pairs) is not None

@@ -627,17 +627,24 @@ def train_from_profile(
                  progress=progress)
 
 
-# Settings that only some arms read: an arm trained earlier is kept when the others change.
-_ARM_SETTINGS = {"grpo": ("grpo",), "onpolicy_dpo": ("onpolicy_rounds", "onpolicy_temperature")}
+# Settings that only some arms read, and the arms that read them: an arm trained earlier is kept when
+# settings it does not read change (the SFT baseline, for instance, when DPO's beta does).
+_READ_BY = {
+    "grpo": ("grpo",),
+    "onpolicy_rounds": ("onpolicy_dpo",),
+    "onpolicy_temperature": ("onpolicy_dpo",),
+    **{key: DPO_METHODS for key in ("beta", "loss_type", "loss_weights", "learning_rate")},
+    "sft_learning_rate": ("sft",),
+}
 # Which arms and seeds a run trains, and how fast, not what a model learns (the speed settings give the
 # same losses: tests/test_training.py), and `eval_steps`, how often the validation pairs are scored.
 _RUN_SETTINGS = ("methods", "extra_seeds", "shared_prefix", "precompute_ref_log_probs", "eval_steps")
 
 
 def _arm_settings(settings: TrainingConfig, method: str) -> dict[str, Any]:
-    """The settings that shape `method`'s model: all but the run's list of arms and the other arms' own."""
-    others = {key for arm, keys in _ARM_SETTINGS.items() if arm != method for key in keys}
-    return {k: v for k, v in asdict(settings).items() if k not in others and k not in _RUN_SETTINGS}
+    """The settings that shape `method`'s model: all but the run's (`_RUN_SETTINGS`) and those only other arms read."""
+    return {k: v for k, v in asdict(settings).items()
+            if method in _READ_BY.get(k, (method,)) and k not in _RUN_SETTINGS}
 
 
 def same_student(earlier: str | Path, model: str | Path, run: str | Path) -> bool:
