@@ -25,7 +25,7 @@ from fcdpo import loading
 from fcdpo.chat_templates import ChatTemplateError
 from fcdpo.config import student_spec
 from fcdpo.loading import compute_dtype  # bf16 on GPUs with native bf16, fp16 on others, fp32 on CPU
-from fcdpo.prefix_attention import first_turn_groups, prefix_cache
+from fcdpo.prefix_attention import first_turn_passes
 from fcdpo.progress import headless
 from fcdpo.settings import TrainingConfig
 
@@ -327,24 +327,12 @@ def shared_prefix_loss(
     """
     import torch
 
-    groups = first_turn_groups(input_ids, attention_mask, labels, turn_end_id)
-    if groups is None:
+    passes = first_turn_passes(model, input_ids, attention_mask, labels, turn_end_id)
+    if passes is None:
         return None
-    lengths = attention_mask.sum(dim=1).tolist()
     total = labels.new_zeros((), dtype=torch.float32)
     count = 0
-    for prefix, rows in groups:
-        cache = prefix_cache(model, input_ids[rows[0], :prefix], len(rows))
-        width = max(lengths[r] - prefix for r in rows)
-        suffix = slice(prefix, prefix + width)
-        out = model(
-            input_ids=input_ids[rows, suffix],
-            attention_mask=torch.cat(
-                [attention_mask.new_ones((len(rows), prefix)), attention_mask[rows, suffix]], dim=1
-            ),
-            cache=cache,
-            use_cache=True,
-        )
+    for _, rows, suffix, out in passes:
         logits = out.logits[:, :-1].float()
         targets = labels[rows, suffix][:, 1:]
         total = total + torch.nn.functional.cross_entropy(

@@ -17,11 +17,11 @@ calls it. The attention weights are computed explicitly, so a call whose score t
 `MAX_SCORES` elements (a long prompt prefilled in a large batch) copies the prefix into every row and
 uses SDPA instead.
 
-Training gets the same saving another way (`first_turn_groups`, `prefix_cache`): a right-padded batch's
-rows are grouped by their first turn (the system prompt, which carries no loss), each distinct first
-turn is run once, and its keys and values, expanded to the group's rows, are the cache the rest of
-each row is run on. Gradients flow through the shared cache, so losses and gradients equal those of
-the plain pass.
+Training gets the same saving another way (`first_turn_passes`, on `first_turn_groups` and
+`prefix_cache`): a right-padded batch's rows are grouped by their first turn (the system prompt, which
+carries no loss), each distinct first turn is run once, and its keys and values, expanded to the
+group's rows, are the cache the rest of each row is run on. Gradients flow through the shared cache,
+so losses and gradients equal those of the plain pass.
 """
 
 from __future__ import annotations
@@ -154,3 +154,37 @@ def prefix_cache(model: torch.nn.Module, prefix_ids: torch.Tensor, rows: int) ->
     for layer, (keys, values, *_) in enumerate(out.cache):
         cache.layers[layer].update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
     return cache
+
+
+def first_turn_passes(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    turn_end_id: int,
+    fused: bool = False,
+) -> list[tuple[int, list[int], slice, Any]] | None:
+    """The batch run with each distinct first turn once: `(its length, rows, the rows' rest as a slice, output)`
+    per group, or None when the batch does not fit (`first_turn_groups`).
+
+    Each group's rest runs on `prefix_cache`; `fused` asks TRL's fused LM head for per-token
+    log-probabilities of the rest's labels (`fused_lm_head=True`), else the output holds logits.
+    """
+    groups = first_turn_groups(input_ids, attention_mask, labels, turn_end_id)
+    if groups is None:
+        return None
+    lengths = attention_mask.sum(dim=1).tolist()
+    passes = []
+    for prefix, rows in groups:
+        cache = prefix_cache(model, input_ids[rows[0], :prefix], len(rows))
+        width = max(lengths[r] - prefix for r in rows)
+        suffix = slice(prefix, prefix + width)
+        head = {"labels": labels[rows, suffix], "fused_lm_head": True} if fused else {"use_cache": True}
+        out = model(
+            input_ids=input_ids[rows, suffix],
+            attention_mask=torch.cat([attention_mask.new_ones((len(rows), prefix)), attention_mask[rows, suffix]], dim=1),
+            cache=cache,
+            **head,
+        )
+        passes.append((prefix, rows, suffix, out))
+    return passes

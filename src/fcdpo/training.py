@@ -58,7 +58,7 @@ from fcdpo.finetuning import (  # what every training arm shares
     write_curves,
 )
 from fcdpo.loading import compute_dtype
-from fcdpo.prefix_attention import first_turn_groups, prefix_cache
+from fcdpo.prefix_attention import first_turn_passes
 from fcdpo.messages import restore_messages, restore_tools
 from fcdpo.progress import headless, trainer_callback
 from fcdpo.settings import METHODS, TrainingConfig
@@ -219,24 +219,13 @@ def shared_first_turn_outputs(
     import torch
     from trl.trainer.utils import FusedCausalLMOutput
 
-    groups = first_turn_groups(input_ids, attention_mask, labels, turn_end_id)
-    if groups is None:
+    passes = first_turn_passes(model, input_ids, attention_mask, labels, turn_end_id, fused=True)
+    if passes is None:
         return None
-    lengths = attention_mask.sum(dim=1).tolist()
     width_all = input_ids.shape[1] - 1
     fields = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
-    rows_of: dict[str, list[Any]] = {name: [None] * len(lengths) for name in fields}
-    for prefix, rows in groups:
-        cache = prefix_cache(model, input_ids[rows[0], :prefix], len(rows))
-        width = max(lengths[r] - prefix for r in rows)
-        suffix = slice(prefix, prefix + width)
-        out = model(
-            input_ids=input_ids[rows, suffix],
-            attention_mask=torch.cat([attention_mask.new_ones((len(rows), prefix)), attention_mask[rows, suffix]], dim=1),
-            labels=labels[rows, suffix],
-            cache=cache,
-            fused_lm_head=True,
-        )
+    rows_of: dict[str, list[Any]] = {name: [None] * len(input_ids) for name in fields}
+    for prefix, rows, _, out in passes:
         for name in fields:
             values = getattr(out, name)
             if values is None:
