@@ -9,6 +9,7 @@ A profile's run folder (`run_dir` in its YAML, `runs/<profile>/` by default, `Pr
     rollouts/<model>-<task>.jsonl   sampled chains: the teacher's (notebook 01), the student's (on-policy)
     preferences/                    the teacher's pairs (notebook 02); preferences-step/, -onpolicy/ the arms'
     training/<label>/               one trained arm and seed: `dpo`, `sft-s1`, … (notebook 03); glpft/
+    training/reference_log_probs/   DPO's reference log-probabilities, computed once for every seed
     evaluation/                     chains per decoding and the metric tables (notebook 04)
     notebooks/                      the executed notebooks (`fcdpo.pipeline`)
 

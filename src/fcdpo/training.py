@@ -58,8 +58,8 @@ from fcdpo.finetuning import (  # what every training arm shares
     write_curves,
 )
 from fcdpo.loading import compute_dtype
-from fcdpo.prefix_attention import first_turn_passes
 from fcdpo.messages import restore_messages, restore_tools
+from fcdpo.prefix_attention import first_turn_passes
 from fcdpo.progress import headless, trainer_callback
 from fcdpo.settings import METHODS, TrainingConfig
 
