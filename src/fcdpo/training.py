@@ -25,6 +25,7 @@ truncated (a truncated chain would lose its final answer, the very thing the pai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -261,8 +262,6 @@ class _FirstTurnsOnce:
 
 def reference_fingerprint(model: Any) -> str:
     """sha256 of the reference's weights: the frozen parameters (the base, and a frozen "ref" adapter)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, parameter in sorted(model.named_parameters()):
         if not parameter.requires_grad:
@@ -316,8 +315,6 @@ def _dpo_trainer_class() -> type:
         def _precompute_ref_logps(self, dataset, name, batch_size):
             if self.reference_cache is None:
                 return super()._precompute_ref_logps(dataset, name, batch_size)
-            import hashlib
-
             columns = ["prompt_ids", "chosen_ids", "rejected_ids", "chosen_mask", "rejected_mask"]
             content = json.dumps([self._reference_weights(), [list(dataset[c]) for c in columns]])
             path = Path(self.reference_cache) / f"{hashlib.sha256(content.encode()).hexdigest()[:24]}.json"
