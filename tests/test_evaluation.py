@@ -22,6 +22,7 @@ from fcdpo.evaluation import (
     difficulty_table,
     evaluate,
     evaluate_run,
+    last_result,
     metrics_table,
     outcome,
     pass_at_k,
@@ -126,6 +127,48 @@ def test_chain_metrics_are_exact_for_hand_built_chains():
         "bad_arguments": 0.0, "execution_error": 0.0, "out_of_steps": 0.25,
     }
     assert "pass@1" not in m and not any(name.startswith("pass@") for name in m)
+
+
+def with_results(trajectory, *results, gold=None):
+    """`trajectory` with a call turn per result (its tool message) and, when it answered, its answer turn."""
+    for result in results:
+        trajectory.messages += [{"role": "assistant", "content": "f()"}, {"role": "tool", "content": result}]
+    if trajectory.answer is not None:
+        trajectory.messages.append({"role": "assistant", "content": f"Final answer: {trajectory.answer}"})
+    trajectory.gold = gold or trajectory.gold
+    return trajectory
+
+
+def test_the_last_result_and_the_answer_separate_computing_the_wrong_thing_from_answering_another():
+    logic = [  # gold True; the verdict of the last query is what counts
+        with_results(chain("a", task="fol", answer="True", correct=True), "ok. Next: ...", "True", gold="True"),
+        with_results(chain("b", task="fol", answer="False"), "ok. Next: ...", "True", gold="True"),
+        with_results(chain("c", task="fol", answer="False"), "Unknown", "False", gold="True"),
+        with_results(chain("d", task="fol", answer="True"), "ok. Next: Sam is a wumpus.", gold="True"),  # no verdict
+        with_results(chain("e", task="fol", stop="max_steps"), "True", gold="True"),  # no answer
+        with_results(chain("f", task="fol", answer="Unknown"), "True", "Error: query: missing argument", gold="True"),
+    ]
+    assert [last_result(t) for t in logic] == ["True", "True", "False", None, "True", None]
+    m = {name: cell["value"] for name, cell in chain_metrics(logic).items()}
+    assert m["result_correct_rate"] == pytest.approx(3 / 4)  # a, b, e computed True; c computed False
+    assert m["answer_follows_result_rate"] == pytest.approx(2 / 3)  # a and c answered their result, b did not
+
+    math_chains = [  # gold 12: numbers compare by value
+        with_results(chain("g", answer="12", correct=True), "7", "12.0"),
+        with_results(chain("h", answer="7"), "7", "12"),
+        with_results(chain("i", answer="5"), "5"),
+    ]
+    m = {name: cell["value"] for name, cell in chain_metrics(math_chains).items()}
+    assert m["result_correct_rate"] == pytest.approx(2 / 3)
+    assert m["answer_follows_result_rate"] == pytest.approx(2 / 3)
+
+
+def test_without_a_result_or_a_known_task_the_result_rates_are_undefined():
+    no_calls = chain_metrics([chain("a", answer="12", correct=True)])  # no tool message at all
+    assert math.isnan(no_calls["result_correct_rate"]["value"])
+    assert math.isnan(no_calls["answer_follows_result_rate"]["value"])
+    other = chain_metrics([with_results(chain("a", task="toy", answer="1"), "1")])
+    assert math.isnan(other["result_correct_rate"]["value"])
 
 
 @settings(max_examples=60, deadline=None)

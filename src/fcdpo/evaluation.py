@@ -24,6 +24,11 @@ Metrics are pure functions of `Trajectory` records:
   raised or timed out, e.g. a division by zero) is a part of the valid calls;
 - mean model turns and calls per chain, prompt and generated tokens per problem, seconds per problem;
 - the outcome of each chain (see `outcome`) as shares of chains;
+- the last result and the answer (see `last_result`): of the chains whose last function result reads
+  as an answer (`Task.result_answer`: a number, a proof's verdict), the share whose result is right
+  (`result_correct_rate`: the calls computed the answer) and, of those that answered, the share whose
+  answer is that result (`answer_follows_result_rate`: the chain answered what it computed). A
+  model can fail either way: compute the wrong thing, or compute the right thing and answer another;
 - accuracy by difficulty: `meta["steps"]` (math) or `meta["hops"]` (fol).
 
 Tables are written to `<run>/evaluation/`: `metrics.{csv,json}` (tidy, one row per model × dataset
@@ -32,6 +37,7 @@ Tables are written to `<run>/evaluation/`: `metrics.{csv,json}` (tidy, one row p
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -99,6 +105,27 @@ def outcome(trajectory: Trajectory) -> str:
         if counts[worst] > 0:
             return worst
     return "out_of_steps"
+
+
+def last_result(trajectory: Trajectory) -> str | None:
+    """The chain's last function result that reads as an answer to its problem (`Task.result_answer`),
+    or None: no call, or the last result is an error or an acknowledgement."""
+    results = [m for m in trajectory.messages if m.get("role") == "tool"]
+    if not results:
+        return None
+    content, reader = results[-1].get("content"), _answer_reader(trajectory.task)
+    return reader.result_answer(content) if isinstance(content, str) and reader is not None else None
+
+
+@functools.lru_cache(maxsize=None)
+def _answer_reader(name: str) -> "Task | None":
+    """The task that reads and checks answers of chains of task `name`; None for a task fcdpo does not know."""
+    from fcdpo.tasks import get_task
+
+    try:
+        return get_task(name)
+    except ValueError:
+        return None
 
 
 def _error_counts(trajectory: Trajectory) -> Counter[str]:
@@ -298,6 +325,13 @@ def chain_metrics(
     }
     outcomes = Counter(outcome(t) for t in trajectories)
     values.update({f"outcome_{name}": outcomes[name] / chains for name in OUTCOMES})
+    computed = [(t, r) for t in trajectories if (r := last_result(t)) is not None]
+    answered = [(t, r) for t, r in computed if t.answer is not None]
+    checker = _answer_reader(trajectories[0].task)  # computed is empty without one
+    values["result_correct_rate"] = (sum(checker.check(r, t.gold) for t, r in computed) / len(computed)
+                                     if computed else nan)
+    values["answer_follows_result_rate"] = (sum(checker.check(t.answer, r) for t, r in answered) / len(answered)
+                                            if answered else nan)
     metrics.update({name: {"value": float(v), "ci_low": nan, "ci_high": nan} for name, v in values.items()})
     return metrics
 
@@ -383,7 +417,8 @@ def difficulty_table(
 
 def report_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The headline numbers of a summary table for reading: one row per (model, dataset), accuracy
-    as `93.3% [86.7, 98.3]`, call rates in percent, steps and generated tokens per problem."""
+    as `93.3% [86.7, 98.3]`, call rates and the last-result rates in percent, steps and generated
+    tokens per problem."""
     def percent(value: float) -> str:
         return "–" if pd.isna(value) else f"{100 * value:.1f}%"
 
@@ -399,6 +434,8 @@ def report_table(summary: pd.DataFrame) -> pd.DataFrame:
             "unknown functions": percent(row.get("hallucinated_function_rate")),
             "argument errors": percent(row.get("argument_error_rate")),
             "parse errors": percent(row.get("parse_error_rate")),
+            "last result right": percent(row.get("result_correct_rate")),
+            "answer = last result": percent(row.get("answer_follows_result_rate")),
             "mean steps": round(float(row["mean_steps"]), 2),
             "generated tokens / problem": round(float(row["generated_tokens_per_problem"]), 1),
         })

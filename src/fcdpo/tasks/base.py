@@ -99,6 +99,14 @@ class Task(abc.ABC):
     def check(self, predicted: str | None, gold: str) -> bool:
         """Whether a model's final answer text matches the gold answer."""
 
+    def result_answer(self, observation: str) -> str | None:
+        """A function's result read as an answer to the problem, or None when it is not one (an error,
+        an acknowledgement). Evaluation compares the final answer with the chain's last such result
+        (`fcdpo.evaluation.chain_metrics`: did the chain compute the answer, and did it answer what
+        it computed?)."""
+        text = observation.strip()
+        return None if not text or text.startswith("Error") else text
+
     @abc.abstractmethod
     def load(self, path: str | Path, limit: int | None = None) -> list[Problem]:
         """Problems from a benchmark file in its official format."""

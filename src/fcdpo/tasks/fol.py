@@ -670,6 +670,12 @@ class FolTask(Task):
         guess, label = _label_in(predicted), _label_in(gold)
         return guess is not None and guess == label
 
+    def result_answer(self, observation: str) -> str | None:
+        """A proof's verdict (`query`'s "True", "False" or "Unknown"); other results ("ok.", "ok. Next:
+        ...", errors) are not answers."""
+        text = observation.strip()
+        return text if text in LABELS else None
+
     def load(self, path: str | Path, limit: int | None = None, *, strict: bool = False) -> list[Problem]:
         """FOLIO problems from its official JSONL (`premises`, `premises-FOL`, `conclusion`,
         `conclusion-FOL`, `label`; premises as a newline-separated string or a list).
