@@ -81,3 +81,84 @@ def test_the_block_restores_the_previous_prefix_and_refuses_a_negative_one():
     with pytest.raises(ValueError, match="negative"):
         with shared_prefix(-1):
             pass
+
+
+# --------------------------------------------------------------------------- training: first turns run once, rests packed
+
+
+def tiny_model():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         attn_implementation="sdpa")
+    return Qwen2ForCausalLM(config).train()
+
+
+TURN_END = 3
+
+
+def batch(rests: list[int], first_turns: list[int]):
+    """A right-padded batch: each row a first turn (one of two, ending in TURN_END), then a rest of the
+    given length whose tokens after the first are labelled."""
+    generator = torch.Generator().manual_seed(sum(rests))
+    turns = {0: [5, 6, 7, 8, TURN_END], 1: [9, 10, TURN_END]}
+    rows = [turns[t] + torch.randint(11, 40, (n,), generator=generator).tolist() for n, t in zip(rests, first_turns)]
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100)
+    for r, (row, turn) in enumerate(zip(rows, first_turns)):
+        ids[r, :len(row)] = torch.tensor(row)
+        mask[r, :len(row)] = 1
+        labels[r, len(turns[turn]) + 1:len(row)] = ids[r, len(turns[turn]) + 1:len(row)]
+    return ids, mask, labels
+
+
+def test_rests_are_packed_into_fewer_rows_first_fit_longest_first():
+    assert prefix_attention._packed_bins([12, 3, 4, 5], 12) == [[0], [3, 2, 1]]
+    assert prefix_attention._packed_bins([7, 7, 7], 7) == [[0], [1], [2]]
+    assert prefix_attention._packed_bins([6, 6, 3, 3], 12) == [[0, 1], [2, 3]]
+
+
+def test_packed_rests_give_the_plain_pass_loss_and_gradients(monkeypatch):
+    """The SFT loss over packed rests (each segment sees its first turn and itself, with its own
+    positions) equals the loss of the whole rows run one by one, and so do its gradients."""
+    from fcdpo.finetuning import shared_prefix_loss
+
+    model = tiny_model()
+    ids, mask, labels = batch([12, 3, 4, 5, 9, 4, 5], [0, 0, 0, 0, 1, 1, 1])
+    packed = []
+    original = prefix_attention._pack
+    monkeypatch.setattr(prefix_attention, "_pack", lambda *a: packed.append(len(a[-1])) or original(*a))
+
+    def loss_and_gradients(compute):
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    plain = loss_and_gradients(lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+    shared = loss_and_gradients(lambda: shared_prefix_loss(model, ids, mask, labels, TURN_END))
+    assert packed == [2, 2]  # four rests of the first turn in two rows, three of the second in two
+    torch.testing.assert_close(shared[0], plain[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(shared[1], plain[1], rtol=1e-4, atol=1e-6)
+
+
+def test_a_packed_pass_unpacks_to_each_rows_own_positions():
+    """Per-position values of a packed pass, read back per row, equal those of the unpacked pass,
+    and are zero past each row's end."""
+    model = tiny_model().eval()
+    ids, mask, labels = batch([10, 2, 3, 4], [0, 0, 0, 0])
+    with torch.no_grad():
+        [plain] = prefix_attention.first_turn_passes(model, ids, mask, labels, TURN_END, pack=False)
+        [packed] = prefix_attention.first_turn_passes(model, ids, mask, labels, TURN_END)
+    assert packed.index is not None and packed.output.logits.shape[0] == 2
+    chosen = lambda group, logits: logits[:, :-1].log_softmax(-1).gather(  # noqa: E731
+        -1, group.labels[:, 1:].clamp(min=0)[..., None])[..., 0] * (group.labels[:, 1:] != -100)
+    expected = plain.unpack(chosen(plain, plain.output.logits))
+    got = packed.unpack(chosen(packed, packed.output.logits))
+    assert got.shape == expected.shape == (4, 9)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (got[1, 1:] == 0).all() and got[1, 0] != 0  # a rest of 2: one labelled token, predicted at 0

@@ -10,6 +10,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from fcdpo import prefix_attention
 from fcdpo.config import TrainingConfig
 from fcdpo.finetuning import _assistant_tokens_by_spans
 from fcdpo.preferences import build_pairs, load_preferences, restore_messages, save_preferences, split_by_problem
@@ -599,9 +600,10 @@ def test_a_second_onpolicy_round_samples_the_first_rounds_model_and_takes_it_as_
 
 
 @pytest.mark.slow
-def test_first_turns_run_once_give_the_plain_passes_log_probs_loss_and_gradients(lab, tmp_path):
+def test_first_turns_run_once_give_the_plain_passes_log_probs_loss_and_gradients(lab, tmp_path, monkeypatch):
     """`shared_first_turn_outputs` is a speed-up only: the DPO loss, its gradients and the reference's
-    log-probabilities equal those of the plain pass, on a batch mixing both tasks' system prompts."""
+    log-probabilities equal those of the plain pass, on a batch mixing both tasks' system prompts and
+    packing short rests into shared rows."""
     from fcdpo.finetuning import turn_end_id
 
     tokenizer = lab["tokenizer"]
@@ -610,7 +612,13 @@ def test_first_turns_run_once_give_the_plain_passes_log_probs_loss_and_gradients
     config = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, activation_checkpointing=False,
                        report_to=[], max_length=None, loss_type=["sigmoid", "sft"])
     rows = [lab["rows"][0], lab["rows"][-1], lab["rows"][1]]
+    # Two pairs whose rejected chain stops after its first turn: their rests are short enough to be
+    # packed beside each other (`fcdpo.prefix_attention._pack`).
+    rows += [{**row, "rejected": row["rejected"][:1]} for row in (lab["rows"][0], lab["rows"][1])]
     assert len({r["task"] for r in rows}) == 2
+    packed = []
+    original_pack = prefix_attention._pack
+    monkeypatch.setattr(prefix_attention, "_pack", lambda *a: packed.append(len(a[-1])) or original_pack(*a))
     trainer = _dpo_trainer_class()(
         model=AutoModelForCausalLM.from_pretrained(lab["student"]), args=config,
         train_dataset=tokenize_preferences(Dataset.from_list(rows), tokenizer, 4096)[0], processing_class=tokenizer,
@@ -630,6 +638,7 @@ def test_first_turns_run_once_give_the_plain_passes_log_probs_loss_and_gradients
     assert trainer.turn_end is not None
     shared_loss, shared_gradients = _loss_and_gradients(trainer, examples, collator)
     shared_reference = torch.stack(trainer.compute_ref_log_probs(trainer.model, collator(examples)))
+    assert packed, "no batch was packed"
     assert shared_loss.item() == pytest.approx(plain_loss.item(), rel=1e-5)
     assert plain_gradients.abs().max() > 0
     assert torch.allclose(shared_gradients, plain_gradients, atol=1e-5)

@@ -311,6 +311,7 @@ def shared_prefix_loss(
     labels: "torch.Tensor",
     turn_end_id: int,
     num_items_in_batch: "int | torch.Tensor | None" = None,
+    pack: bool = True,
 ) -> "torch.Tensor | None":
     """The causal-LM loss of a right-padded batch, running each distinct first turn only once.
 
@@ -322,19 +323,22 @@ def shared_prefix_loss(
     gradients equal those of the plain forward pass (sliding-window layers included) while a batch
     of 16 rows of one task costs about a quarter of the compute.
 
+    With `pack`, the rests of rows short enough to share a row are packed into one
+    (`fcdpo.prefix_attention.first_turn_passes`): the same loss, fewer padding tokens run.
+
     Returns None when the batch does not fit the pattern (a row without `turn_end_id`, or a
     labelled token inside a first turn or right after it); the caller then uses the plain pass.
     """
     import torch
 
-    passes = first_turn_passes(model, input_ids, attention_mask, labels, turn_end_id)
+    passes = first_turn_passes(model, input_ids, attention_mask, labels, turn_end_id, pack=pack)
     if passes is None:
         return None
     total = labels.new_zeros((), dtype=torch.float32)
     count = 0
-    for _, rows, suffix, out in passes:
-        logits = out.logits[:, :-1].float()
-        targets = labels[rows, suffix][:, 1:]
+    for group in passes:  # packed or not, position i of a pass predicts its label i + 1
+        logits = group.output.logits[:, :-1].float()
+        targets = group.labels[:, 1:]
         total = total + torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
         )
@@ -343,8 +347,9 @@ def shared_prefix_loss(
     return total / torch.as_tensor(denominator, device=total.device).clamp(min=1)
 
 
-def shared_prefix_sft_trainer_class() -> type:
-    """`SFTTrainer` whose training loss runs shared first turns once (see `shared_prefix_loss`)."""
+def shared_prefix_sft_trainer_class(pack: bool = True) -> type:
+    """`SFTTrainer` whose training loss runs shared first turns once (see `shared_prefix_loss`), packing
+    short rests into shared rows unless `pack` is false."""
     from trl import SFTTrainer
 
     class SharedPrefixSFTTrainer(SFTTrainer):
@@ -357,6 +362,7 @@ def shared_prefix_sft_trainer_class() -> type:
                     inputs["labels"],
                     turn_end_id(self.processing_class),
                     num_items_in_batch,
+                    pack=pack,
                 )
                 if loss is not None:
                     return loss

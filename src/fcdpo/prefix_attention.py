@@ -20,8 +20,9 @@ uses SDPA instead.
 Training gets the same saving another way (`first_turn_passes`, on `first_turn_groups` and
 `prefix_cache`): a right-padded batch's rows are grouped by their first turn (the system prompt, which
 carries no loss), each distinct first turn is run once, and its keys and values, expanded to the
-group's rows, are the cache the rest of each row is run on. Gradients flow through the shared cache,
-so losses and gradients equal those of the plain pass.
+group's rows, are the cache the rest of each row is run on. Rests short enough to share a row are
+packed into one (`FirstTurnPass`), each seeing only the first turn and itself, at its own positions.
+Gradients flow through the shared cache, so losses and gradients equal those of the plain pass.
 """
 
 from __future__ import annotations
@@ -156,6 +157,45 @@ def prefix_cache(model: torch.nn.Module, prefix_ids: torch.Tensor, rows: int) ->
     return cache
 
 
+class FirstTurnPass:
+    """One group's pass in `first_turn_passes`: the rows sharing a first turn of `prefix` tokens, and
+    the model's `output` over the rest of those rows, run on that turn's keys and values.
+
+    The rests may be packed: several short rows side by side in one row of the pass, each attending
+    only to the first turn and to itself, with its own positions. `labels` are the labels as the
+    pass ran them (a packed segment's first token is never labelled, so no segment predicts the next
+    one's); `unpack` gives a per-position output back in the rows' own layout.
+    """
+
+    def __init__(self, prefix: int, rows: list[int], output: Any, labels: torch.Tensor,
+                 index: torch.Tensor | None) -> None:
+        self.prefix, self.rows, self.output, self.labels, self.index = prefix, rows, output, labels, index
+
+    def unpack(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` of the pass (packed rows × positions, as the fused LM head gives them: one fewer
+        than the pass's width) as rows × positions of the group's rests; zero past a row's end."""
+        if self.index is None:
+            return values
+        flat = torch.cat([values, values.new_zeros(values.shape[0], 1)], dim=1).reshape(-1)
+        flat = torch.cat([flat, flat.new_zeros(1)])  # the slot positions past a row's end read
+        return flat[self.index]
+
+
+def _packed_bins(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of `lengths` in bins of at most `capacity` in all: first fit, longest first."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((b for b, free in enumerate(room) if free >= lengths[i]), None)
+        if slot is None:
+            bins.append([])
+            room.append(capacity)
+            slot = len(bins) - 1
+        bins[slot].append(i)
+        room[slot] -= lengths[i]
+    return bins
+
+
 def first_turn_passes(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -163,11 +203,14 @@ def first_turn_passes(
     labels: torch.Tensor,
     turn_end_id: int,
     fused: bool = False,
-) -> list[tuple[int, list[int], slice, Any]] | None:
-    """The batch run with each distinct first turn once: `(its length, rows, the rows' rest as a slice, output)`
-    per group, or None when the batch does not fit (`first_turn_groups`).
+    pack: bool = True,
+) -> list[FirstTurnPass] | None:
+    """The batch run with each distinct first turn once, one `FirstTurnPass` per group, or None when
+    the batch does not fit (`first_turn_groups`).
 
-    Each group's rest runs on `prefix_cache`; `fused` asks TRL's fused LM head for per-token
+    Each group's rest runs on `prefix_cache`. With `pack`, rests short enough to share a row of the
+    group's longest rest are packed into one (`FirstTurnPass`): fewer padding tokens run, and the
+    values are those of the unpacked pass. `fused` asks TRL's fused LM head for per-token
     log-probabilities of the rest's labels (`fused_lm_head=True`), else the output holds logits.
     """
     groups = first_turn_groups(input_ids, attention_mask, labels, turn_end_id)
@@ -176,15 +219,47 @@ def first_turn_passes(
     lengths = attention_mask.sum(dim=1).tolist()
     passes = []
     for prefix, rows in groups:
-        cache = prefix_cache(model, input_ids[rows[0], :prefix], len(rows))
-        width = max(lengths[r] - prefix for r in rows)
-        suffix = slice(prefix, prefix + width)
-        head = {"labels": labels[rows, suffix], "fused_lm_head": True} if fused else {"use_cache": True}
-        out = model(
-            input_ids=input_ids[rows, suffix],
-            attention_mask=torch.cat([attention_mask.new_ones((len(rows), prefix)), attention_mask[rows, suffix]], dim=1),
-            cache=cache,
-            **head,
-        )
-        passes.append((prefix, rows, suffix, out))
+        rests = [lengths[r] - prefix for r in rows]
+        width = max(rests)
+        bins = _packed_bins(rests, width) if pack else [[k] for k in range(len(rows))]
+        if len(bins) == len(rows):  # nothing to pack: the rows as they are
+            suffix = slice(prefix, prefix + width)
+            ids, run_labels, index = input_ids[rows, suffix], labels[rows, suffix], None
+            mask = torch.cat([attention_mask.new_ones((len(rows), prefix)), attention_mask[rows, suffix]], dim=1)
+            positions = None
+        else:
+            ids, run_labels, mask, positions, index = _pack(input_ids, labels, rows, rests, prefix, width, bins)
+        cache = prefix_cache(model, input_ids[rows[0], :prefix], len(ids))
+        head = {"labels": run_labels, "fused_lm_head": True} if fused else {"use_cache": True}
+        if positions is not None:
+            head["position_ids"] = positions
+        out = model(input_ids=ids, attention_mask=mask, cache=cache, **head)
+        passes.append(FirstTurnPass(prefix, rows, out, run_labels, index))
     return passes
+
+
+def _pack(input_ids: torch.Tensor, labels: torch.Tensor, rows: list[int], rests: list[int], prefix: int,
+          width: int, bins: list[list[int]]) -> tuple[torch.Tensor, ...]:
+    """The rests of `rows` packed as `bins` say: ids, labels, a 4-D boolean mask (each segment sees the
+    first turn and itself, causally), positions (each segment continues the first turn) and, per row,
+    the flat index of each of its positions in the packed pass (`len(bins) * width`, a zero, past its end)."""
+    count, device = len(bins), input_ids.device
+    ids = input_ids.new_zeros((count, width))
+    run_labels = labels.new_full((count, width), -100)
+    positions = torch.zeros((count, width), dtype=torch.long, device=device)
+    mask = torch.zeros((count, 1, width, prefix + width), dtype=torch.bool, device=device)
+    mask[..., :prefix] = True  # every query sees the first turn (padding queries too: no empty softmax)
+    index = torch.full((len(rows), width - 1), count * width, dtype=torch.long, device=device)
+    for b, members in enumerate(bins):
+        start = 0
+        for k in members:
+            length, row = rests[k], rows[k]
+            span = slice(start, start + length)
+            ids[b, span] = input_ids[row, prefix:prefix + length]
+            run_labels[b, span] = labels[row, prefix:prefix + length]
+            positions[b, span] = torch.arange(prefix, prefix + length, device=device)
+            mask[b, 0, span, prefix + start:prefix + start + length] = torch.ones(
+                length, length, dtype=torch.bool, device=device).tril()
+            index[k, :length] = b * width + start + torch.arange(min(length, width - 1), device=device)
+            start += length
+    return ids, run_labels, mask, positions, index

@@ -161,8 +161,8 @@ class TrainingConfig:
     warmup: float = 0.1  # learning-rate warmup: a fraction of the steps when < 1, else a number of steps
     gradient_checkpointing: bool | None = None  # None: on for GPUs, off on CPU
     # Speed, not results: run each batch's distinct first turns (the system prompt) once and share their
-    # keys and values with the batch's rows (`fcdpo.prefix_attention.first_turn_groups`), in DPO and SFT;
-    # compute the reference's log-probabilities once before training (TRL's `precompute_ref_log_probs`),
+    # keys and values with the batch's rows (`fcdpo.prefix_attention.first_turn_groups`), in DPO and SFT,
+    # packing rests short enough to share a row (`fcdpo.prefix_attention.first_turn_passes`); compute the reference's log-probabilities once before training (TRL's `precompute_ref_log_probs`),
     # kept in `training/reference_log_probs/` for every seed trained on the same pairs and reference.
     shared_prefix: bool = False
     precompute_ref_log_probs: bool = False

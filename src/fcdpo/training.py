@@ -226,14 +226,16 @@ def shared_first_turn_outputs(
     width_all = input_ids.shape[1] - 1
     fields = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
     rows_of: dict[str, list[Any]] = {name: [None] * len(input_ids) for name in fields}
-    for prefix, rows, _, out in passes:
+    for group in passes:
+        prefix = group.prefix
         for name in fields:
-            values = getattr(out, name)
+            values = getattr(group.output, name)
             if values is None:
                 continue
+            values = group.unpack(values)  # the group's rows, each in its own layout
             # The suffix's position i predicts token prefix + i + 1, as the whole row's position prefix + i
             # does; position prefix − 1 predicts the suffix's first token, never labelled (first_turn_groups).
-            for k, r in enumerate(rows):
+            for k, r in enumerate(group.rows):
                 rows_of[name][r] = torch.cat([values.new_zeros(prefix), values[k],
                                               values.new_zeros(width_all - prefix - values.shape[1])])
     outputs = {name: torch.stack(v) if v[0] is not None else None for name, v in rows_of.items()}
