@@ -177,7 +177,7 @@ class FirstTurnPass:
         if self.index is None:
             return values
         flat = torch.cat([values, values.new_zeros(values.shape[0], 1)], dim=1).reshape(-1)
-        flat = torch.cat([flat, flat.new_zeros(1)])  # the slot positions past a row's end read
+        flat = torch.cat([flat, flat.new_zeros(1)])  # the zero that positions past a row's end read
         return flat[self.index]
 
 

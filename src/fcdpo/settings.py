@@ -162,8 +162,9 @@ class TrainingConfig:
     gradient_checkpointing: bool | None = None  # None: on for GPUs, off on CPU
     # Speed, not results: run each batch's distinct first turns (the system prompt) once and share their
     # keys and values with the batch's rows (`fcdpo.prefix_attention.first_turn_groups`), in DPO and SFT,
-    # packing rests short enough to share a row (`fcdpo.prefix_attention.first_turn_passes`); compute the reference's log-probabilities once before training (TRL's `precompute_ref_log_probs`),
-    # kept in `training/reference_log_probs/` for every seed trained on the same pairs and reference.
+    # packing rests short enough to share a row (`fcdpo.prefix_attention.first_turn_passes`); compute the
+    # reference's log-probabilities once before training (TRL's `precompute_ref_log_probs`), kept in
+    # `training/reference_log_probs/` for every seed trained on the same pairs and reference.
     shared_prefix: bool = False
     precompute_ref_log_probs: bool = False
     # None: the student's own chat template; a name in fcdpo.chat_templates.CHAT_TEMPLATES or a .jinja file
