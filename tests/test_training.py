@@ -672,3 +672,19 @@ def test_the_reference_log_probs_are_computed_once_for_every_seed_and_change_not
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
     assert first.report["final"]["eval_rewards/margins"] == pytest.approx(
         plain.report["final"]["eval_rewards/margins"], rel=1e-3, abs=1e-5)
+
+
+def test_without_the_rejected_answer_only_the_rejected_chains_final_answer_turn_leaves_the_mask(lab):
+    tokenizer = lab["tokenizer"]
+    row = next(r for r in lab["rows"] if r["rejected"][-1]["content"].startswith("Final answer"))
+    full = tokenize_pair(tokenizer, row)
+    kept = tokenize_pair(tokenizer, row, rejected_answer=False)
+    assert kept["chosen_mask"] == full["chosen_mask"] and kept["rejected_ids"] == full["rejected_ids"]
+    dropped = [i for i, (a, b) in enumerate(zip(full["rejected_mask"], kept["rejected_mask"])) if a != b]
+    answer_turn = tokenizer(row["rejected"][-1]["content"], add_special_tokens=False)["input_ids"]
+    assert len(dropped) == len(answer_turn) + 1  # the answer's tokens and its end-of-turn token
+    assert dropped == list(range(dropped[0], dropped[-1] + 1)) and not any(kept["rejected_mask"][dropped[0]:])
+    assert any(kept["rejected_mask"])  # the rejected chain's calls still count
+
+    no_answer = {**row, "rejected": row["rejected"][:1]}  # a chain that stopped before answering
+    assert tokenize_pair(tokenizer, no_answer, rejected_answer=False) == tokenize_pair(tokenizer, no_answer)

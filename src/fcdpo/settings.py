@@ -167,6 +167,10 @@ class TrainingConfig:
     # `training/reference_log_probs/` for every seed trained on the same pairs and reference.
     shared_prefix: bool = False
     precompute_ref_log_probs: bool = False
+    # DPO: whether the rejected chain's final-answer turn counts in the loss. The teacher's wrong logic
+    # chains almost never answer "False", so pushing their answers down teaches a label prior
+    # (docs/tiny-lab.md); false leaves the rejected answer out and keeps the rest of the chain.
+    rejected_answer_in_loss: bool = True
     # None: the student's own chat template; a name in fcdpo.chat_templates.CHAT_TEMPLATES or a .jinja file
     # (one that can render tool turns: Mistral-7B-Instruct-v0.2's own template refuses them).
     chat_template: str | None = None

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fcdpo import runs
+from fcdpo.agent import FINAL_ANSWER
 from fcdpo.config import student_spec
 from fcdpo.finetuning import (  # what every training arm shares
     CURVES_FILE,
@@ -75,12 +76,15 @@ REFERENCE_CACHE = "reference_log_probs"  # beside the arms' folders: the referen
 # --------------------------------------------------------------------------- tokenization with masks
 
 
-def tokenize_pair(tokenizer: "PreTrainedTokenizerBase", row: dict[str, Any]) -> dict[str, list[int]]:
+def tokenize_pair(tokenizer: "PreTrainedTokenizerBase", row: dict[str, Any],
+                  rejected_answer: bool = True) -> dict[str, list[int]]:
     """One preference row as DPO inputs: `prompt_ids`, `chosen_ids`, `rejected_ids` and their assistant masks.
 
     The prompt is rendered with the generation prompt (the assistant header), exactly as the agent
     renders it at inference; it must be an exact token prefix of prompt + chosen and of prompt +
     rejected, else TrainingError names the problem (a completion must never change its prompt's tokens).
+    Without `rejected_answer`, a rejected chain that ends in a final answer has that last turn masked
+    out (`training.rejected_answer_in_loss`).
     """
     tools = restore_tools(row.get("tools"))
     prompt = restore_messages(row["prompt"])
@@ -97,24 +101,42 @@ def tokenize_pair(tokenizer: "PreTrainedTokenizerBase", row: dict[str, Any]) -> 
             )
         out[f"{side}_ids"] = ids[len(prompt_ids):]
         out[f"{side}_mask"] = mask[len(prompt_ids):]
+        if side == "rejected" and not rejected_answer and _ends_in_answer(row[side]):
+            out[f"{side}_mask"] = _without_last_turn(out[f"{side}_mask"])
         if not any(out[f"{side}_mask"]):
             raise TrainingError(f"pair {row.get('problem_id')!r}: the {side} chain has no assistant token")
     return out
 
 
+def _ends_in_answer(messages: list[dict[str, Any]]) -> bool:
+    """Whether a chain's last assistant turn is its final answer."""
+    turns = [m for m in messages if m.get("role") == "assistant"]
+    return bool(turns) and FINAL_ANSWER.match((turns[-1].get("content") or "").strip()) is not None
+
+
+def _without_last_turn(mask: list[int]) -> list[int]:
+    """`mask` with its last run of ones (the last assistant turn) set to zero."""
+    end = max((i for i, m in enumerate(mask) if m), default=-1) + 1
+    start = end
+    while start > 0 and mask[start - 1]:
+        start -= 1
+    return mask[:start] + [0] * (end - start) + mask[end:]
+
+
 def tokenize_preferences(
-    dataset: "Dataset", tokenizer: "PreTrainedTokenizerBase", max_length: int
+    dataset: "Dataset", tokenizer: "PreTrainedTokenizerBase", max_length: int, rejected_answer: bool = True
 ) -> tuple["Dataset", dict[str, int]]:
     """DPO inputs for every pair that fits in `max_length` tokens; returns (dataset, dropped per task).
 
     A pair fits when prompt + chosen and prompt + rejected both have at most `max_length` tokens.
-    The dataset keeps `task` and `problem_id` beside the token columns.
+    The dataset keeps `task` and `problem_id` beside the token columns. `rejected_answer`: see
+    `tokenize_pair`.
     """
     from datasets import Dataset
 
     rows, dropped = [], Counter()
     for row in dataset:
-        tokens = tokenize_pair(tokenizer, row)
+        tokens = tokenize_pair(tokenizer, row, rejected_answer)
         longest = len(tokens["prompt_ids"]) + max(len(tokens["chosen_ids"]), len(tokens["rejected_ids"]))
         if longest > max_length:
             dropped[row["task"]] += 1
@@ -413,7 +435,8 @@ def train(
     if not progress or headless():  # TRL's bar over the reference's log-probabilities reads only this
         os.environ["TQDM_DISABLE"] = "1"
     try:
-        data, dropped = _tokenized_splits(method, preferences, tokenizer, settings.max_length)
+        data, dropped = _tokenized_splits(method, preferences, tokenizer, settings.max_length,
+                                          settings.rejected_answer_in_loss)
         trainer = _trainer(method, base, tokenizer, data, settings, steps, output_dir, progress)
     finally:
         if bars_were_enabled:
@@ -472,7 +495,8 @@ def final_evaluation(trainer: Any) -> dict[str, Any]:
 
 
 def _tokenized_splits(
-    method: str, preferences: "DatasetDict", tokenizer: "PreTrainedTokenizerBase", max_length: int
+    method: str, preferences: "DatasetDict", tokenizer: "PreTrainedTokenizerBase", max_length: int,
+    rejected_answer: bool = True,
 ) -> tuple[dict[str, "Dataset"], dict[str, dict[str, int]]]:
     """The method's inputs per split (an empty validation split is left out) and the drops for length."""
     data, dropped = {}, {}
@@ -480,7 +504,7 @@ def _tokenized_splits(
         if name not in preferences or len(preferences[name]) == 0:
             continue
         if method in DPO_METHODS:
-            data[name], dropped[name] = tokenize_preferences(preferences[name], tokenizer, max_length)
+            data[name], dropped[name] = tokenize_preferences(preferences[name], tokenizer, max_length, rejected_answer)
         else:
             rows = chosen_conversations(preferences[name])
             data[name], dropped[name] = tokenize_conversations(rows, tokenizer, max_length)
@@ -621,7 +645,7 @@ _READ_BY = {
     "grpo": ("grpo",),
     "onpolicy_rounds": ("onpolicy_dpo",),
     "onpolicy_temperature": ("onpolicy_dpo",),
-    **{key: DPO_METHODS for key in ("beta", "loss_type", "loss_weights", "learning_rate")},
+    **{key: DPO_METHODS for key in ("beta", "loss_type", "loss_weights", "learning_rate", "rejected_answer_in_loss")},
     "sft_learning_rate": ("sft",),
 }
 # Which arms and seeds a run trains, and how fast, not what a model learns (the speed settings give the
