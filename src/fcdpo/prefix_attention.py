@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -157,6 +158,7 @@ def prefix_cache(model: torch.nn.Module, prefix_ids: torch.Tensor, rows: int) ->
     return cache
 
 
+@dataclass
 class FirstTurnPass:
     """One group's pass in `first_turn_passes`: the rows sharing a first turn of `prefix` tokens, and
     the model's `output` over the rest of those rows, run on that turn's keys and values.
@@ -167,9 +169,11 @@ class FirstTurnPass:
     one's); `unpack` gives a per-position output back in the rows' own layout.
     """
 
-    def __init__(self, prefix: int, rows: list[int], output: Any, labels: torch.Tensor,
-                 index: torch.Tensor | None) -> None:
-        self.prefix, self.rows, self.output, self.labels, self.index = prefix, rows, output, labels, index
+    prefix: int
+    rows: list[int]
+    output: Any
+    labels: torch.Tensor
+    index: torch.Tensor | None  # per row, its positions' flat index in the packed pass; None: not packed
 
     def unpack(self, values: torch.Tensor) -> torch.Tensor:
         """`values` of the pass (packed rows × positions, as the fused LM head gives them: one fewer
