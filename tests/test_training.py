@@ -688,3 +688,10 @@ def test_without_the_rejected_answer_only_the_rejected_chains_final_answer_turn_
 
     no_answer = {**row, "rejected": row["rejected"][:1]}  # a chain that stopped before answering
     assert tokenize_pair(tokenizer, no_answer, rejected_answer=False) == tokenize_pair(tokenizer, no_answer)
+
+    # the agent reads an answer anywhere in a turn (`read_turn`), and so does the mask
+    garbled = {**row, "rejected": row["rejected"][:-1] + [
+        {**row["rejected"][-1], "content": "subtract" + row["rejected"][-1]["content"]}]}
+    full, kept = tokenize_pair(tokenizer, garbled), tokenize_pair(tokenizer, garbled, rejected_answer=False)
+    assert sum(full["rejected_mask"]) - sum(kept["rejected_mask"]) > len(answer_turn) + 1
+    assert not any(kept["rejected_mask"][dropped[0]:]) and any(kept["rejected_mask"])

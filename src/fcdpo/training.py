@@ -109,9 +109,11 @@ def tokenize_pair(tokenizer: "PreTrainedTokenizerBase", row: dict[str, Any],
 
 
 def _ends_in_answer(messages: list[dict[str, Any]]) -> bool:
-    """Whether a chain's last assistant turn is its final answer."""
+    """Whether a chain's last assistant turn is its final answer, read as the agent reads it: the phrase
+    anywhere in the turn (`fcdpo.agent.read_turn`), so a garbled turn such as `subtractFinal answer: True`
+    counts as the answer it was taken for."""
     turns = [m for m in messages if m.get("role") == "assistant"]
-    return bool(turns) and FINAL_ANSWER.match((turns[-1].get("content") or "").strip()) is not None
+    return bool(turns) and FINAL_ANSWER.search(turns[-1].get("content") or "") is not None
 
 
 def _without_last_turn(mask: list[int]) -> list[int]:
