@@ -695,3 +695,7 @@ def test_without_the_rejected_answer_only_the_rejected_chains_final_answer_turn_
     full, kept = tokenize_pair(tokenizer, garbled), tokenize_pair(tokenizer, garbled, rejected_answer=False)
     assert sum(full["rejected_mask"]) - sum(kept["rejected_mask"]) > len(answer_turn) + 1
     assert not any(kept["rejected_mask"][dropped[0]:]) and any(kept["rejected_mask"])
+
+    # a rejected side that is only an answer (answered at once; a step pair cut at the answer) keeps it
+    at_once = {**row, "rejected": row["rejected"][-1:]}
+    assert tokenize_pair(tokenizer, at_once, rejected_answer=False) == tokenize_pair(tokenizer, at_once)

@@ -84,7 +84,9 @@ def tokenize_pair(tokenizer: "PreTrainedTokenizerBase", row: dict[str, Any],
     renders it at inference; it must be an exact token prefix of prompt + chosen and of prompt +
     rejected, else TrainingError names the problem (a completion must never change its prompt's tokens).
     Without `rejected_answer`, a rejected chain that ends in a final answer has that last turn masked
-    out (`training.rejected_answer_in_loss`).
+    out (`training.rejected_answer_in_loss`), unless the answer is all the rejected side has (a chain
+    that answered at once, or a step pair cut where one chain answers): the pair keeps it then, since
+    a rejected side with no token would leave no preference to learn.
     """
     tools = restore_tools(row.get("tools"))
     prompt = restore_messages(row["prompt"])
@@ -102,7 +104,9 @@ def tokenize_pair(tokenizer: "PreTrainedTokenizerBase", row: dict[str, Any],
         out[f"{side}_ids"] = ids[len(prompt_ids):]
         out[f"{side}_mask"] = mask[len(prompt_ids):]
         if side == "rejected" and not rejected_answer and _ends_in_answer(row[side]):
-            out[f"{side}_mask"] = _without_last_turn(out[f"{side}_mask"])
+            rest = _without_last_turn(out[f"{side}_mask"])
+            if any(rest):
+                out[f"{side}_mask"] = rest
         if not any(out[f"{side}_mask"]):
             raise TrainingError(f"pair {row.get('problem_id')!r}: the {side} chain has no assistant token")
     return out
