@@ -51,10 +51,11 @@ OUTCOME_STYLES = {
 }
 DIFFICULTY_AXES = {"steps": "Reasoning steps (calls in the gold chain)", "hops": "Reasoning hops (rules chained)"}
 # Keys of a DPO log (TRL's names); evaluation entries carry an `eval_` prefix.
+# (key, panel title, y-axis label, whether a percentage)
 CURVES = (
-    ("loss", "Training loss (nats; DPO, plus any NLL term)", False),
-    ("rewards/margins", "Reward margin, chosen − rejected (β × log-ratio)", False),
-    ("rewards/accuracies", "Reward accuracy (%)", True),
+    ("loss", "Training loss", "nats (DPO, plus any NLL term)", False),
+    ("rewards/margins", "Reward margin, chosen − rejected", "β × log-ratio", False),
+    ("rewards/accuracies", "Reward accuracy", "pairs ranked right", True),
 )
 STYLE = {
     "font.size": 10,
@@ -465,14 +466,14 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], title: str = "D
     """Loss, reward margin and reward accuracy against the training step (a panel for each curve the
     records have; evaluation entries, `eval_<key>`, are drawn as points on the same panel)."""
     records = [dict(r) for r in records]
-    panels_wanted = [(key, label, percent) for key, label, percent in CURVES
+    panels_wanted = [(key, title, label, percent) for key, title, label, percent in CURVES
                      if any(_number(r.get(key)) is not None or _number(r.get(f"eval_{key}")) is not None for r in records)]
     if not panels_wanted:
-        raise ValueError(f"no training records with any of {[key for key, _, _ in CURVES]}")
+        raise ValueError(f"no training records with any of {[curve[0] for curve in CURVES]}")
     with rc_context(STYLE):
         figure = _new_figure(3.6 * len(panels_wanted), 3.4)
         panels = figure.subplots(1, len(panels_wanted), squeeze=False)[0]
-        for axes, (key, label, percent) in zip(panels, panels_wanted):
+        for axes, (key, title, label, percent) in zip(panels, panels_wanted):
             scale = 100.0 if percent else 1.0
             for series, style in ((key, {"color": "#009E73", "linewidth": 1.6, "label": "training batches"}),
                                   (f"eval_{key}", {"color": "#0072B2", "marker": "o", "markersize": 5,
@@ -486,7 +487,7 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], title: str = "D
                     axes.plot(xs, ys, **style)
             axes.set_xlabel("Training step (optimizer updates)")
             axes.set_ylabel(label)
-            axes.set_title(label.split(" (")[0])
+            axes.set_title(title)
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             if percent:
                 axes.set_ylim(0, 105)
