@@ -124,6 +124,7 @@ def test_a_model_keeps_its_colour_whatever_the_order():
 def test_training_curves_draw_only_the_curves_the_log_has():
     figure = training_curves_figure([{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.6, "rewards/margins": "n/a"}])
     assert [axes.get_title() for axes in figure.axes if axes.has_data()] == ["Training loss"]
+    assert figure.get_suptitle() == "DPO training"
     with pytest.raises(ValueError, match="no training records"):
         training_curves_figure([{"step": 1, "learning_rate": 1e-5}])
 

@@ -466,14 +466,14 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], title: str = "D
     """Loss, reward margin and reward accuracy against the training step (a panel for each curve the
     records have; evaluation entries, `eval_<key>`, are drawn as points on the same panel)."""
     records = [dict(r) for r in records]
-    panels_wanted = [(key, title, label, percent) for key, title, label, percent in CURVES
+    panels_wanted = [(key, name, label, percent) for key, name, label, percent in CURVES
                      if any(_number(r.get(key)) is not None or _number(r.get(f"eval_{key}")) is not None for r in records)]
     if not panels_wanted:
         raise ValueError(f"no training records with any of {[curve[0] for curve in CURVES]}")
     with rc_context(STYLE):
         figure = _new_figure(3.6 * len(panels_wanted), 3.4)
         panels = figure.subplots(1, len(panels_wanted), squeeze=False)[0]
-        for axes, (key, title, label, percent) in zip(panels, panels_wanted):
+        for axes, (key, name, label, percent) in zip(panels, panels_wanted):
             scale = 100.0 if percent else 1.0
             for series, style in ((key, {"color": "#009E73", "linewidth": 1.6, "label": "training batches"}),
                                   (f"eval_{key}", {"color": "#0072B2", "marker": "o", "markersize": 5,
@@ -487,7 +487,7 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], title: str = "D
                     axes.plot(xs, ys, **style)
             axes.set_xlabel("Training step (optimizer updates)")
             axes.set_ylabel(label)
-            axes.set_title(title)
+            axes.set_title(name)
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             if percent:
                 axes.set_ylim(0, 105)
