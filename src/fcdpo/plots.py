@@ -466,8 +466,9 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], title: str = "D
     """Loss, reward margin and reward accuracy against the training step (a panel for each curve the
     records have; evaluation entries, `eval_<key>`, are drawn as points on the same panel)."""
     records = [dict(r) for r in records]
-    panels_wanted = [(key, name, label, percent) for key, name, label, percent in CURVES
-                     if any(_number(r.get(key)) is not None or _number(r.get(f"eval_{key}")) is not None for r in records)]
+    panels_wanted = [curve for curve in CURVES
+                     if any(_number(r.get(curve[0])) is not None or _number(r.get(f"eval_{curve[0]}")) is not None
+                            for r in records)]
     if not panels_wanted:
         raise ValueError(f"no training records with any of {[curve[0] for curve in CURVES]}")
     with rc_context(STYLE):
