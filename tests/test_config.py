@@ -174,3 +174,10 @@ def test_profiles_that_extend_each_other_in_a_circle_are_an_error(tmp_path):
     (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\nname: b\n")
     with pytest.raises(ConfigError, match="in a circle"):
         load_profile(tmp_path / "a.yaml")
+
+
+def test_one_override_value_given_for_two_sections_stays_two_sections():
+    tiny = {"hidden_size": 32, "num_layers": 1, "num_heads": 2}
+    profile = load_profile("tiny-cpu", {"lab.teacher": tiny, "lab.student": tiny, "lab.student.seed": 1})
+    assert profile.lab["student"]["seed"] == 1 and "seed" not in profile.lab["teacher"]
+    assert tiny == {"hidden_size": 32, "num_layers": 1, "num_heads": 2}

@@ -11,6 +11,7 @@ to a default.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 import string
@@ -222,7 +223,7 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
-    node[leaf] = value
+    node[leaf] = copy.deepcopy(value)  # one value given for two keys must not become one section
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
