@@ -401,3 +401,74 @@ def test_a_profile_uses_its_shipped_lab_only_when_it_was_built_from_the_profiles
         profile_lab(load_profile("tiny-cpu", {**shipped, "lab.data_seed": 7}), log=lambda _: None)
     with pytest.raises(LabError, match="rebuild it with `make lab`"):  # other problems, other training data
         profile_lab(load_profile("tiny-cpu", {**shipped, "tasks.fol.difficulty.distractors": 2}), log=lambda _: None)
+
+
+def test_answer_only_training_puts_loss_on_the_final_answer_turn_only(tokenizer):
+    chats = _chats(4)
+    model = build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2)
+    whole = train_sft(build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2), tokenizer, chats, TINY_SFT)
+    answers = train_sft(model, tokenizer, chats, TINY_SFT, answer_only=True)
+    rows = [chats[i % len(chats)] for i in range(TINY_SFT.steps * TINY_SFT.batch_size)]
+    # each row's loss: the final turn's text and its end-of-turn token
+    expected = sum(len(tokenizer(chat[-1]["content"], add_special_tokens=False)["input_ids"]) + 1 for chat in rows)
+    assert answers["loss_tokens"] == expected
+    assert answers["tokens"] == whole["tokens"] and whole["loss_tokens"] > expected
+    with pytest.raises(ValueError, match="end with an assistant turn"):
+        train_sft(model, tokenizer, [chat[:-1] for chat in chats], TINY_SFT, answer_only=True)
+
+
+@pytest.mark.slow
+def test_an_answer_drill_continues_the_kept_sft_model_and_leaves_other_keys_alone(tmp_path):
+    from dataclasses import replace
+
+    from fcdpo.settings import AnswerDrill
+    from fcdpo.tinylab import lab_key
+
+    recipe = ModelRecipe(hidden_size=32, num_layers=1, num_heads=2, problems_per_task=8, sft=TINY_SFT)
+    plain = LabConfig(vocab_size=300, teacher=recipe, student=recipe)
+    data = {"toy": _chats(8), "other": _chats(8)}
+    build_lab(plain, tmp_path, data, log=lambda _: None)
+    drill = AnswerDrill(tasks=["toy"], sft=SFTSettings(steps=2, batch_size=4, warmup_steps=0))
+    drilled = replace(plain, student=replace(recipe, answer_drill=drill))
+    log = []
+    lab = build_lab(drilled, tmp_path, data, log=log.append)
+    assert not lab.reused and lab_key(drilled, data) != lab_key(plain, data)
+    assert any("the student's SFT was trained by an earlier build" in m for m in log)
+    assert any("answer drill for the student (2 steps of 4, toy" in m for m in log)
+    assert not any("training the" in m for m in log)  # neither model's SFT ran again
+    stats = lab.report["models"]["student"]["answer_drill"]
+    assert stats["steps"] == 2 and stats["examples"] == 8
+    before = AutoModelForCausalLM.from_pretrained(tmp_path / lab_key(plain, data) / "student").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(lab.student_path).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['nope'\]"):
+        build_lab(replace(plain, student=replace(recipe, answer_drill=AnswerDrill(tasks=["nope"]))), tmp_path, data,
+                  log=lambda _: None)
+
+
+@pytest.mark.slow
+def test_a_rebuild_takes_the_shipped_teacher_when_only_the_student_changes(tmp_path):
+    from fcdpo.config import load_profile
+    from fcdpo.tinylab import export_lab, profile_lab
+
+    tiny = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "problems_per_task": 20,
+            "sft": {"steps": 2, "batch_size": 2, "warmup_steps": 0}}
+    overrides = {"run_dir": str(tmp_path / "run"), "lab.shipped": None, "lab.teacher": tiny, "lab.student": tiny,
+                 "tasks.math.train": 3, "tasks.math.eval": 3, "tasks.math.dev": 3,
+                 "tasks.fol.train": 3, "tasks.fol.eval": 3, "tasks.fol.dev": 3}
+    built = profile_lab(load_profile("tiny-cpu", overrides), log=lambda _: None)
+    export_lab(built, tmp_path / "shipped", built.data_key)
+    shipped = {**overrides, "lab.shipped": str(tmp_path / "shipped"), "run_dir": str(tmp_path / "other")}
+    log = []
+    rebuilt = profile_lab(load_profile("tiny-cpu", {**shipped, "lab.student.seed": 1}), log=log.append, rebuild=True)
+    assert any("the shipped teacher" in m and "reused" in m for m in log)
+    assert not any("the shipped student" in m for m in log)  # its recipe changed: trained again
+    assert not any("training the teacher" in m for m in log) and any("training the student" in m for m in log)
+    assert rebuilt.report["models"]["teacher"]["reused_from"] == str(tmp_path / "shipped" / "teacher")
+    export_lab(rebuilt, tmp_path / "again", rebuilt.data_key)
+    for name in ("model.safetensors", "tokenizer.json"):  # the teacher's files come back byte for byte
+        assert (tmp_path / "again" / "teacher" / name).read_bytes() == (tmp_path / "shipped" / "teacher" / name).read_bytes()
+    log = []
+    profile_lab(load_profile("tiny-cpu", {**shipped, "lab.data_seed": 7, "run_dir": str(tmp_path / "third")}),
+                log=log.append, rebuild=True)  # other training data: nothing shipped fits
+    assert not any("the shipped" in m for m in log) and any("training the teacher" in m for m in log)

@@ -304,6 +304,21 @@ class SFTSettings:
 
 
 @dataclass
+class AnswerDrill:
+    """Extra training after a lab model's SFT: gold chains of `tasks`, loss on the final answer turn only.
+
+    A tiny student can compute a verdict (the last tool result) and still answer something else; the
+    drill was meant to teach it to answer what it computed without more practice at the calls
+    themselves. The steps start from the finished SFT model, with their own warmup and cosine
+    schedule. On the shipped student it did not work (docs/tiny-lab.md, "An answer drill for the
+    student"): no profile sets it.
+    """
+
+    tasks: list[str] = field(default_factory=list)  # empty: every task
+    sft: SFTSettings = field(default_factory=lambda: SFTSettings(steps=50, learning_rate=1e-3, warmup_steps=5))
+
+
+@dataclass
 class ModelRecipe:
     """One tiny-lab model: its size, how many gold chains per task it learns from, how it trains."""
 
@@ -317,6 +332,7 @@ class ModelRecipe:
     task_weights: dict[str, float] | None = None
     sft: SFTSettings = field(default_factory=SFTSettings)
     seed: int = 0  # weight initialisation
+    answer_drill: AnswerDrill | None = None  # after `sft`: answer-turn-only steps (see AnswerDrill)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +216,7 @@ def train_sft(
     settings: SFTSettings | None = None,
     log: Callable[[str], Any] | None = None,
     checkpoint_dir: str | Path | None = None,
+    answer_only: bool = False,
 ) -> dict[str, Any]:
     """Train `model` in place on chat conversations with TRL's `SFTTrainer`; returns training stats.
 
@@ -225,14 +226,17 @@ def train_sft(
 
     Batches take the conversations in the order given (cycling when `steps × batch_size` exceeds
     them), so the caller decides the mix and order. Only assistant turns (their content and
-    end-of-turn token) carry loss; system, user and tool turns are context. Each batch runs its
+    end-of-turn token) carry loss; system, user and tool turns are context. With `answer_only`, only
+    the last turn carries loss (TRL's prompt-completion rows: the rest of the chat is the prompt),
+    which `AnswerDrill` uses to teach answering the last result. Each batch runs its
     shared system prompts once (see `shared_prefix_loss`), which gives the same gradients as the
     plain forward pass at a fraction of the cost. `log`, if given, receives a progress line about
     every 10% of the steps.
 
     Returns:
-        `{"seconds", "steps", "examples", "tokens", "tokens_per_second", "loss"}`: `tokens` is the
-        total length of the training rows (system prompts included, as in the plain pass), and
+        `{"seconds", "steps", "examples", "tokens", "loss_tokens", "tokens_per_second", "loss"}`:
+        `tokens` is the total length of the training rows (system prompts included, as in the plain
+        pass), `loss_tokens` how many of them carry loss, and
         `loss` is the mean training loss over the last 10% of steps.
     """
     import datasets
@@ -242,7 +246,13 @@ def train_sft(
     if not conversations:
         raise ValueError("train_sft needs at least one conversation")
     needed = settings.steps * settings.batch_size
-    rows = [{"messages": arrow_safe(conversations[i % len(conversations)])} for i in range(needed)]
+    chats = [arrow_safe(conversations[i % len(conversations)]) for i in range(needed)]
+    if answer_only:
+        if any(not chat or chat[-1].get("role") != "assistant" for chat in chats):
+            raise ValueError("answer_only training needs conversations that end with an assistant turn")
+        rows = [{"prompt": chat[:-1], "completion": chat[-1:]} for chat in chats]
+    else:
+        rows = [{"messages": chat} for chat in chats]
     previous_threads = torch.get_num_threads()
     bars_were_enabled = datasets.is_progress_bar_enabled()
     torch.set_num_threads(settings.threads)
@@ -259,6 +269,7 @@ def train_sft(
             if log is not None:
                 trainer.add_callback(trainer_callback(log, "", every=2 * config.logging_steps))
             tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+            loss_tokens = sum(sum(label != -100 for label in row) for row in trainer.train_dataset["labels"])
             started = time.perf_counter()
             resume = saving and any(Path(checkpoint_dir).glob("checkpoint-*"))
             if resume and log is not None:
@@ -277,6 +288,7 @@ def train_sft(
         "steps": settings.steps,
         "examples": needed,
         "tokens": tokens,
+        "loss_tokens": loss_tokens,
         "tokens_per_second": round(tokens / seconds) if seconds else 0,
         "loss": round(sum(tail) / len(tail), 4),
     }
@@ -352,9 +364,18 @@ def lab_key(
     `versions`, the key leaves the library versions out: it names what a shipped lab was trained
     on, which another machine's libraries do not change.
     """
+    return _digest(_settings(config), conversations, words, versions)
+
+
+def _settings(config: LabConfig) -> dict[str, Any]:
+    """The config as hashed: without where the lab is kept (not what it is), and without an unset
+    answer drill, so that labs built before the drill existed keep their keys."""
     settings = asdict(config)
-    settings.pop("shipped", None)  # where the lab is kept, not what it is
-    return _digest(settings, conversations, words, versions)
+    settings.pop("shipped", None)
+    for role in ("teacher", "student"):
+        if settings[role].get("answer_drill", "unset") is None:
+            del settings[role]["answer_drill"]
+    return settings
 
 
 def _digest(settings: dict[str, Any], conversations: dict[str, list[list[dict[str, Any]]]],
@@ -377,14 +398,13 @@ def _digest(settings: dict[str, Any], conversations: dict[str, list[list[dict[st
 
 
 def _model_key(config: LabConfig, role: str, conversations: dict[str, list[list[dict[str, Any]]]],
-               words: Sequence[str]) -> str:
+               words: Sequence[str], versions: bool = True) -> str:
     """The key of one model of a lab: its recipe, plus what its tokenizer and data depend on, so a
     change to the student's recipe keeps the teacher (and back). The other role's recipe matters
     only through how many conversations are drawn, which are hashed themselves."""
-    settings = asdict(config)
-    settings.pop("shipped", None)
+    settings = _settings(config)
     settings.pop("student" if role == "teacher" else "teacher")
-    return f"{role}-{_digest({'role': role, **settings}, conversations, words, versions=True)}"
+    return f"{role}-{_digest({'role': role, **settings}, conversations, words, versions=versions)}"
 
 
 def build_lab(
@@ -438,33 +458,53 @@ def build_lab(
             log(f"tiny lab {key}: the {role} was trained by an earlier build ({kept.name}); reused")
             shutil.copytree(kept, building / role, dirs_exist_ok=True, ignore=shutil.ignore_patterns("stats.json"))
             continue
-        model = build_model(
-            tokenizer,
-            hidden_size=recipe.hidden_size,
-            num_layers=recipe.num_layers,
-            num_heads=recipe.num_heads,
-            intermediate_size=recipe.intermediate_size,
-            seed=recipe.seed,
-        )
-        log(
-            f"tiny lab {key}: training the {role} ({_count_parameters(model):,} parameters, "
-            f"{recipe.sft.steps} steps of {recipe.sft.batch_size})"
-        )
-        rows = _interleave(conversations, recipe.problems_per_task, seed=recipe.sft.seed,
-                           rows=recipe.sft.steps * recipe.sft.batch_size, weights=recipe.task_weights)
-        checkpoints = root / "models" / f".{kept.name}.checkpoints"
-        stats = {"parameters": _count_parameters(model),
-                 **train_sft(model, tokenizer, rows, recipe.sft, log, checkpoint_dir=checkpoints)}
+        # Without a drill, this is the model itself; with one, the SFT model it starts from, kept
+        # under the drill-less key so that trying another drill reuses it.
+        base_config = replace(config, **{role: replace(recipe, answer_drill=None)})
+        base = root / "models" / _model_key(base_config, role, conversations, words)
+        if (base / "stats.json").exists():
+            stats = json.loads((base / "stats.json").read_text())
+            model = Qwen2ForCausalLM.from_pretrained(base)
+            log(f"tiny lab {key}: the {role}'s SFT was trained by an earlier build ({base.name}); reused")
+        else:
+            model = build_model(
+                tokenizer,
+                hidden_size=recipe.hidden_size,
+                num_layers=recipe.num_layers,
+                num_heads=recipe.num_heads,
+                intermediate_size=recipe.intermediate_size,
+                seed=recipe.seed,
+            )
+            log(
+                f"tiny lab {key}: training the {role} ({_count_parameters(model):,} parameters, "
+                f"{recipe.sft.steps} steps of {recipe.sft.batch_size})"
+            )
+            rows = _interleave(conversations, recipe.problems_per_task, seed=recipe.sft.seed,
+                               rows=recipe.sft.steps * recipe.sft.batch_size, weights=recipe.task_weights)
+            stats = {"parameters": _count_parameters(model),
+                     **train_sft(model, tokenizer, rows, recipe.sft, log, checkpoint_dir=_checkpoints(base))}
+            log(
+                f"tiny lab {key}: {role} trained in {stats['seconds']:.0f} s "
+                f"({stats['tokens_per_second']} tokens/s, final loss {stats['loss']})"
+            )
+            _keep(model, tokenizer, base, stats)
+        drill = recipe.answer_drill
+        if drill is not None:
+            tasks = drill.tasks or sorted(conversations)
+            unknown = sorted(set(tasks) - set(conversations))
+            if unknown:
+                raise ValueError(f"{role}.answer_drill.tasks: unknown task(s) {unknown}; the lab has {sorted(conversations)}")
+            log(f"tiny lab {key}: answer drill for the {role} ({drill.sft.steps} steps of {drill.sft.batch_size}, "
+                f"{', '.join(tasks)}; loss on the final answer only)")
+            rows = _interleave(conversations, recipe.problems_per_task, seed=drill.sft.seed,
+                               rows=drill.sft.steps * drill.sft.batch_size, weights={t: 1.0 for t in tasks})
+            drilled = train_sft(model, tokenizer, rows, drill.sft, log, checkpoint_dir=_checkpoints(kept),
+                                answer_only=True)
+            stats = {**stats, "seconds": round(stats["seconds"] + drilled["seconds"], 1), "answer_drill": drilled}
+            log(f"tiny lab {key}: {role}'s answer drill done in {drilled['seconds']:.0f} s (final loss {drilled['loss']})")
+            _keep(model, tokenizer, kept, stats)
         report["models"][role] = stats
-        log(
-            f"tiny lab {key}: {role} trained in {stats['seconds']:.0f} s "
-            f"({stats['tokens_per_second']} tokens/s, final loss {stats['loss']})"
-        )
-        model.save_pretrained(building / role)
-        tokenizer.save_pretrained(building / role)
-        shutil.copytree(building / role, kept, dirs_exist_ok=True)
-        finished.write_text(json.dumps(stats, indent=2))  # last: marks the kept model complete
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        shutil.copytree(kept, building / role, dirs_exist_ok=True, ignore=shutil.ignore_patterns("stats.json"))
     report["seconds"] = round(time.perf_counter() - started, 1)  # this run's share of the build
     report["train_seconds"] = round(sum(m["seconds"] for m in report["models"].values()), 1)
     (building / "report.json").write_text(json.dumps(report, indent=2))
@@ -472,6 +512,18 @@ def build_lab(
         shutil.rmtree(path)
     building.rename(path)
     return Lab(path, path / "teacher", path / "student", report, reused=False)
+
+
+def _checkpoints(kept: Path) -> Path:
+    return kept.parent / f".{kept.name}.checkpoints"
+
+
+def _keep(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, kept: Path, stats: dict[str, Any]) -> None:
+    """Save a trained lab model to the build cache; `stats.json`, written last, marks it complete."""
+    model.save_pretrained(kept)
+    tokenizer.save_pretrained(kept)
+    (kept / "stats.json").write_text(json.dumps(stats, indent=2))
+    shutil.rmtree(_checkpoints(kept), ignore_errors=True)
 
 
 def profile_lab(profile: "Profile", log: Callable[[str], Any] = print, rebuild: bool = False) -> Lab:
@@ -504,6 +556,7 @@ def profile_lab(profile: "Profile", log: Callable[[str], Any] = print, rebuild: 
     if config.shipped and not rebuild:
         lab = _shipped(config, conversations, words, log)
     else:
+        _reuse_shipped_models(config, conversations, words, lab_dir / "builds", log)
         lab = build_lab(config, lab_dir / "builds", conversations, log=log, words=words)
     lab.data_key = lab_key(config, conversations, words, versions=False)
     for role, source in (("teacher", lab.teacher_path), ("student", lab.student_path)):
@@ -692,6 +745,44 @@ def _shipped(config: LabConfig, conversations: dict[str, list[list[dict[str, Any
     log(f"tiny lab {key}: using the shipped lab in {folder} (built {manifest.get('built')} at "
         f"{str(manifest.get('commit'))[:12]}, hashes checked)")
     return Lab(folder, folder / "teacher", folder / "student", manifest, reused=True)
+
+
+def _reuse_shipped_models(config: LabConfig, conversations: dict[str, list[list[dict[str, Any]]]],
+                          words: Sequence[str], cache_dir: Path, log: Callable[[str], Any]) -> None:
+    """Put the shipped lab's teacher or student into the build cache when this build would train that
+    very model (or start an answer drill from it): same recipe, tokenizer settings and data. A
+    rebuild that changes only the student then skips the teacher's ~20 minutes, and a drill starts
+    from the shipped student, not from a retrained one that other library versions may round
+    differently. Its exported weights are the shipped ones again (fp16
+    saved as fp32 and back is exact), and its stats keep the library versions it was built with;
+    anything that does not check out is rebuilt."""
+    from fcdpo.settings import build
+
+    if not config.shipped:
+        return
+    folder = Path(config.shipped)
+    folder = folder if folder.is_absolute() else _repository_root() / folder
+    try:
+        manifest = verify_shipped(folder)
+        shipped = build(LabConfig, manifest["config"], where=f"{folder / MANIFEST}: config")
+    except (LabError, ValueError, KeyError, TypeError):
+        return
+    if manifest.get("key") != lab_key(shipped, conversations, words, versions=False):
+        return  # trained on other data than this profile's
+    for role in ("teacher", "student"):
+        # the model itself, or the SFT model its answer drill starts from
+        recipe = getattr(config, role)
+        target = replace(config, **{role: replace(recipe, answer_drill=None)}) if recipe.answer_drill else config
+        kept = cache_dir / "models" / _model_key(target, role, conversations, words)
+        stats = (manifest.get("models") or {}).get(role)
+        same = _model_key(shipped, role, conversations, words, versions=False) == _model_key(
+            target, role, conversations, words, versions=False)
+        if not same or not stats or (kept / "stats.json").exists():
+            continue
+        model = Qwen2ForCausalLM.from_pretrained(folder / role, dtype=torch.float32)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / role)
+        _keep(model, tokenizer, kept, {**stats, "reused_from": str(folder / role), "libraries": manifest.get("libraries")})
+        log(f"the shipped {role} in {folder / role} has this build's recipe and data; reused ({kept.name})")
 
 
 def dev_accuracy(profile: "Profile", teacher: Path, student: Path, log: Callable[[str], Any] = print) -> dict[str, Any]:
