@@ -379,10 +379,11 @@ def test_an_exported_lab_is_checked_by_its_manifest(tmp_path):
         verify_shipped(tmp_path / "nowhere")
 
 
-@pytest.mark.slow
-def test_a_profile_uses_its_shipped_lab_only_when_it_was_built_from_the_profiles_settings(tmp_path):
+def _ship_a_tiny_lab(tmp_path):
+    """Build a tiny tiny-cpu lab into `<tmp>/run` and export it to `<tmp>/shipped`; returns the
+    overrides that use the shipped copy (run folder `<tmp>/other`)."""
     from fcdpo.config import load_profile
-    from fcdpo.tinylab import LabError, export_lab, profile_lab
+    from fcdpo.tinylab import export_lab, profile_lab
 
     tiny = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "problems_per_task": 20,
             "sft": {"steps": 2, "batch_size": 2, "warmup_steps": 0}}
@@ -391,7 +392,15 @@ def test_a_profile_uses_its_shipped_lab_only_when_it_was_built_from_the_profiles
                  "tasks.fol.train": 3, "tasks.fol.eval": 3, "tasks.fol.dev": 3}
     built = profile_lab(load_profile("tiny-cpu", overrides), log=lambda _: None)
     export_lab(built, tmp_path / "shipped", built.data_key)
-    shipped = {**overrides, "lab.shipped": str(tmp_path / "shipped"), "run_dir": str(tmp_path / "other")}
+    return {**overrides, "lab.shipped": str(tmp_path / "shipped"), "run_dir": str(tmp_path / "other")}
+
+
+@pytest.mark.slow
+def test_a_profile_uses_its_shipped_lab_only_when_it_was_built_from_the_profiles_settings(tmp_path):
+    from fcdpo.config import load_profile
+    from fcdpo.tinylab import LabError, profile_lab
+
+    shipped = _ship_a_tiny_lab(tmp_path)
     log = []
     used = profile_lab(load_profile("tiny-cpu", shipped), log=log.append)
     assert used.reused and used.path == tmp_path / "shipped" and "hashes checked" in log[0]
@@ -451,14 +460,7 @@ def test_a_rebuild_takes_the_shipped_teacher_when_only_the_student_changes(tmp_p
     from fcdpo.config import load_profile
     from fcdpo.tinylab import export_lab, profile_lab
 
-    tiny = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "problems_per_task": 20,
-            "sft": {"steps": 2, "batch_size": 2, "warmup_steps": 0}}
-    overrides = {"run_dir": str(tmp_path / "run"), "lab.shipped": None, "lab.teacher": tiny, "lab.student": tiny,
-                 "tasks.math.train": 3, "tasks.math.eval": 3, "tasks.math.dev": 3,
-                 "tasks.fol.train": 3, "tasks.fol.eval": 3, "tasks.fol.dev": 3}
-    built = profile_lab(load_profile("tiny-cpu", overrides), log=lambda _: None)
-    export_lab(built, tmp_path / "shipped", built.data_key)
-    shipped = {**overrides, "lab.shipped": str(tmp_path / "shipped"), "run_dir": str(tmp_path / "other")}
+    shipped = _ship_a_tiny_lab(tmp_path)
     log = []
     rebuilt = profile_lab(load_profile("tiny-cpu", {**shipped, "lab.student.seed": 1}), log=log.append, rebuild=True)
     assert any("the shipped teacher" in m and "reused" in m for m in log)
