@@ -474,3 +474,8 @@ def test_a_rebuild_takes_the_shipped_teacher_when_only_the_student_changes(tmp_p
     profile_lab(load_profile("tiny-cpu", {**shipped, "lab.data_seed": 7, "run_dir": str(tmp_path / "third")}),
                 log=log.append, rebuild=True)  # other training data: nothing shipped fits
     assert not any("the shipped" in m for m in log) and any("training the teacher" in m for m in log)
+    (tmp_path / "shipped" / "teacher" / "model.safetensors").write_bytes(b"changed")
+    log = []
+    profile_lab(load_profile("tiny-cpu", {**shipped, "run_dir": str(tmp_path / "fourth")}), log=log.append, rebuild=True)
+    assert any("is not reused" in m and "model.safetensors" in m for m in log)
+    assert any("training the teacher" in m for m in log)

@@ -730,10 +730,14 @@ def verify_shipped(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _shipped_folder(config: LabConfig) -> Path:
+    folder = Path(config.shipped)
+    return folder if folder.is_absolute() else _repository_root() / folder
+
+
 def _shipped(config: LabConfig, conversations: dict[str, list[list[dict[str, Any]]]], words: Sequence[str],
              log: Callable[[str], Any]) -> Lab:
-    folder = Path(config.shipped)
-    folder = folder if folder.is_absolute() else _repository_root() / folder
+    folder = _shipped_folder(config)
     manifest = verify_shipped(folder)
     key = lab_key(config, conversations, words, versions=False)
     if manifest.get("key") != key:
@@ -760,12 +764,12 @@ def _reuse_shipped_models(config: LabConfig, conversations: dict[str, list[list[
 
     if not config.shipped:
         return
-    folder = Path(config.shipped)
-    folder = folder if folder.is_absolute() else _repository_root() / folder
+    folder = _shipped_folder(config)
     try:
         manifest = verify_shipped(folder)
         shipped = build(LabConfig, manifest["config"], where=f"{folder / MANIFEST}: config")
-    except (LabError, ValueError, KeyError, TypeError):
+    except (LabError, ValueError, KeyError, TypeError) as exc:
+        log(f"the shipped lab in {folder} is not reused: {exc}")
         return
     if manifest.get("key") != lab_key(shipped, conversations, words, versions=False):
         return  # trained on other data than this profile's
