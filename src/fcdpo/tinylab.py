@@ -460,8 +460,7 @@ def build_lab(
             continue
         # Without a drill, this is the model itself; with one, the SFT model it starts from, kept
         # under the drill-less key so that trying another drill reuses it.
-        base_config = replace(config, **{role: replace(recipe, answer_drill=None)})
-        base = root / "models" / _model_key(base_config, role, conversations, words)
+        base = root / "models" / _model_key(_without_drill(config, role), role, conversations, words)
         if (base / "stats.json").exists():
             stats = json.loads((base / "stats.json").read_text())
             model = Qwen2ForCausalLM.from_pretrained(base)
@@ -512,6 +511,11 @@ def build_lab(
         shutil.rmtree(path)
     building.rename(path)
     return Lab(path, path / "teacher", path / "student", report, reused=False)
+
+
+def _without_drill(config: LabConfig, role: str) -> LabConfig:
+    """The lab config with `role`'s answer drill unset: what names the SFT model a drill starts from."""
+    return replace(config, **{role: replace(getattr(config, role), answer_drill=None)})
 
 
 def _checkpoints(kept: Path) -> Path:
@@ -775,8 +779,7 @@ def _reuse_shipped_models(config: LabConfig, conversations: dict[str, list[list[
         return  # trained on other data than this profile's
     for role in ("teacher", "student"):
         # the model itself, or the SFT model its answer drill starts from
-        recipe = getattr(config, role)
-        target = replace(config, **{role: replace(recipe, answer_drill=None)}) if recipe.answer_drill else config
+        target = _without_drill(config, role)
         kept = cache_dir / "models" / _model_key(target, role, conversations, words)
         stats = (manifest.get("models") or {}).get(role)
         same = _model_key(shipped, role, conversations, words, versions=False) == _model_key(
