@@ -117,6 +117,26 @@ def last_result(trajectory: Trajectory) -> str | None:
     return reader.result_answer(content) if isinstance(content, str) and reader is not None else None
 
 
+def result_rates(trajectories: Sequence[Trajectory]) -> dict[str, float]:
+    """What the chains computed against what they answered (NaN where no chain qualifies).
+
+    `result_correct_rate`: of the chains whose last result reads as an answer, the share where it is
+    the gold answer. `answer_follows_result_rate`: of those that also answered, the share whose answer
+    is that result. A model can compute the right verdict and answer another one; accuracy alone
+    does not tell the two failures apart.
+    """
+    nan = math.nan
+    computed = [(t, r) for t in trajectories if (r := last_result(t)) is not None]
+    answered = [(t, r) for t, r in computed if t.answer is not None]
+    checker = _answer_reader(trajectories[0].task) if trajectories else None  # computed is empty without one
+    return {
+        "result_correct_rate": (sum(checker.check(r, t.gold) for t, r in computed) / len(computed)
+                                if computed else nan),
+        "answer_follows_result_rate": (sum(checker.check(t.answer, r) for t, r in answered) / len(answered)
+                                       if answered else nan),
+    }
+
+
 @functools.lru_cache(maxsize=None)
 def _answer_reader(name: str) -> "Task | None":
     """The task that reads and checks answers of chains of task `name`; None for a task fcdpo does not know."""
@@ -325,13 +345,7 @@ def chain_metrics(
     }
     outcomes = Counter(outcome(t) for t in trajectories)
     values.update({f"outcome_{name}": outcomes[name] / chains for name in OUTCOMES})
-    computed = [(t, r) for t in trajectories if (r := last_result(t)) is not None]
-    answered = [(t, r) for t, r in computed if t.answer is not None]
-    checker = _answer_reader(trajectories[0].task)  # computed is empty without one
-    values["result_correct_rate"] = (sum(checker.check(r, t.gold) for t, r in computed) / len(computed)
-                                     if computed else nan)
-    values["answer_follows_result_rate"] = (sum(checker.check(t.answer, r) for t, r in answered) / len(answered)
-                                            if answered else nan)
+    values.update(result_rates(trajectories))
     metrics.update({name: {"value": float(v), "ci_low": nan, "ci_high": nan} for name, v in values.items()})
     return metrics
 

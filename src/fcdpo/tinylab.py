@@ -793,9 +793,11 @@ def _reuse_shipped_models(config: LabConfig, conversations: dict[str, list[list[
 
 
 def dev_accuracy(profile: "Profile", teacher: Path, student: Path, log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Greedy accuracy of `teacher` and `student` on the profile's dev split, per task, through the agent."""
+    """Greedy accuracy of `teacher` and `student` on the profile's dev split, per task, through the agent,
+    with what their chains computed against what they answered (`fcdpo.evaluation.result_rates`)."""
     from fcdpo.agent import Agent
     from fcdpo.backends import load_backend
+    from fcdpo.evaluation import result_rates
 
     sets = _held_out_sets(profile)
     result: dict[str, Any] = {}
@@ -807,9 +809,11 @@ def dev_accuracy(profile: "Profile", teacher: Path, student: Path, log: Callable
                 continue
             chains = Agent(profile.task(name), backend, profile.agent).run(problems)
             right = sum(c.correct for c in chains)
+            rates = {key: round(value, 4) for key, value in result_rates(chains).items() if value == value}
             result.setdefault(role, {})[name] = {"problems": len(chains), "correct": right,
-                                                 "accuracy": round(right / len(chains), 4)}
-            log(f"dev {role} {name}: {right}/{len(chains)}")
+                                                 "accuracy": round(right / len(chains), 4), **rates}
+            log(f"dev {role} {name}: {right}/{len(chains)}"
+                + "".join(f", {key} {value:.1%}" for key, value in rates.items()))
     return result
 
 
