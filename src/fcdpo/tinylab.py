@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import tempfile
@@ -809,7 +810,8 @@ def dev_accuracy(profile: "Profile", teacher: Path, student: Path, log: Callable
                 continue
             chains = Agent(profile.task(name), backend, profile.agent).run(problems)
             right = sum(c.correct for c in chains)
-            rates = {key: round(value, 4) for key, value in result_rates(chains).items() if value == value}
+            rates = {key: round(value, 4) for key, value in result_rates(chains).items()
+                     if not math.isnan(value)}
             result.setdefault(role, {})[name] = {"problems": len(chains), "correct": right,
                                                  "accuracy": round(right / len(chains), 4), **rates}
             log(f"dev {role} {name}: {right}/{len(chains)}"
