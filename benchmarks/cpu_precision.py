@@ -15,8 +15,9 @@ Times the operations the tiny-cpu pipeline spends its time in, with the lab's st
   removes most of the memory reads that bfloat16 would halve in the plain decode step.
 The first two in three precisions: float32 (what the pipeline uses on CPU), float32 weights under
 `torch.autocast("cpu", dtype=torch.bfloat16)` (what TRL's `bf16=True` does on CPU), and bfloat16
-weights; the rollout in float32 and with bfloat16 weights (`teacher.dtype`). Bfloat16 pays only where the CPU multiplies in it (AVX512-BF16 or AMX); the script prints
-which of those flags the CPU reports. Each figure is the median of `--rounds` rounds, with the range.
+weights; the rollout in float32 and with bfloat16 weights (`teacher.dtype`). Bfloat16 pays only
+where the CPU multiplies in it (AVX512-BF16 or AMX); the script prints which of those flags the CPU
+reports. Each figure is the median of `--rounds` rounds, with the range.
 Needs a run whose notebooks 01 and 02 have run (`make reproduce`).
 """
 
@@ -34,9 +35,9 @@ from fcdpo import runs
 from fcdpo.agent import Agent
 from fcdpo.backends import load_backend
 from fcdpo.config import load_profile
+from fcdpo.loading import load_tokenizer
 from fcdpo.preferences import load_preferences
 from fcdpo.tasks import problem_sets
-from fcdpo.loading import load_tokenizer
 from fcdpo.training import tokenize_preferences
 
 PRECISIONS = ("float32", "autocast bf16", "bf16 weights")
