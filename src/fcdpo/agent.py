@@ -39,8 +39,10 @@ if TYPE_CHECKING:
     from fcdpo.tasks import Problem, Task
 
 FINAL_ANSWER = re.compile(r"final answer\s*:\s*(.*)", re.IGNORECASE | re.DOTALL)
-# Text that was meant as a call: a name followed by "(", or a JSON tool call.
-_CALL_ATTEMPT = re.compile(r"[A-Za-z_]\w*\s*\(|<tool_call>|^\s*\{", re.MULTILINE)
+# Text that was meant as a call: a name followed by "(", or a JSON tool call. Linear in the text: a
+# name starts only where no word character precedes it, and a line's indent does not run past its
+# end, so no run of letters or of blank lines is scanned again from each of its positions.
+_CALL_ATTEMPT = re.compile(r"(?<!\w)[A-Za-z_]\w*\s*\(|<tool_call>|^[^\S\n]*\{", re.MULTILINE)
 
 ERROR_KINDS = ("parse_error", "unknown_function", "bad_arguments", "execution_error", "timeout")
 STOP_REASONS = ("answer", "max_steps", "max_errors", "token_budget")
@@ -112,7 +114,7 @@ def read_turn(text: str, tool_calls: list[dict] | None, functions: FunctionSet, 
     try:
         return Turn("call", calls=[functions.parse(text, "json" if syntax == "json" else "auto")])
     except ParseError as exc:
-        if _CALL_ATTEMPT.search(text or "") or exc.kind in ("too_long", "too_deep"):
+        if exc.kind in ("too_long", "too_deep") or _CALL_ATTEMPT.search(text or ""):
             return Turn("parse_error", error=str(exc))
         return Turn("thought")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from fcdpo.agent import Agent, gold_messages, read_turn
+from fcdpo.agent import Agent, gold_messages, read_turn, untrusted_turn
 from fcdpo.functions import Call, FunctionSet, ParseError
 from fcdpo.multi_agent import ROLES, MultiAgent, read_call, read_decision, summary_answer
 from fcdpo.roles import gold_role_messages, role_samples
@@ -100,18 +100,20 @@ def _single_agent_queries(agent: "Agent", problem: "Problem") -> list[_Query]:
     ]
 
 
-def _read(role: str, completion: "Completion", functions: FunctionSet, syntax: str) -> _Reading:
-    text = completion.text.strip()
+def _read(role: str, completion: "Completion", functions: FunctionSet, syntax: str, max_chars: int) -> _Reading:
+    # Cut as a chain cuts a turn: model text reaches the readers' patterns only bounded.
+    text, tool_calls = untrusted_turn(completion, max_chars)
+    text = text.strip()
     if role == "planner":
         return _Reading(decision=read_decision(text) or "caller")  # the missing-decision rule
     if role == "caller":
         try:
-            return _Reading(call=read_call(text, completion.tool_calls, functions, syntax))
+            return _Reading(call=read_call(text, tool_calls, functions, syntax))
         except ParseError:
             return _Reading(parse_error=True)
     if role == "summarizer":
         return _Reading(answer=summary_answer(text))
-    turn = read_turn(text, completion.tool_calls, functions, syntax)  # a single-agent turn
+    turn = read_turn(text, tool_calls, functions, syntax)  # a single-agent turn
     return _Reading(
         decision={"call": "caller", "parse_error": "caller", "answer": "conclusion"}.get(turn.kind),
         call=turn.calls[0] if turn.kind == "call" and len(turn.calls) == 1 else None,
@@ -125,11 +127,12 @@ _SCORED = ("plan_correct", "act_em", "hallucination", "arg_f1", "parse_error", "
 
 
 def _score(query: _Query, role: str, completion: "Completion", task: "Task", names: set[str],
-           syntax: str) -> dict[str, Any]:
-    """One step's record: which problem, role and step, the text, and the scores its query asks for."""
-    reading = _read(role, completion, task.functions(), syntax)
+           syntax: str, max_chars: int) -> dict[str, Any]:
+    """One step's record: which problem, role and step, the text (cut at `max_chars`), and the scores
+    its query asks for."""
+    reading = _read(role, completion, task.functions(), syntax, max_chars)
     result: dict[str, Any] = {"problem_id": query.problem.id, "role": role, "step": query.step,
-                              "text": completion.text.strip()}
+                              "text": untrusted_turn(completion, max_chars)[0].strip()}
     if query.gold_decision is not None:
         result["plan_correct"] = reading.decision == query.gold_decision
     if query.gold_call is not None:
@@ -172,7 +175,8 @@ def step_metrics(
     and the answer.
 
     Each scored step is appended to `records` when given (`problem_id`, `role`, `step`, `text`, and
-    that step's scores), for inspection.
+    that step's scores), for inspection. A reply is read and recorded as a chain keeps a turn: cut
+    at the agent's `max_turn_chars`.
     """
     multi = isinstance(agent, MultiAgent)
     syntax = agent.config.syntax
@@ -189,7 +193,7 @@ def step_metrics(
         completions = backend.complete([q.chat for q in group], tools=tools, max_new_tokens=agent.config.max_new_tokens,
                                        temperature=temperature, seed=None if seed is None else seed + index)
         for query, completion in zip(group, completions, strict=True):
-            result = _score(query, role, completion, agent.task, names, syntax)
+            result = _score(query, role, completion, agent.task, names, syntax, agent.config.max_turn_chars)
             for key, value in result.items():
                 if key in scores:
                     scores[key].append(float(value))
