@@ -230,12 +230,14 @@ MATH_FUNCTIONS = (add, subtract, multiply, divide, remainder, percent_of, round_
 # Reading numbers in answers
 
 # A number as people write answers: 18, -3, 1,800, 18.0, 3.5, 7/2. The look-behind keeps a minus
-# in "10-3" from making the 3 negative and keeps "v2" or "3.5.1" pieces out.
+# in "10-3" from making the 3 negative and keeps "v2" or "3.5.1" pieces out. A search may start
+# after each comma of "1,000,000,...", so the groups a thousands run may have are bounded: no more
+# than an answer can have digits (`_MAX_ANSWER_DIGITS`), which keeps `last_number` linear in its text.
+_MAX_ANSWER_DIGITS = 200  # a longer digit run is not an answer and would be slow to convert
 _NUMBER = re.compile(
-    r"(?<![\w.])(?P<sign>-)?(?P<whole>\d{1,3}(?:,\d{3})+(?![\d,])|\d+)"
+    rf"(?<![\w.])(?P<sign>-)?(?P<whole>\d{{1,3}}(?:,\d{{3}}){{1,{_MAX_ANSWER_DIGITS // 3}}}(?![\d,])|\d+)"
     r"(?:\.(?P<fraction>\d+))?(?:/(?P<denominator>\d+))?(?![\w/])"
 )
-_MAX_ANSWER_DIGITS = 200  # a longer digit run is not an answer and would be slow to convert
 
 
 def _number_from_match(match: re.Match[str]) -> sympy.Rational | None:
