@@ -169,11 +169,30 @@ def test_resuming_with_another_model_or_other_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"model: 'scripted' in the file, 'another-teacher' now"):
         rollout(more, Agent(task, backend, AgentConfig()), path, k=1, temperature=0.7, seed=5, progress=False)
     assert backend.calls == [] and read_trajectories(path) == [chain]  # nothing ran, nothing changed
-    # Reading back chains that are all there needs no producer check.
-    assert rollout(problems, Agent(task, backend, AgentConfig()), path, k=1, progress=False) == [chain]
+    # Chains that are all there are checked too: another model's chains never come back as its own.
+    with pytest.raises(ValueError, match=r"model: 'scripted' in the file, 'another-teacher' now"):
+        rollout(problems, Agent(task, backend, AgentConfig()), path, k=1, temperature=0.7, seed=5, progress=False)
+    assert backend.calls == []
     backend.name = "scripted"
     assert len(rollout(more, Agent(task, backend, AgentConfig()), path, k=1, temperature=0.7, seed=5,
                        progress=False)) == 2
+
+
+@pytest.mark.parametrize("change", ["model", "temperature", "seed", "settings"])
+def test_a_resume_with_nothing_left_to_do_is_refused_for_another_producer(tmp_path, change):
+    task, problems, agent, path = finished_chain_file(tmp_path, n=2, temperature=0.7, seed=5)
+    backend = ScriptedBackend(scripts_for(problems))
+    backend.name = "another-teacher" if change == "model" else "scripted"
+    config = AgentConfig(max_new_tokens=50) if change == "settings" else AgentConfig()
+    decoding = {"temperature": 1.0 if change == "temperature" else 0.7, "seed": 6 if change == "seed" else 5}
+    with pytest.raises(ValueError, match=rf"holds chains produced differently from this run \({change}: "):
+        rollout(problems, Agent(task, backend, config), path, k=1, progress=False, **decoding)
+    assert backend.calls == []
+    # The same producer reads them back without running anything.
+    backend.name = "scripted"
+    again = rollout(problems, Agent(task, backend, AgentConfig()), path, k=1, temperature=0.7, seed=5, progress=False)
+    assert sorted(again, key=lambda t: t.id) == sorted(read_trajectories(path), key=lambda t: t.id)
+    assert backend.calls == []
 
 
 def test_a_file_from_before_producers_were_recorded_is_checked_by_model_name(tmp_path):

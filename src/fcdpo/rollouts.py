@@ -10,7 +10,7 @@ repair loses nothing either.
 
 Every chain records what produced it (`Trajectory.producer`: the model, the agent and its settings,
 the temperature and the seed). A rerun with a different producer is refused rather than mixing its
-chains with the old ones.
+chains with the old ones, or passing the old ones off as its own when none is left to add.
 """
 
 from __future__ import annotations
@@ -120,10 +120,14 @@ def producer_of(agent: Any, temperature: float, seed: int) -> dict[str, Any]:
 
 
 def _check_producer(path: Path, trajectories: list[Trajectory], producer: dict[str, Any]) -> None:
-    """ValueError unless every chain in the file was produced as the new ones would be."""
+    """ValueError unless every chain in the file was produced as the new ones would be.
+
+    What the running agent cannot say (`None`: a stand-in with no model, as evaluation uses to read
+    back chains all on disk without loading their model) is not compared; everything it says is."""
     for trajectory in trajectories:
         recorded = trajectory.producer or {"model": trajectory.model}  # files from before producers
-        differing = sorted(key for key in recorded if recorded.get(key) != producer.get(key))
+        differing = sorted(key for key in recorded
+                           if producer.get(key) is not None and recorded.get(key) != producer.get(key))
         if differing:
             details = "; ".join(f"{key}: {recorded.get(key)!r} in the file, {producer.get(key)!r} now"
                                 for key in differing)
@@ -147,8 +151,9 @@ def rollout(
     Chains are batched `batch_size` at a time (the agent advances a batch in lockstep). Pairs already
     in the file are skipped, so calling this again after an interruption finishes the job without
     duplicates. Returns every trajectory for these problems, old and new, in (problem, sample) order.
-    A file holding chains of another model or of other settings (see `producer_of`) is a ValueError
-    when chains would be added to it.
+    A file holding chains of another model or of other settings (see `producer_of`) is a ValueError,
+    whether chains would be added to it or it already holds every one asked for: the old chains are
+    never returned as this agent's.
     """
     if k < 1 or batch_size < 1:
         raise ValueError(f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}")
@@ -160,8 +165,8 @@ def rollout(
     existing = {(t.problem_id, t.sample): t for t in on_disk if (t.problem_id, t.sample) in wanted}
     todo = [(p, s) for s in range(k) for p in problems if (p.id, s) not in existing]
     producer = producer_of(agent, temperature, seed)
-    if todo:
-        _check_producer(path, on_disk, producer)
+    # Checked even when every chain is there: chains of another model must never come back as this one's.
+    _check_producer(path, on_disk, producer)
 
     correct = sum(t.correct for t in existing.values())
     bar = progress_bar(total=len(wanted), initial=len(existing), desc=f"rollouts {agent.task.name}", disable=not progress)
