@@ -165,6 +165,14 @@ def test_each_turn_is_a_call_an_answer_a_thought_or_a_parse_error(text, kind):
     assert read_turn(text, None, MATH.functions(), "python").kind == kind
 
 
+def test_two_calls_on_one_line_are_an_error_the_chain_survives():
+    text = "add(a=2, b=3); multiply(a=5, b=4)"
+    [chain], _ = run({problem().question: [text, "add(a=2, b=3)", "Final answer: 5"]})
+    assert chain.errors["parse_error"] == 1 and chain.calls == 1 and chain.correct
+    assert "2 function calls on one line" in chain.messages[3]["content"]
+    assert [m["content"] for m in chain.messages if m["role"] == "tool"] == ["5"]  # multiply never ran
+
+
 def test_an_unknown_syntax_is_refused():
     with pytest.raises(ValueError, match="syntax"):
         AgentConfig(syntax="yaml")

@@ -414,6 +414,47 @@ def test_unacceptable_python_text_raises_a_parse_error_of_the_right_kind(functio
     assert excinfo.value.kind == kind
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "add(a=1, b=2); multiply(a=3, b=4)",
+        "add(a=1, b=2) multiply(a=3, b=4)",
+        "First `add(a=1, b=2)`, then `multiply(a=3, b=4)`.",
+        'note(s=")") multiply(a=3, b=4)',
+    ],
+)
+def test_two_calls_on_one_line_are_refused_not_cut_down_to_the_last(functions, text):
+    with pytest.raises(ParseError) as excinfo:
+        functions.parse(text, syntax="python")
+    assert excinfo.value.kind == "several_calls" and "2 function calls on one line" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "add(\n  a=1,\n  b=add(a=2, b=3)\n)",
+        "add(a=1,\n    b=multiply(a=3, b=4))",
+        "add(a=multiply(\n  a=3, b=4), b=1)",
+    ],
+)
+def test_a_call_nested_in_another_over_several_lines_is_refused_not_run_inside_out(functions, text):
+    with pytest.raises(ParseError) as excinfo:
+        functions.parse(text, syntax="python")
+    assert excinfo.value.kind == "not_literal"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The function add(a, b) adds; I need multiply(a=3, b=4).",  # only one call that would run
+        "I will call multiply(a=3, b=4) now.",
+        "Action: `multiply(a=3, b=4)`.",
+    ],
+)
+def test_one_call_with_prose_on_its_line_is_still_read(functions, text):
+    assert functions.parse(text, syntax="python") == Call("multiply", {"a": 3, "b": 4})
+
+
 def test_parse_errors_keep_their_kind_through_pickling():
     error = pickle.loads(pickle.dumps(ParseError("too_deep", "brackets nested deeper than 20")))
     assert (error.kind, error.message) == ("too_deep", "brackets nested deeper than 20")

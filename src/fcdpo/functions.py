@@ -87,7 +87,8 @@ class ParseError(ValueError):
     """Model text that is not an acceptable call.
 
     `kind` is a short code: "empty", "too_long", "too_deep", "syntax", "not_a_call",
-    "not_literal" or "bad_json". The message says what was wrong and where.
+    "not_literal", "several_calls" (two calls written on one line) or "bad_json". The message says
+    what was wrong and where.
     """
 
     def __init__(self, kind: str, message: str):
@@ -204,7 +205,8 @@ def parse_python_call(
 
     Tolerates code fences, backticks, a leading label such as `Action:`, free text before the call
     on its line, and free-text lines before it: the bottom-most line holding a call wins. A call
-    may span several lines. Positional arguments are kept under the keys "0", "1", ... since the
+    may span several lines. Two calls on one line (`add(a=1, b=2); multiply(a=3, b=4)`) and a call
+    nested in another are refused, never cut down to one of their calls. Positional arguments are kept under the keys "0", "1", ... since the
     signature is unknown here (`FunctionSet.parse` names them). Raises ParseError and nothing else.
     """
     text = _check_bounds(text, max_chars, max_nesting)
@@ -217,11 +219,15 @@ def parse_python_call(
             return _parse_python_expression(whole)
         except ParseError as exc:
             whole_error = exc if _CALL_START.match(whole) else None
+    if whole_error is not None and whole_error.kind != "syntax":
+        # The whole text is one Python call, just not a plain one (a call nested in another, laid
+        # out over lines): refuse it rather than run a call picked out of it.
+        raise whole_error
     first_error: ParseError | None = None
     for index in reversed(range(len(lines))):
         for position, candidate in enumerate(_candidates_at(lines, index)):
             try:
-                return _parse_python_expression(candidate)
+                call = _parse_python_expression(candidate)
             except ParseError as exc:
                 # Report the failure of the bottom-most thing that looked like a call.
                 if first_error is None and _ANY_CALL_START.match(candidate):
@@ -230,11 +236,62 @@ def parse_python_call(
                     # The line is Python, just not a plain call (`f(x)()`, `[f(a=1)][0]`): refuse
                     # it rather than pick a call out of it. Only prose is searched for calls.
                     break
+                continue
+            if position > 0:  # picked out of the line: it must be the only call written there
+                _refuse_several_calls(lines[index])
+            return call
     if first_error is not None:
         raise first_error
     if whole_error is not None:
         raise whole_error
     raise ParseError("not_a_call", "no function call such as `multiply(a=3, b=4)` found")
+
+
+def _refuse_several_calls(line: str) -> None:
+    """ParseError ("several_calls") when `line` holds more than one call that would parse
+    (`add(a=1, b=2); multiply(a=3, b=4)`): one of them must not run silently in place of the other.
+    Text that only looks like a call (`add(a, b)` in prose) does not count."""
+    calls, end = 0, -1
+    for match in list(_CALL_START.finditer(line))[:_MAX_CALLS_LOOKED_AT]:
+        if match.start() < end:
+            continue  # inside a call already counted
+        close = _closing_parenthesis(line, match.end() - 1)
+        if close is None:
+            continue
+        try:
+            _parse_python_expression(line[match.start() : close + 1])
+        except ParseError:
+            continue
+        calls, end = calls + 1, close + 1
+    if calls > 1:
+        raise ParseError("several_calls", f"{calls} function calls on one line; write one call per turn")
+
+
+_MAX_CALLS_LOOKED_AT = 16  # call starts checked on one line; the line is at most `max_chars` long
+
+
+def _closing_parenthesis(text: str, opening: int) -> int | None:
+    """Where the bracket opened at `opening` closes, skipping brackets inside string literals; None
+    when it does not close on this text."""
+    depth, quote, escaped = 0, "", False
+    for position in range(opening, len(text)):
+        char = text[position]
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+            if depth == 0:
+                return position
+    return None
 
 
 def _strip_fences(line: str) -> str:
