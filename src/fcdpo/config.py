@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
+from fcdpo import arms
 from fcdpo.backends import check_backend_spec
 from fcdpo.settings import (  # noqa: F401 - the sections are also importable from here, as the profile's parts
     CONFIG_DIR,
-    METHODS,
     AgentConfig,
     ConfigError,
     EvaluationConfig,
@@ -204,9 +204,9 @@ def _check_profile(profile: Profile, where: str) -> None:
                                   f"valid keys are {accepted}")
     if profile.lab is not None:  # read by the lab only when it builds; its mistakes are found here
         build(LabConfig, profile.lab, f"{where}:lab")
-    unknown = [method for method in profile.training.methods if method not in METHODS]
+    unknown = [method for method in profile.training.methods if method not in arms.names()]
     if unknown:
-        raise ConfigError(f"{where}:training.methods: unknown method(s) {unknown}; the methods are {list(METHODS)}")
+        raise ConfigError(f"{where}:training.methods: unknown method(s) {unknown}; the methods are {list(arms.names())}")
     for role in ("teacher", "student"):
         spec = getattr(profile, role)
         if spec:

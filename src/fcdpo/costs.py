@@ -5,13 +5,14 @@ Layer: stages; imports the run folder's layout, the rollout files, the pairs' re
     costs = arm_costs(profile)   # one row per method of training.methods, and glpft when it was trained
 
 Per method, over the seeds found in `training/`:
-- `seeds`, `steps` (optimizer steps of one seed) and `sequences_per_step` (pairs for the DPO arms,
-  chains for SFT and GRPO);
+- `seeds`, `steps` (optimizer steps of one seed), `total_steps` (with every on-policy round and the
+  steps of the arm it starts from: sft_dpo counts SFT's too) and `sequences_per_step` (pairs for the
+  DPO arms, chains for SFT and GRPO);
 - `train_seconds` (mean of one seed's training loop, this machine) and `train_seconds_total` (all seeds);
 - the tokens generated to make the arm's data: `teacher_tokens` (the teacher's chains the pairs are
-  cut from: dpo, sft, step_dpo; sampled once for all of them and all seeds), `student_tokens` (the
-  student's own chains: onpolicy_dpo samples them once for all seeds, every later round again; grpo
-  samples during training, summed over seeds).
+  cut from, sampled once for every arm and seed that trains on them), `student_tokens` (the
+  student's own chains: an on-policy arm samples them once for all seeds, every later round again;
+  GRPO samples during training, summed over seeds). Which applies is the arm's `samples` (`fcdpo.arms`).
 
 Seconds are wall time of this machine's run and read from each arm's `report.json`; sampling time is
 not split per arm (notebook 01's time is the teacher's, the onpolicy arm's sampling is in notebook 03).
@@ -25,11 +26,10 @@ from typing import Any
 
 import pandas as pd
 
-from fcdpo import runs
+from fcdpo import arms, runs
 from fcdpo.rollouts import read_trajectories
 
-TEACHER_DATA = ("dpo", "sft", "step_dpo")  # arms trained on pairs cut from the teacher's chains
-COST_COLUMNS = ("method", "seeds", "steps", "sequences_per_step", "train_seconds", "train_seconds_total",
+COST_COLUMNS = ("method", "seeds", "steps", "total_steps", "sequences_per_step", "train_seconds", "train_seconds_total",
                 "teacher_tokens", "student_tokens")
 
 
@@ -65,12 +65,15 @@ def arm_costs(profile: Any) -> pd.DataFrame:
             continue
         seconds = [float(r.get("train_seconds", 0.0)) for r in reports]
         row = {"method": method, "seeds": len(reports), "steps": reports[0].get("steps"),
+               "total_steps": _total_steps(run, method, profile.training),
                "sequences_per_step": reports[0].get("sequences_per_step"),
                "train_seconds": sum(seconds) / len(seconds), "train_seconds_total": sum(seconds),
-               "teacher_tokens": teacher_tokens if method in TEACHER_DATA else 0, "student_tokens": 0}
-        if method == "onpolicy_dpo":
+               "teacher_tokens": teacher_tokens if arms.get(method).samples == "teacher" else 0,
+               "student_tokens": 0}
+        # An arm's starting arm (sft_dpo's SFT) has a row of its own; its cost is not repeated here.
+        if arms.get(method).samples == "student":
             row["student_tokens"] = _onpolicy_tokens(run, reports)
-        elif method == "grpo":
+        elif arms.get(method).samples == "policy":
             row["student_tokens"] = sum(int(r.get("rollouts", {}).get("generated_tokens", 0)) for r in reports)
         rows.append(row)
     glpft = _report(runs.training_dir(run, "glpft"))
@@ -84,11 +87,22 @@ def arm_costs(profile: Any) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COST_COLUMNS))
 
 
+def _total_steps(run: Path, method: str, settings: Any) -> int | None:
+    """One seed's optimizer steps with those of the arms it starts from (sft_dpo: SFT's, then DPO's)."""
+    total = 0
+    for name in (method, *arms.starts(method)):
+        report = _report(runs.training_dir(run, name))
+        if report is None or not isinstance(report.get("steps"), int):
+            return None
+        total += report["steps"] * sum(len(r.get("rounds", [])) or 1 for r in [report])
+    return total
+
+
 def _onpolicy_tokens(run: Path, reports: list[dict[str, Any]]) -> int:
     """The student's chains sampled once for every seed's first round, and each later round's own."""
     from fcdpo.preferences import read_report
 
-    pairs = runs.preferences_dir(run, "onpolicy_dpo")
+    pairs = runs.pairs_dir(run, "student")
     if (pairs / "report.json").exists():
         first = sum(int(task.get("completion_tokens", 0)) for task in read_report(pairs).get("rollouts", {}).values())
     else:

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from fcdpo import runs
+from fcdpo import arms, runs
 from fcdpo.agent import Agent, AgentConfig, Trajectory
 from fcdpo.rollouts import rollout
 
@@ -757,8 +757,10 @@ def _release_memory() -> None:
 # What a profile evaluates
 
 
-# The run's models, in the order tables and figures show them.
-MODEL_LABELS = ("teacher", "student", "sft", "dpo", "step_dpo", "onpolicy_dpo", "grpo", "multi")
+def model_labels() -> tuple[str, ...]:
+    """The run's models, in the order tables and figures show them: teacher, student, every registered
+    arm (`fcdpo.arms`), the multi-LLM agent."""
+    return ("teacher", "student", *arms.names(), "multi")
 
 
 def run_models(profile: "Profile") -> tuple[dict[str, dict[str, Any]], list[str]]:

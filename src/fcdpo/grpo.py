@@ -44,7 +44,7 @@ from fcdpo.finetuning import (
     trainer_arguments,
     write_curves,
 )
-from fcdpo.settings import TrainingConfig
+from fcdpo.settings import TrainingConfig, arm_run
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -201,32 +201,43 @@ def grpo_trainer(
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(settings),
+        # A model that already carries an adapter (an arm that starts from another's) trains that one.
+        peft_config=None if _has_adapter(model) else lora_config(settings),
         rollout_func=agent_rollout_func(tasks, problems, agent, grpo.temperature, settings.seed),
     )
     return trainer
 
 
-def train_grpo(profile: Any, progress: bool = False, seed: int | None = None) -> TrainingResult:
-    """The grpo arm of a profile: its student, its training problems, its agent; writes `training/grpo[-s<seed>]/`.
+def _has_adapter(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def train_grpo(profile: Any, progress: bool = False, seed: int | None = None, method: str = "grpo",
+               init_adapter: str | Path | None = None) -> TrainingResult:
+    """A GRPO arm of a profile: its student, its training problems, its agent; writes `training/<method>[-s<seed>]/`.
+
+    With `init_adapter` (an arm that starts from another, e.g. the SFT model) training continues that
+    adapter instead of a fresh one.
 
     Writes `adapter/` (evaluated by notebook 04 like the other arms), `curves.json` / `curves.csv`
     (loss, rewards per function, completion lengths) and `report.json` (settings, steps, seconds,
     chains and generated tokens).
     """
-    from dataclasses import replace
-
     from transformers import PrinterCallback
 
     from fcdpo.tasks import problem_sets
 
-    settings, label = profile.training, "grpo"
-    if seed is not None and seed != settings.seed:
-        settings, label = replace(settings, seed=seed), runs.seed_label("grpo", seed, settings.seed)
+    settings, label = arm_run(profile.training, method, seed)
     output_dir = runs.training_dir(profile.run_path, label)
     started = time.perf_counter()
     model = student_reference(profile)
     base, tokenizer = load_student(model, settings)
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        base = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
     tasks = {name: profile.task(name) for name in profile.tasks}
     problems = {name: splits["train"][: settings.grpo.problems] for name, splits in problem_sets(profile).items()}
     trainer = grpo_trainer(base, tokenizer, tasks, problems, profile.agent, settings, output_dir, progress)
@@ -240,8 +251,9 @@ def train_grpo(profile: Any, progress: bool = False, seed: int | None = None) ->
     adapter_dir = output_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     report = {
-        "method": "grpo",
+        "method": method,
         "model": str(model),
+        "init_adapter": None if init_adapter is None else str(init_adapter),
         "settings": asdict(settings),
         "problems": {name: len(items) for name, items in problems.items()},
         "steps": trainer.args.max_steps,

@@ -25,19 +25,22 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
 
-from fcdpo.evaluation import MODEL_LABELS, OUTCOMES, read_tables
+from fcdpo import arms
+from fcdpo.evaluation import OUTCOMES, model_labels, read_tables
 
-# Colour-blind-safe colours (Okabe & Ito); the run's own models always get the same four.
-MODEL_STYLES = {
+# Colour-blind-safe colours (Okabe & Ito); the run's own models always get the same ones. Each training
+# arm's label and colour are its record's (`fcdpo.arms`).
+FIXED_STYLES = {
     "teacher": ("Teacher", "#0072B2"),
     "student": ("Student, before training", "#7f7f7f"),
-    "sft": ("Student + SFT", "#E69F00"),
-    "dpo": ("Student + DPO", "#009E73"),
-    "step_dpo": ("Student + step DPO", "#D55E00"),
-    "onpolicy_dpo": ("Student + on-policy DPO", "#56B4E9"),
-    "grpo": ("Student + GRPO", "#8c564b"),
     "multi": ("Multi-LLM agent", "#CC79A7"),
 }
+
+
+def model_styles() -> dict[str, tuple[str, str]]:
+    """Every model's (legend label, colour): the run's fixed models and every registered arm."""
+    return {**FIXED_STYLES, **{name: (arms.get(name).title, arms.get(name).colour) for name in arms.names()}}
+
 _SPARE_COLOURS = ("#000000", "#F0E442", "#bcbd22", "#17becf")
 DATASET_NAMES = {"math": "Math (held-out)", "fol": "Logic (held-out)", "gsm8k": "GSM8K test", "folio": "FOLIO validation"}
 OUTCOME_STYLES = {
@@ -79,12 +82,13 @@ STYLE = {
 def model_colors(models: Iterable[str]) -> dict[str, str]:
     """A colour per model label: fixed for teacher / student / sft / dpo, spare colours in order for others."""
     spare = iter(_SPARE_COLOURS * 4)
-    return {m: MODEL_STYLES[m][1] if m in MODEL_STYLES else next(spare) for m in dict.fromkeys(models)}
+    styles = model_styles()
+    return {m: styles[m][1] if m in styles else next(spare) for m in dict.fromkeys(models)}
 
 
 def model_name(label: str) -> str:
     """How a model label reads in a legend."""
-    return MODEL_STYLES.get(label, (label, None))[0]
+    return model_styles().get(label, (label, None))[0]
 
 
 def dataset_name(name: str) -> str:
@@ -138,7 +142,7 @@ def step_metrics_figure(table: pd.DataFrame) -> Figure:
     if table.empty or not metrics:
         raise ValueError("the step-metrics table has no rows to plot")
     tasks = _ordered(table["task"].unique(), list(DATASET_NAMES))
-    models = _ordered(table["model"].unique(), MODEL_LABELS)
+    models = _ordered(table["model"].unique(), model_labels())
     colours = model_colors(models)
     width = 0.8 / len(models)
     with rc_context(STYLE):
@@ -179,7 +183,7 @@ def accuracy_figure(metrics: pd.DataFrame) -> Figure:
     if accuracy.empty:
         raise ValueError("the metrics table has no accuracy rows to plot")
     datasets = _ordered(accuracy["dataset"], list(DATASET_NAMES))
-    models = _ordered(accuracy["model"], MODEL_LABELS)
+    models = _ordered(accuracy["model"], model_labels())
     colours = model_colors(models)
     problems = _metric(metrics, "problems").set_index(["model", "dataset"])["value"]
     width = 0.8 / len(models)
@@ -235,11 +239,11 @@ def tradeoff_figure(metrics: pd.DataFrame) -> Figure:
     metrics = _as_frame(metrics)
     accuracy = _metric(metrics, "accuracy").set_index(["model", "dataset"])
     sizes = _metric(metrics, "parameters").groupby("model")["value"].first().dropna()
-    models = [m for m in _ordered(accuracy.index.get_level_values("model"), MODEL_LABELS) if m in sizes.index]
+    models = [m for m in _ordered(accuracy.index.get_level_values("model"), model_labels()) if m in sizes.index]
     if not models:
         raise ValueError("no model has both an accuracy and a parameter count to plot")
     datasets = _ordered(accuracy.index.get_level_values("dataset"), list(DATASET_NAMES))
-    colours = model_colors(_ordered(accuracy.index.get_level_values("model"), MODEL_LABELS))
+    colours = model_colors(_ordered(accuracy.index.get_level_values("model"), model_labels()))
     # Same-size models are spread by a few percent of a decade around their true size.
     nudged, seen = {}, {}
     for model in models:
@@ -304,7 +308,7 @@ def taxonomy_figure(metrics: pd.DataFrame) -> Figure:
     if rows.empty:
         raise ValueError("the metrics table has no outcome_* rows to plot")
     datasets = _ordered(rows["dataset"], list(DATASET_NAMES))
-    models = _ordered(rows["model"], MODEL_LABELS)
+    models = _ordered(rows["model"], model_labels())
     shares = rows.assign(outcome=rows["metric"].str.removeprefix("outcome_")).set_index(["model", "dataset", "outcome"])
     with rc_context(STYLE):
         figure = _new_figure(9.0, 0.8 + len(datasets) * (0.45 * len(models) + 0.7))
@@ -351,7 +355,7 @@ def difficulty_figure(by_difficulty: pd.DataFrame) -> Figure:
     if table.empty:
         raise ValueError("the difficulty table is empty")
     datasets = _ordered(table["dataset"], list(DATASET_NAMES))
-    models = _ordered(table["model"], MODEL_LABELS)
+    models = _ordered(table["model"], model_labels())
     colours = model_colors(models)
     with rc_context(STYLE):
         figure = _new_figure(3.6 * len(datasets) + 1.8, 3.8)

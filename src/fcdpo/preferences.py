@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 # restore_messages and restore_tools read stored pairs back (notebook 02 imports them from here)
-from fcdpo import runs
+from fcdpo import arms, runs
 from fcdpo.messages import arrow_safe, restore_messages, restore_tools  # noqa: F401
 
 if TYPE_CHECKING:
@@ -569,7 +569,7 @@ def build_step_preference_dataset(
     )
     splits = split_by_problem(rows, settings.validation, settings.seed)
     report["settings"]["validation"] = settings.validation
-    folder = runs.preferences_dir(run, "step_dpo")
+    folder = runs.pairs_dir(run, "step")
     dataset = save_preferences(splits, folder, report)
     return dataset, read_report(folder)
 
@@ -644,31 +644,37 @@ def build_onpolicy_preference_dataset(
             "completion_tokens": sum(t.tokens.get("completion", 0) for t in chains),
         }
     splits = split_by_problem(rows, settings.validation, settings.seed)
-    folder = Path(folder) if folder is not None else runs.preferences_dir(run, "onpolicy_dpo")
+    folder = Path(folder) if folder is not None else runs.pairs_dir(run, "student")
     dataset = save_preferences(splits, folder, report)
     return dataset, read_report(folder)
 
 
 def method_preferences(profile: Any, method: str, progress: bool = False) -> "DatasetDict":
-    """The preference pairs a training method trains on, for a profile's run.
+    """The preference pairs a training method trains on, for a profile's run, by its arm's `data`
+    (`fcdpo.arms`).
 
-    dpo and sft: the teacher's pairs written by notebook 02 (`preferences/`); step_dpo: step pairs
-    rebuilt from the teacher's rollouts (`build_step_preference_dataset`); onpolicy_dpo: the student's
+    "teacher": the teacher's pairs written by notebook 02 (`preferences/`); "step": step pairs
+    rebuilt from the teacher's rollouts (`build_step_preference_dataset`); "student": the student's
     own pairs (`build_onpolicy_preference_dataset`, sampling what is not yet in `rollouts/`). The
     rebuilt ones are deterministic functions of the rollouts, so rebuilding never makes them stale.
     Under a multi-process launch (`WORLD_SIZE` > 1) nothing is sampled or written: the method's pairs
     are read from its folder, which must already hold them.
     """
-    if method not in runs.PREFERENCE_FOLDERS:
-        raise PreferenceError(f"no preference pairs for method {method!r}; known: {sorted(runs.PREFERENCE_FOLDERS)}")
+    try:
+        arm = arms.get(method)
+    except arms.ArmError as error:
+        raise PreferenceError(str(error)) from None
+    if not arm.pairs:
+        pair_arms = [name for name in arms.names() if arms.get(name).pairs]
+        raise PreferenceError(f"no preference pairs for method {method!r}; pair-trained arms: {pair_arms}")
     folder = runs.preferences_dir(profile.run_path, method)
-    if method in ("dpo", "sft") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if arm.data == "teacher" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under `accelerate launch` every process would sample and write the same files: the pairs
         # must have been built beforehand, in one process (notebook 03, or this function).
-        if method not in ("dpo", "sft") and not (folder / "dataset").exists():
+        if arm.data != "teacher" and not (folder / "dataset").exists():
             raise PreferenceError(f"no {method} pairs in {folder}: build them in one process first "
                                   f"(fcdpo.preferences.method_preferences(profile, {method!r}))")
         return load_preferences(folder)
-    if method == "step_dpo":
+    if arm.data == "step":
         return build_step_preference_dataset(profile)[0]
     return build_onpolicy_preference_dataset(profile, progress=progress)[0]

@@ -1,6 +1,6 @@
 """Where a run keeps its files: the one module that knows the run folder's layout.
 
-Layer: settings and formats; imports nothing of fcdpo.
+Layer: settings and formats; imports `fcdpo.arms`.
 
 A profile's run folder (`run_dir` in its YAML, `runs/<profile>/` by default, `Profile.run_path`) holds:
 
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The preference folder each pair-trained arm reads (grpo learns from rewards, not pairs).
-PREFERENCE_FOLDERS = {"dpo": "preferences", "sft": "preferences", "step_dpo": "preferences-step",
-                      "onpolicy_dpo": "preferences-onpolicy"}
+from fcdpo import arms
 
 
 def problems_file(run: str | Path, task: str, split: str) -> Path:
@@ -43,16 +41,30 @@ def rollouts_file(run: str | Path, task: str, model: str = "teacher") -> Path:
 
 
 def preferences_dir(run: str | Path, method: str = "dpo") -> Path:
-    """The pairs `method` trains on (`PREFERENCE_FOLDERS`)."""
-    if method not in PREFERENCE_FOLDERS:
-        raise ValueError(f"method {method!r} trains on no preference pairs; pair-trained arms: {sorted(PREFERENCE_FOLDERS)}")
-    return Path(run) / PREFERENCE_FOLDERS[method]
+    """The pairs `method` trains on (its `fcdpo.arms` record's folder)."""
+    folder = arms.get(method).folder
+    if folder is None:
+        pair_arms = [name for name in arms.names() if arms.get(name).pairs]
+        raise ValueError(f"method {method!r} trains on no preference pairs; pair-trained arms: {pair_arms}")
+    return Path(run) / folder
 
 
-def onpolicy_round_dir(run: str | Path, label: str, number: int) -> Path:
-    """The pairs of round `number` of the on-policy arm `label`: its first round's are the arm's own folder."""
-    first = preferences_dir(run, "onpolicy_dpo")
-    return first if number == 1 else first.with_name(f"{first.name}-{label}-round{number}")
+def pairs_dir(run: str | Path, data: str) -> Path:
+    """The pairs of one kind of data (`fcdpo.arms.DATA_FOLDERS`: "teacher", "step", "student")."""
+    folder = arms.DATA_FOLDERS.get(data)
+    if folder is None:
+        raise ValueError(f"{data!r} names no pairs; the kinds of pairs are "
+                         f"{[name for name, place in arms.DATA_FOLDERS.items() if place]}")
+    return Path(run) / folder
+
+
+def onpolicy_round_dir(run: str | Path, label: str, number: int, shared: bool | None = None) -> Path:
+    """The pairs of round `number` of the on-policy arm `label`. The first round's are the plain student's
+    pairs, shared by every seed and arm (`shared`, default: round 1 only); an arm whose first round
+    samples another model has its own."""
+    first = pairs_dir(run, "student")
+    shared = number == 1 if shared is None else shared
+    return first if shared else first.with_name(f"{first.name}-{label}-round{number}")
 
 
 def seed_label(method: str, seed: int, default_seed: int) -> str:

@@ -1,6 +1,6 @@
 """The settings of a run: one dataclass per section of a profile, and `build`, which makes them from YAML data.
 
-Layer: settings and formats; imports nothing of fcdpo.
+Layer: settings and formats; imports `fcdpo.arms` (the registry of training arms) and `fcdpo.runs`.
 
 Every stage takes its section from here; `fcdpo.config` reads a profile file into them and checks it
 against the tasks and backends. Every key is checked by `build`: an unknown or misspelled key, or a
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fcdpo import arms, runs
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -27,12 +29,6 @@ class ConfigError(ValueError):
 SYNTAXES = ("python", "json")  # how a model writes its calls: the paper's `add(a=3, b=4)`, or native tool calls
 HELD_OUT_SPLITS = ("eval", "dev")  # what `evaluation.split` may score: reported results, or recipe choice
 
-# Every training arm: the paper's DPO on the teacher's pairs and its SFT baseline, then DPO on step-level
-# pairs of the same teacher chains (Step-DPO), DPO on the student's own chains (on-policy), and GRPO on
-# the student's own chains rewarded by the answer check (`fcdpo.grpo`, no pairs). Every DPO arm trains
-# the same way (`AssistantOnlyDPOTrainer`) on the pairs of its own folder
-# (`fcdpo.runs.PREFERENCE_FOLDERS`).
-METHODS = ("dpo", "sft", "step_dpo", "onpolicy_dpo", "grpo")
 
 
 def check_counts(config: Any, section: str, names: tuple[str, ...], least: int = 1) -> None:
@@ -46,6 +42,28 @@ def check_counts(config: Any, section: str, names: tuple[str, ...], least: int =
 def turn_char_limit(max_new_tokens: int) -> int:
     """The longest model turn kept in a chain whose turns get `max_new_tokens` each."""
     return max(16_000, 16 * max_new_tokens)
+
+
+def field_notes(cls: type) -> dict[str, str]:
+    """What each field of a settings dataclass is for, read from the comments in its source: those on the
+    lines just above the field, then the one at the end of its line. The notebooks show a section's
+    settings with these, so a setting is explained once, here."""
+    import inspect
+    import re
+
+    notes: dict[str, str] = {}
+    above: list[str] = []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# ").strip())
+            continue
+        match = re.match(r"(\w+): [^=]+=(.*)$", text)
+        if match and match.group(1) in {f.name for f in dataclasses.fields(cls)}:
+            trailing = match.group(2).split("  # ", 1)[1].strip() if "  # " in match.group(2) else ""
+            notes[match.group(1)] = " ".join(above + ([trailing] if trailing else []))
+        above = []
+    return notes
 
 
 # --------------------------------------------------------------------------- the sections of a profile
@@ -140,9 +158,10 @@ class TrainingConfig:
     """How the student is fine-tuned on the pairs: DPO, and the SFT baseline on the same budget (`fcdpo.training`)."""
 
     load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 with double quantisation (bitsandbytes)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: int = 16  # rank of the LoRA update matrices
+    lora_alpha: int = 32  # LoRA scale: the update is multiplied by alpha / r
+    lora_dropout: float = 0.05  # dropout on the LoRA input
+    # the linear layers that get an adapter
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -154,9 +173,9 @@ class TrainingConfig:
     learning_rate: float = 5e-6  # DPO
     sft_learning_rate: float = 1e-4  # the SFT baseline
     max_steps: int = 0  # optimizer steps of both methods; 0: `epochs` passes over the training pairs
-    epochs: float = 1.0
+    epochs: float = 1.0  # passes over the training pairs when max_steps is 0
     batch_size: int = 4  # pairs (DPO) or chains (SFT) per device and micro-batch
-    grad_accumulation: int = 1
+    grad_accumulation: int = 1  # micro-batches per optimizer step
     max_length: int = 1024  # tokens of prompt + chain; longer pairs are dropped and counted, never truncated
     warmup: float = 0.1  # learning-rate warmup: a fraction of the steps when < 1, else a number of steps
     gradient_checkpointing: bool | None = None  # None: on for GPUs, off on CPU
@@ -166,7 +185,7 @@ class TrainingConfig:
     # reference's log-probabilities once before training (TRL's `precompute_ref_log_probs`), kept in
     # `training/reference_log_probs/` for every seed trained on the same pairs and reference.
     shared_prefix: bool = False
-    precompute_ref_log_probs: bool = False
+    precompute_ref_log_probs: bool = False  # speed: the reference's log-probabilities once, for every seed
     # DPO: whether the rejected chain's final-answer turn counts in the loss. The teacher's wrong logic
     # chains almost never answer "False", so pushing their answers down teaches a label prior
     # (docs/tiny-lab.md); false leaves the rejected answer out and keeps the rest of the chain.
@@ -174,17 +193,19 @@ class TrainingConfig:
     # None: the student's own chat template; a name in fcdpo.chat_templates.CHAT_TEMPLATES or a .jinja file
     # (one that can render tool turns: Mistral-7B-Instruct-v0.2's own template refuses them).
     chat_template: str | None = None
-    logging_steps: int = 5
+    logging_steps: int = 5  # one row of the curves every this many steps
     eval_steps: int = 0  # evaluate on the validation pairs every this many steps; 0: once, at the end
-    seed: int = 0
+    seed: int = 0  # adapter initialisation and data order
     # More training seeds: each method is also trained with each of these (adapter initialisation and
     # data order), as `training/<method>-s<seed>/`, so results can be given as a mean over seeds.
     extra_seeds: list[int] = field(default_factory=list)
-    # The arms notebook 03 trains and notebook 04 evaluates (`METHODS`): dpo and sft always,
-    # and any of "step_dpo" (step-level pairs of the teacher's chains), "onpolicy_dpo" (pairs of the
-    # student's own chains) and "grpo" (reinforcement learning on the answer check, `grpo` below) named here.
+    # The arms notebook 03 trains and notebook 04 evaluates: sft and dpo always, then any other arm of
+    # the registry (`fcdpo.arms`: rpo, sft_dpo, sft_long, step_dpo, onpolicy_dpo, grpo, ...) named here.
     methods: list[str] = field(default_factory=lambda: ["dpo", "sft"])
-    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    # Per-arm settings, e.g. {sft_dpo: {epochs: 1.0}}: any key of this section but the run's own
+    # (methods, extra_seeds, arms), on top of the arm's fixed recipe (`fcdpo.arms.Arm.recipe`).
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)  # the GRPO arms (GRPOSettings above)
     # onpolicy_dpo: rounds of sampling and DPO. Each round after the first samples the previous round's
     # model, starts from its adapter and takes it as the reference (iterative RPO, Pang et al. 2024,
     # with loss_type [sigmoid, sft]); every round gets the same steps.
@@ -192,6 +213,40 @@ class TrainingConfig:
     # onpolicy_dpo: the temperature the student's own chains are sampled at (None: rollouts.temperature,
     # the teacher's). A teacher sampled hot for varied pairs does not make the student's setting right.
     onpolicy_temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(TrainingConfig)
+        converted = {}
+        for name, values in self.arms.items():
+            if name not in arms.names():
+                raise ValueError(f"training.arms names {name!r}, which is not an arm; the arms are {list(arms.names())}")
+            if not isinstance(values, dict):
+                raise ValueError(f"training.arms.{name} must be a mapping of training settings, got {values!r}")
+            wrong = sorted(set(values) - set(hints) | set(values) & set(_RUN_KEYS))
+            if wrong:
+                raise ValueError(f"training.arms.{name}: {wrong} cannot be set per arm; the keys are "
+                                 f"{sorted(set(hints) - set(_RUN_KEYS))}")
+            converted[name] = {key: _convert(hints[key], value, f"training.arms.{name}.{key}")
+                               for key, value in values.items()}
+        self.arms = converted
+
+
+# Settings of a whole run, not of one arm: which arms and seeds train, and the per-arm section itself.
+_RUN_KEYS = ("methods", "extra_seeds", "arms")
+
+
+def arm_run(settings: TrainingConfig, method: str, seed: int | None = None) -> tuple[TrainingConfig, str]:
+    """The settings `method` trains with at `seed`, and its run label.
+
+    The profile's `training` section, then the arm's fixed recipe (`fcdpo.arms.Arm.recipe`, e.g. plain
+    DPO's sigmoid loss), then the profile's `training.arms.<method>`; with a `seed` other than
+    `training.seed`, that seed, and the label `<method>-s<seed>` (`runs.seed_label`).
+    """
+    arm = arms.get(method)
+    chosen = dataclasses.replace(settings, **{**arm.recipe, **settings.arms.get(method, {})})
+    if seed is None or seed == settings.seed:
+        return chosen, method
+    return dataclasses.replace(chosen, seed=seed), runs.seed_label(method, seed, settings.seed)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fcdpo import runs
+from fcdpo import arms, runs
 from fcdpo.agent import FINAL_ANSWER
 from fcdpo.config import student_spec
 from fcdpo.finetuning import (  # what every training arm shares
@@ -63,14 +63,13 @@ from fcdpo.loading import compute_dtype
 from fcdpo.messages import restore_messages, restore_tools
 from fcdpo.prefix_attention import first_turn_passes
 from fcdpo.progress import headless, trainer_callback
-from fcdpo.settings import METHODS, TrainingConfig
+from fcdpo.settings import TrainingConfig, arm_run
 
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset, DatasetDict
     from transformers import PreTrainedTokenizerBase
 
-DPO_METHODS = ("dpo", "step_dpo", "onpolicy_dpo")
 REFERENCE_CACHE = "reference_log_probs"  # beside the arms' folders: the reference's log-probs, shared by seeds
 
 # --------------------------------------------------------------------------- tokenization with masks
@@ -396,13 +395,14 @@ def train(
     output_dir: str | Path,
     progress: bool = False,
     init_adapter: str | Path | None = None,
+    steps: int | None = None,
 ) -> TrainingResult:
-    """Train a LoRA adapter on `model` with `method` (one of METHODS) and save it under `output_dir`.
+    """Train a LoRA adapter on `model` with `method` (an arm of `fcdpo.arms`) and save it under `output_dir`.
 
-    `preferences` is the DatasetDict of `fcdpo.preferences` (`train`, optionally `validation`). The
-    DPO methods (DPO_METHODS) train on the pairs, whichever chains they were built from; SFT on the
+    `preferences` is the DatasetDict of `fcdpo.preferences` (`train`, optionally `validation`). Arms
+    whose trainer is "dpo" train on the pairs, whichever chains they were built from; "sft" arms on the
     distinct chosen chains of the same pairs, for the same number of optimizer steps of the same batch
-    size (`resolve_steps` on the pair count).
+    size (`resolve_steps` on the pair count). `settings` are the arm's own (`fcdpo.settings.arm_run`).
 
     Writes `output_dir/adapter/` (the adapter and the tokenizer: `HFBackend(model, adapter=...)` loads
     it), `curves.json` / `curves.csv` (one row per logging step: loss, and for DPO rewards/margins and
@@ -412,22 +412,21 @@ def train(
 
     With `init_adapter`, training starts from that adapter instead of a fresh one, and the DPO
     methods take the model with it (a frozen copy, TRL's "ref" adapter) as the reference: a later
-    round of iterative DPO.
+    round of iterative DPO, or DPO after SFT. `steps` sets the optimizer steps (default: `resolve_steps`).
 
     Raises TrainingError for an unknown method, no training pair, or every example over `max_length`.
     """
     import datasets as hf_datasets
     from transformers import PrinterCallback
 
-    if method not in METHODS:
-        raise TrainingError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "grpo":
-        raise TrainingError("grpo trains on problems, not preference pairs: use fcdpo.grpo.train_grpo "
-                            "(or train_from_profile(profile, 'grpo'))")
+    kind = _trainer_kind(method)
+    if kind == "grpo":
+        raise TrainingError(f"{method} trains on problems, not preference pairs: use fcdpo.grpo.train_grpo "
+                            f"(or train_from_profile(profile, {method!r}))")
     if len(preferences["train"]) == 0:
         raise TrainingError("the preference dataset has no training pairs")
     output_dir = Path(output_dir)
-    steps = resolve_steps(settings, len(preferences["train"]), launched_processes())
+    steps = steps or resolve_steps(settings, len(preferences["train"]), launched_processes())
     memory_before = memory_snapshot()
     started = time.perf_counter()
     base, tokenizer = load_student(model, settings)
@@ -509,7 +508,7 @@ def _tokenized_splits(
     for name in ("train", "validation"):
         if name not in preferences or len(preferences[name]) == 0:
             continue
-        if method in DPO_METHODS:
+        if _trainer_kind(method) == "dpo":
             data[name], dropped[name] = tokenize_preferences(preferences[name], tokenizer, max_length, rejected_answer)
         else:
             rows = chosen_conversations(preferences[name])
@@ -545,14 +544,14 @@ def _trainer(
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accumulation,
-        learning_rate=settings.learning_rate if method in DPO_METHODS else settings.sft_learning_rate,
+        learning_rate=settings.learning_rate if _trainer_kind(method) == "dpo" else settings.sft_learning_rate,
         max_length=settings.max_length,
         **trainer_arguments(settings, progress),
         eval_strategy="steps" if evaluate_during else "no",
         eval_steps=settings.eval_steps if evaluate_during else None,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient at every step
     )
-    if method in DPO_METHODS:
+    if _trainer_kind(method) == "dpo":
         from trl import DPOConfig
 
         trainer = _dpo_trainer_class()(
@@ -587,13 +586,24 @@ def _trainer(
     return trainer
 
 
+def _trainer_kind(method: str) -> str:
+    """The trainer of arm `method` ("dpo", "sft" or "grpo"); TrainingError for an unknown arm."""
+    try:
+        return arms.get(method).trainer
+    except arms.ArmError as error:
+        raise TrainingError(str(error)) from None
+
+
 def trained_methods(settings: TrainingConfig) -> tuple[str, ...]:
     """The methods a run trains and evaluates: sft and dpo (the paper's comparison), then the other
-    arms named in `training.methods`, in their order."""
-    unknown = [m for m in settings.methods if m not in METHODS]
+    arms named in `training.methods`, in their order, each after the arms it starts from."""
+    unknown = [m for m in settings.methods if m not in arms.names()]
     if unknown:
-        raise TrainingError(f"training.methods {unknown} unknown; the methods are {list(METHODS)}")
-    return tuple(dict.fromkeys(["sft", "dpo", *settings.methods]))
+        raise TrainingError(f"training.methods {unknown} unknown; the methods are {list(arms.names())}")
+    ordered: list[str] = []
+    for method in ["sft", "dpo", *settings.methods]:
+        ordered += [*reversed(arms.starts(method)), method]
+    return tuple(dict.fromkeys(ordered))
 
 
 def seed_labels(method: str, settings: TrainingConfig) -> dict[str, int]:
@@ -612,57 +622,99 @@ def train_from_profile(
     profile: Any, method: str, preferences: "DatasetDict | None" = None, progress: bool = False,
     seed: int | None = None,
 ) -> TrainingResult:
-    """Notebook 03 in one call: train the profile's student with `method` on the run's preference pairs.
+    """Notebook 03 in one call: train the profile's student with arm `method` (`fcdpo.arms`).
 
-    Takes the method's pairs unless given (`fcdpo.preferences.method_preferences`: `preferences/` for
-    dpo and sft, step pairs of the teacher's rollouts for step_dpo, pairs of the student's own
-    rollouts for onpolicy_dpo, sampling them first) and writes `training/<method>/`, or with a `seed`
-    other than `training.seed`, `training/<method>-s<seed>/` with that seed. grpo trains on the
-    training problems themselves (`fcdpo.grpo.train_grpo`; `preferences` is not used).
+    Takes the arm's pairs unless given (`fcdpo.preferences.method_preferences`: the teacher's pairs,
+    step pairs of its rollouts, or pairs of the student's own chains, sampling them first) and writes
+    `training/<method>/`, or with a `seed` other than `training.seed`, `training/<method>-s<seed>/`
+    with that seed. The arm's settings are `fcdpo.settings.arm_run`'s. An arm that starts from another
+    (`Arm.start`) trains that one first (or keeps it, trained earlier) and starts from its adapter at
+    the same seed, which is then its reference; an arm with a step budget of others (`Arm.steps_of`)
+    trains as many steps as they do together. A GRPO arm trains on the training problems themselves
+    (`fcdpo.grpo.train_grpo`; `preferences` is not used).
     """
     from fcdpo.preferences import method_preferences
 
-    if method not in METHODS:
-        raise TrainingError(f"method must be one of {METHODS}, got {method!r}")
+    arm = arms.get(method) if method in arms.names() else None
+    if arm is None:
+        raise TrainingError(f"method must be one of {list(arms.names())}, got {method!r}")
     finished = finished_arm(profile, method, seed, preferences)
     if finished is not None:
         print(f"{finished.output_dir}: trained earlier with these settings, kept "
               f"(delete the folder to train it again)")
         return finished
-    if method == "grpo":
+    init = None
+    if arm.start is not None:
+        shares_data = preferences is not None and arms.get(arm.start).data == arm.data
+        start = train_from_profile(profile, arm.start, preferences if shares_data else None, progress, seed)
+        init, start.trainer = start.adapter_dir, None
+    if arm.trainer == "grpo":
         from fcdpo.grpo import train_grpo
 
-        return train_grpo(profile, progress=progress, seed=seed)
-    if method == "onpolicy_dpo" and preferences is None and profile.training.onpolicy_rounds > 1:
-        return train_onpolicy(profile, progress=progress, seed=seed)
-    run = profile.run_path
+        return train_grpo(profile, progress=progress, seed=seed, method=method, init_adapter=init)
+    settings, label = arm_run(profile.training, method, seed)
+    if arm.data == "student" and preferences is None and (settings.onpolicy_rounds > 1 or init is not None):
+        return train_onpolicy(profile, progress=progress, seed=seed, method=method, init_adapter=init)
     preferences = preferences if preferences is not None else method_preferences(profile, method, progress)
-    settings = profile.training
-    label = method
-    if seed is not None and seed != settings.seed:
-        settings, label = replace(settings, seed=seed), runs.seed_label(method, seed, settings.seed)
-    return train(method, student_reference(profile), preferences, settings, runs.training_dir(run, label),
-                 progress=progress)
+    steps = budget_steps(profile, method, len(preferences["train"]), seed)
+    return train(method, student_reference(profile), preferences, settings, runs.training_dir(profile.run_path, label),
+                 progress=progress, init_adapter=init, steps=steps)
 
 
-# Settings that only some arms read, and the arms that read them: an arm trained earlier is kept when
-# settings it does not read change (the SFT baseline, for instance, when DPO's beta does).
-_READ_BY = {
-    "grpo": ("grpo",),
-    "onpolicy_rounds": ("onpolicy_dpo",),
-    "onpolicy_temperature": ("onpolicy_dpo",),
-    **{key: DPO_METHODS for key in ("beta", "loss_type", "loss_weights", "learning_rate", "rejected_answer_in_loss")},
-    "sft_learning_rate": ("sft",),
-}
+def train_arms(profile: Any, progress: bool = False, preferences: "DatasetDict | None" = None,
+               methods: "list[str] | tuple[str, ...] | None" = None) -> list[dict[str, Any]]:
+    """Notebook 03's loop: every arm of the run (`trained_methods`) at every seed (`seed_labels`).
+
+    An arm trained earlier with these settings is kept (`finished_arm`), so a stopped run resumes at
+    the first arm not finished. An arm that cannot be trained (no pairs, say) is reported and the
+    others still train; notebook 04 notes the gap. `preferences` (the teacher's pairs) are passed to
+    the arms that train on them. Returns one row per label: its method, seed, pairs, steps, seconds
+    and final validation metrics, or why it was not trained.
+    """
+    import gc
+
+    rows = []
+    for method in methods or trained_methods(profile.training):
+        shares = preferences if arms.get(method).data == "teacher" else None
+        for label, seed in seed_labels(method, profile.training).items():
+            gc.collect()
+            try:
+                result = train_from_profile(profile, method, shares, progress=progress, seed=seed)
+            except TrainingError as error:
+                print(f"{label}: not trained: {error}")
+                rows.append({"label": label, "method": method, "seed": seed, "not trained": str(error)})
+                continue
+            final = result.report.get("final", {})
+            rows.append({"label": label, "method": method, "seed": seed,
+                         "pairs": result.report.get("pairs", {}).get("train"), "steps": result.report["steps"],
+                         "train seconds": result.report.get("train_seconds"),
+                         "validation loss": final.get("eval_loss"),
+                         "validation reward accuracy": final.get("eval_rewards/accuracies")})
+            result.trainer = None
+    return rows
+
+
+def budget_steps(profile: Any, method: str, pairs: int, seed: int | None = None) -> int | None:
+    """The optimizer steps of an arm whose budget is that of other arms together (`Arm.steps_of`), each
+    counted on `pairs` training pairs with its own settings; None for an arm that counts its own."""
+    parts = arms.get(method).steps_of
+    if not parts:
+        return None
+    return sum(resolve_steps(arm_run(profile.training, part, seed)[0], pairs, launched_processes()) for part in parts)
+
+
 # Which arms and seeds a run trains, and how fast, not what a model learns (the speed settings give the
-# same losses: tests/test_training.py), and `eval_steps`, how often the validation pairs are scored.
-_RUN_SETTINGS = ("methods", "extra_seeds", "shared_prefix", "precompute_ref_log_probs", "eval_steps")
+# same losses: tests/test_training.py), and `eval_steps`, how often the validation pairs are scored. The
+# per-arm section (`arms`) is already folded into each arm's settings.
+_RUN_SETTINGS = ("methods", "extra_seeds", "arms", "shared_prefix", "precompute_ref_log_probs", "eval_steps")
 
 
 def _arm_settings(settings: TrainingConfig, method: str) -> dict[str, Any]:
-    """The settings that shape `method`'s model: all but the run's (`_RUN_SETTINGS`) and those only other arms read."""
+    """The settings that shape `method`'s model: all but the run's (`_RUN_SETTINGS`) and those only other
+    arms read (`fcdpo.arms.reads`: an SFT arm trained earlier is kept when DPO's beta changes)."""
+    specific, own = arms.arm_specific(), arms.reads(method)
     return {k: v for k, v in asdict(settings).items()
-            if method in _READ_BY.get(k, (method,)) and k not in _RUN_SETTINGS}
+            if (k not in specific or k in own) and k not in _RUN_SETTINGS}
 
 
 def same_student(earlier: str | Path, model: str | Path, run: str | Path) -> bool:
@@ -685,12 +737,14 @@ def finished_arm(
     A long run (`make experiments`) that stops part-way resumes at the first arm not finished: an arm
     is finished when its folder has `adapter/`, `curves.json` and `report.json`, and the report's
     method, student (the same path, or the run folder's own `lab/student` in a run folder that was
-    copied) and settings are this profile's, leaving aside settings only other arms read. When
-    `preferences` are given, the report's pair counts must be theirs too. The result has no trainer.
+    copied) and settings are this profile's, leaving aside settings only other arms read, and the arm
+    it starts from, if any, is finished too. When `preferences` are given, the report's pair counts
+    must be theirs too. The result has no trainer.
     """
-    settings, label = profile.training, method
-    if seed is not None and seed != settings.seed:
-        settings, label = replace(settings, seed=seed), runs.seed_label(method, seed, settings.seed)
+    settings, label = arm_run(profile.training, method, seed)
+    start = arms.get(method).start
+    if start is not None and finished_arm(profile, start, seed) is None:
+        return None
     folder = runs.training_dir(profile.run_path, label)
     paths = [folder / "adapter", folder / "report.json", folder / CURVES_FILE]
     if not all(path.exists() for path in paths):
@@ -715,11 +769,13 @@ def finished_arm(
 
 def train_onpolicy(
     profile: Any, progress: bool = False, seed: int | None = None, backend_for: Any = None,
+    method: str = "onpolicy_dpo", init_adapter: str | Path | None = None,
 ) -> TrainingResult:
-    """The onpolicy_dpo arm over `training.onpolicy_rounds` rounds (iterative RPO, Pang et al. 2024).
+    """An arm on the student's own chains over `training.onpolicy_rounds` rounds (iterative RPO, Pang et al. 2024).
 
-    Round 1 is the one-round arm: the student's pairs (`preferences-onpolicy/`), a fresh adapter,
-    the student as reference. Round r > 1 samples the model of round r − 1 (its chains in
+    Round 1 samples the student (or, with `init_adapter`, the student with that adapter, which the
+    round then starts from and takes as reference); the plain student's pairs are shared by every seed
+    (`preferences-onpolicy/`). Round r > 1 samples the model of round r − 1 (its chains in
     `rollouts/<label>-round<r-1>-<task>.jsonl`, its pairs in `preferences-onpolicy-<label>-round<r>/`),
     starts from that round's adapter and takes it as the reference. Each round gets the same steps;
     earlier rounds are kept in `training/<label>/round<r>/`, the last one is `training/<label>/` (what
@@ -733,14 +789,12 @@ def train_onpolicy(
     from fcdpo.backends import load_backend
     from fcdpo.preferences import build_onpolicy_preference_dataset
 
-    settings, label = profile.training, "onpolicy_dpo"
-    if seed is not None and seed != settings.seed:
-        settings, label = replace(settings, seed=seed), runs.seed_label("onpolicy_dpo", seed, settings.seed)
-    if launched_processes() > 1 and settings.onpolicy_rounds > 1:
-        raise TrainingError("later rounds of onpolicy_dpo sample the trained model: run them in one process")
+    settings, label = arm_run(profile.training, method, seed)
+    if launched_processes() > 1 and (settings.onpolicy_rounds > 1 or init_adapter is not None):
+        raise TrainingError(f"{method} samples a trained model: run it in one process")
     run = profile.run_path
     folder = runs.training_dir(run, label)
-    adapter: Path | None = None
+    adapter: Path | None = None if init_adapter is None else Path(init_adapter)
     rounds: list[dict[str, Any]] = []
     result = None
     for number in range(1, settings.onpolicy_rounds + 1):
@@ -750,14 +804,14 @@ def train_onpolicy(
             backend = None  # the profile's student
         else:
             backend = load_backend({**student_spec(profile), "adapter": str(adapter)}, root=run)
+        sampled = "student" if adapter is None else f"{label}-start" if number == 1 else f"{label}-round{number - 1}"
         dataset, pairs = build_onpolicy_preference_dataset(
-            profile, backend=backend, progress=progress,
-            name="student" if number == 1 else f"{label}-round{number - 1}",
-            folder=runs.onpolicy_round_dir(run, label, number),
+            profile, backend=backend, progress=progress, name=sampled,
+            folder=runs.onpolicy_round_dir(run, label, number, shared=adapter is None),
         )
         del backend
         last = number == settings.onpolicy_rounds
-        result = train("onpolicy_dpo", student_reference(profile), dataset, settings,
+        result = train(method, student_reference(profile), dataset, settings,
                        folder if last else folder / f"round{number}", progress=progress, init_adapter=adapter)
         rounds.append({"round": number, "init_adapter": None if adapter is None else str(adapter),
                        "pairs": result.report["pairs"], "steps": result.report["steps"],
@@ -814,7 +868,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Train the student of a profile on its run's preference pairs.")
     parser.add_argument("--profile", default="tiny-cpu", help="a name from configs/ or a YAML path")
-    parser.add_argument("--method", choices=METHODS, default="dpo")
+    parser.add_argument("--method", choices=arms.names(), default="dpo")
     parser.add_argument("--seed", type=int, help="train with this seed into training/<method>-s<seed>/")
     parser.add_argument("-o", "--override", action="append", default=[],
                         help="dotted profile key=value (YAML value), repeatable, e.g. training.max_steps=10")
@@ -824,7 +878,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     result = train_from_profile(load_profile(args.profile, overrides), args.method, seed=args.seed)
-    if result.trainer.accelerator.is_main_process:
+    # An arm trained earlier comes back without a trainer (`finished_arm`); it has one process, this one.
+    if result.trainer is None or result.trainer.accelerator.is_main_process:
         # grpo drops nothing for length (it has no pairs) and reports what its rollouts cost instead
         print(json.dumps({k: result.report[k] for k in ("method", "steps", "seconds", "dropped_too_long", "rollouts")
                           if k in result.report}))
