@@ -352,7 +352,7 @@ def test_a_logiclm_record_with_an_unknown_answer_is_a_gold_error(tmp_path):
     path.write_text(json.dumps(PRONTOQA + [{**PRONTOQA[0], "id": "x", "answer": "E"}]), encoding="utf-8")
     loaded = read_logiclm(path, "prontoqa")
     assert [(r.line, r.kind) for r in loaded.rejected] == [(3, "gold")]
-    with pytest.raises(ValueError, match=r"dev\.json:3: the gold answer cannot be read"):
+    with pytest.raises(ValueError, match=r"dev\.json: record 3: the gold answer cannot be read"):
         read_logiclm(path, "prontoqa", strict=True)
 
 

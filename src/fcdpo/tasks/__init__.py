@@ -4,7 +4,7 @@ Layer: functions and tasks; imports the task modules, `fcdpo.settings` and `fcdp
 """
 
 from fcdpo import runs
-from fcdpo.tasks.base import Problem, Task, load_problems, save_problems
+from fcdpo.tasks.base import DatasetUnavailableError, Problem, Task, load_problems, save_problems
 
 
 def get_task(
@@ -77,11 +77,13 @@ def problem_sets(profile, splits: tuple[str, ...] = ("eval", "train")) -> dict[s
     A generated task draws disjoint seeded splits (`split_problems`). A real dataset
     (`fcdpo.tasks.sources`) gives its test / validation rows as `eval`, with a placeholder for every
     row that cannot be graded (evaluation counts it as not solved), and a seeded sample of its train
-    split as `train`, without any held-out question; what was read is printed.
+    split as `train`, without any held-out question; what was read is printed. Datasets that cannot
+    be read (offline, no local file) are reported together in one DatasetUnavailableError.
     """
     from fcdpo.tasks.sources import SOURCES, TASK_OF_SOURCE, real_splits
 
     out: dict[str, dict[str, list[Problem]]] = {}
+    unavailable: list[str] = []  # every dataset that cannot be read, reported together
     for name, settings in profile.tasks.items():
         task = get_task(name, settings.functions)
         sizes = {split: getattr(settings, split) for split in splits}
@@ -97,8 +99,12 @@ def problem_sets(profile, splits: tuple[str, ...] = ("eval", "train")) -> dict[s
                 raise ValueError(f"tasks.{name}.source is {settings.source!r}, a dataset of the "
                                  f"{TASK_OF_SOURCE[settings.source]!r} task")
             paths = {split: _repository_path(getattr(settings, f"{split}_path")) for split in ("train", "eval")}
-            out[name], report = real_splits(settings.source, name, sizes, profile.seed, paths=paths,
-                                            hub=settings.hub, strict=settings.strict)
+            try:
+                out[name], report = real_splits(settings.source, name, sizes, profile.seed, paths=paths,
+                                                hub=settings.hub, strict=settings.strict)
+            except DatasetUnavailableError as exc:
+                unavailable.append(str(exc))
+                continue
             for line in report:
                 print(line)
         offered = set(task.functions().names)
@@ -111,6 +117,8 @@ def problem_sets(profile, splits: tuple[str, ...] = ("eval", "train")) -> dict[s
                         f"tasks.{name}.functions leaves out"
                     )
             save_problems(problems, runs.problems_file(profile.run_path, name, split))
+    if unavailable:
+        raise DatasetUnavailableError("\n".join(unavailable))
     return out
 
 

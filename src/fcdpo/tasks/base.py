@@ -146,23 +146,36 @@ class Task(abc.ABC):
 
 
 def save_problems(problems: list[Problem], path: str | Path) -> None:
-    """Write problems as JSONL, one per line."""
+    """Write problems as JSONL, one per line, in UTF-8. A problem that UTF-8 cannot store (a lone
+    surrogate in its text) is a ValueError naming the file and the problem."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
+    with path.open("w", encoding="utf-8") as f:
         for p in problems:
-            f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+            try:
+                f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"{path}: problem {p.id!r} cannot be written as UTF-8 (a lone surrogate, "
+                                 f"U+{ord(exc.object[exc.start]):04X}, in its text)") from None
 
 
 def load_problems(path: str | Path) -> list[Problem]:
-    """Read problems written by `save_problems`; a bad line is reported with its number."""
+    """Read problems written by `save_problems`; a bad line (not JSON, nested too deeply, an integer
+    too long to read, not a problem, text UTF-8 cannot store) is a ValueError with its file and line.
+    A UTF-8 byte-order mark is ignored."""
     problems = []
-    with Path(path).open() as f:
+    with Path(path).open(encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                problems.append(Problem.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: not a problem record ({exc})") from exc
+                problem = Problem.from_dict(json.loads(line))
+                json.dumps(problem.to_dict(), ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"{path}:{number}: a lone surrogate (U+{ord(exc.object[exc.start]):04X}) in "
+                                 "the problem's text; UTF-8 cannot store it") from None
+            except (ValueError, TypeError, RecursionError) as exc:
+                reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+                raise ValueError(f"{path}:{number}: not a problem record ({reason})") from exc
+            problems.append(problem)
     return problems

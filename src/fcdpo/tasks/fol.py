@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from fcdpo.tasks.logic import FALSE, RESERVED_WORDS, TRUE, UNKNOWN, FormulaError, KnowledgeBase
 from fcdpo.tasks.base import Problem, Task
-from fcdpo.tasks.records import MAX_LIST_ITEMS, BadRow, Loaded, collect, jsonl_rows
+from fcdpo.tasks.records import MAX_LIST_ITEMS, MAX_TEXT_CHARS, BadRow, Loaded, collect, jsonl_rows
 
 if TYPE_CHECKING:
     from fcdpo.functions import FunctionSet
@@ -93,14 +93,23 @@ _USE_WORDS = frozenset({
 })
 
 
+# Nouns ending in s whose singular is the same word: not `news` -> `new`, `species` -> `specy`.
+_SAME_SINGULAR = frozenset({
+    "news", "species", "series", "means", "headquarters", "crossroads", "barracks", "gallows",
+    "innings", "mathematics", "physics", "ethics", "politics", "economics", "athletics", "gymnastics",
+    "measles", "mumps", "diabetes", "rabies", "herpes", "scabies",
+})
+
+
 def singular(word: str) -> str:
     """The singular of an English noun as ProntoQA-style text writes it: `jompuses` -> `jompus`,
     `cats` -> `cat`, `daisies` -> `daisy`, `mice` -> `mouse`. Words that do not look plural
-    (`wumpus`, `nervous`, `glass`, `red`) come back unchanged, and so does a singular."""
+    (`wumpus`, `nervous`, `glass`, `red`) come back unchanged, and so does a singular, including one
+    that ends like a plural (`news`, `species`, `series`)."""
     lower = word.lower()
     if lower in _IRREGULAR_SINGULARS:
         return _IRREGULAR_SINGULARS[lower]
-    if len(lower) <= 3 or not lower.endswith("s"):
+    if lower in _SAME_SINGULAR or len(lower) <= 3 or not lower.endswith("s"):
         return lower
     if lower in _USE_WORDS:
         return lower[:-1]
@@ -720,7 +729,14 @@ def _lines(value: Any, key: str) -> list[str]:
     items = [v.strip() for v in items if v.strip()]
     if not items:
         raise ValueError(f"{key!r} is empty")
+    _check_length(key, sum(len(v) for v in items))
     return items
+
+
+def _check_length(key: str, chars: int) -> None:
+    """A field's text is bounded as every benchmark text field is (`MAX_TEXT_CHARS`)."""
+    if chars > MAX_TEXT_CHARS:
+        raise ValueError(f"{key!r} is {chars} characters long; the limit is {MAX_TEXT_CHARS}")
 
 
 def folio_record(record: Any, number: int, *, max_premises: int = MAX_FOLIO_PREMISES) -> Problem:
@@ -742,6 +758,7 @@ def folio_record(record: Any, number: int, *, max_premises: int = MAX_FOLIO_PREM
     for key, value in (("conclusion", conclusion), ("conclusion-FOL", conclusion_fol), ("label", label)):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{key!r} must be a non-empty string")
+        _check_length(key, len(value))
     answer = label_of(label)
     if answer is None:
         raise ValueError(f"label {label!r} is not True, False or Uncertain")
@@ -796,8 +813,9 @@ def label_of(text: Any) -> str | None:
     return {"true": TRUE, "false": FALSE, "uncertain": UNKNOWN, "unknown": UNKNOWN}.get(text.strip().lower())
 
 
-def folio_maker() -> Callable[[Any, int, int], Problem]:
-    """What `collect` makes of one FOLIO row: its problem, or a BadRow."""
+def folio_maker(origin: str = "FOLIO") -> Callable[[Any, int, int], Problem]:
+    """What `collect` makes of one FOLIO row: its problem, or a BadRow. `origin` (the file, or the
+    hub split) names the row in warnings."""
 
     def make(record: Any, line: int, index: int) -> Problem:
         if isinstance(record, dict) and "label" in record and isinstance(record["label"], str):
@@ -806,7 +824,7 @@ def folio_maker() -> Callable[[Any, int, int], Problem]:
         problem = folio_record(record, line, max_premises=min(MAX_FOLIO_PREMISES, MAX_LIST_ITEMS))
         error = folio_formula_error(problem)
         if error is not None:
-            logger.warning("FOLIO row %s: the gold formulas cannot be read: %s", line, error)
+            logger.warning("%s:%s: the gold formulas cannot be read: %s", origin, line, error)
             problem.meta["gold_chain_error"] = error
             problem.gold_chain = []
         return problem
@@ -823,7 +841,7 @@ def read_folio(path: str | Path, *, strict: bool = False, limit: int | None = No
     an empty gold chain and `meta["gold_chain_error"]` naming the premise or conclusion, the formula
     and the position; it is listed in `notes` with its line."""
     path = Path(path)
-    loaded = collect("folio", str(path), jsonl_rows(path, "FOLIO"), folio_maker(), strict, limit)
+    loaded = collect("folio", str(path), jsonl_rows(path, "FOLIO"), folio_maker(str(path)), strict, limit)
     for note in loaded.notes:
         note.reason = f"{path}:{note.line}: {note.reason}"
     return loaded

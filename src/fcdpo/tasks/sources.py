@@ -65,13 +65,21 @@ WHERE_TO_GET = {
 # One split of a dataset: a local file, or the Hugging Face Hub
 
 
-def _hub_rows(dataset: str, split: str, hub: str | None) -> tuple[str, Iterator[tuple[int, Any]]]:
+def _path_keys(dataset: str, split: str, task: str | None) -> str:
+    """The profile keys that give a split a local file, e.g. `tasks.math.train_path`."""
+    task = task or TASK_OF_SOURCE[dataset]
+    keys = [key for key, name in SPLITS[dataset].items() if name == split] or ["train", "eval"]
+    return " / ".join(f"tasks.{task}.{key}_path" for key in keys)
+
+
+def _hub_rows(dataset: str, split: str, hub: str | None,
+              task: str | None = None) -> tuple[str, Iterator[tuple[int, Any]]]:
     """Rows of a hub dataset's split, or DatasetUnavailableError saying how to give a local file."""
     name, config = HUB.get(dataset, (None, None))
     if hub is not None:
         name, config = hub, (config if hub == name else None)
     advice = (f"download the official files ({WHERE_TO_GET[dataset]}) and set the profile's "
-              f"tasks.<task>.train_path / eval_path to them")
+              f"{_path_keys(dataset, split, task)} to them")
     if name is None:
         raise DatasetUnavailableError(f"{dataset} is not on the Hugging Face Hub here; {advice}")
     try:
@@ -97,6 +105,7 @@ def load_split(
     hub: str | None = None,
     strict: bool = False,
     limit: int | None = None,
+    task: str | None = None,
 ) -> Loaded:
     """One split of a real dataset, from `path` if given, else from the Hugging Face Hub.
 
@@ -109,6 +118,8 @@ def load_split(
         strict: raise on the first row that is not a record or whose gold answer cannot be read
             (default: skip it, count it in `rejected` and log it).
         limit: read at most this many rows.
+        task: the profile's task the split is for, named in the advice of an error (default: the
+            dataset's task).
 
     Raises:
         DatasetUnavailableError: no path, and the hub cannot give the split (offline, no copy);
@@ -130,9 +141,9 @@ def load_split(
     if dataset in ("prontoqa", "proofwriter"):
         raise DatasetUnavailableError(
             f"{dataset} has no hub source; download the Logic-LM json ({WHERE_TO_GET[dataset]}) and set the "
-            "profile's tasks.<task>.train_path / eval_path to it")
-    origin, rows = _hub_rows(dataset, split, hub)
-    make = gsm8k_maker(split) if dataset == "gsm8k" else folio_maker()
+            f"profile's {_path_keys(dataset, split, task)} to it")
+    origin, rows = _hub_rows(dataset, split, hub, task)
+    make = gsm8k_maker(split) if dataset == "gsm8k" else folio_maker(origin)
     return collect(dataset, origin, rows, make, strict, limit)
 
 
@@ -212,7 +223,7 @@ def read_logiclm(path: str | Path, dataset: str, *, strict: bool = False, limit:
     path = Path(path)
     records = json_records(path, dataset)
     rows = ((number, record) for number, record in enumerate(records, 1))
-    return collect(dataset, str(path), rows, _logiclm_maker(dataset), strict, limit)
+    return collect(dataset, str(path), rows, _logiclm_maker(dataset), strict, limit, unit="record")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +279,12 @@ def real_splits(
     `sizes` maps "eval" / "train" to a count or None (all). `paths` maps them to local files (else
     the hub). The held-out list has a placeholder for every unreadable row; the training list has
     only problems, none with a held-out question.
+
+    Raises:
+        DatasetUnavailableError: a split can be read neither from a file nor from the hub; one
+            error names every such split.
+        ValueError: training problems are asked for and none is left once the held-out questions
+            are dropped (the train file is the held-out file, say); as for `load_split`.
     """
     if dataset not in TASK_OF_SOURCE:
         raise ValueError(f"unknown source {dataset!r}; expected one of {list(SOURCES)}")
@@ -275,16 +292,30 @@ def real_splits(
     out: dict[str, list[Problem]] = {}
     report: list[str] = []
     # The held-out split is read even when only training problems are asked for: they must avoid it.
-    loaded = load_split(dataset, SPLITS[dataset]["eval"], paths.get("eval"), hub=hub, strict=strict)
-    report.append(loaded.summary())
-    whole = held_out(loaded, task, "eval")  # a training problem must avoid all of it, not only the rows used
+    loaded: dict[str, Loaded] = {}
+    missing: list[str] = []
+    for key in ("eval", "train") if "train" in sizes else ("eval",):
+        try:
+            loaded[key] = load_split(dataset, SPLITS[dataset][key], paths.get(key), hub=hub, strict=strict, task=task)
+        except DatasetUnavailableError as exc:
+            missing.append(str(exc))
+    if missing:
+        raise DatasetUnavailableError("\n".join(missing))
+    report.append(loaded["eval"].summary())
+    whole = held_out(loaded["eval"], task, "eval")  # a training problem must avoid all of it, not only the rows used
     if "eval" in sizes:
         limit = sizes["eval"]
         out["eval"] = whole if limit is None else whole[:limit]
     if "train" in sizes:
-        loaded = load_split(dataset, SPLITS[dataset]["train"], paths.get("train"), hub=hub, strict=strict)
-        report.append(loaded.summary())
-        out["train"], dropped = training(loaded, whole, sizes["train"], seed)
+        train = loaded["train"]
+        report.append(train.summary())
+        out["train"], dropped = training(train, whole, sizes["train"], seed)
+        if not out["train"] and sizes["train"] != 0:
+            same = paths.get("train") is not None and paths.get("train") == paths.get("eval")
+            raise ValueError(
+                f"{dataset}: no training problems for tasks.{task}: every one of the {len(train.problems)} "
+                f"problem(s) of {train.origin} has its question in the held-out split ({loaded['eval'].origin})"
+                + ("; train_path and eval_path name the same file" if same else ""))
         if dropped:
             report.append(f"{dataset}: {dropped} training problem(s) dropped: their question is held out")
     return out, report
