@@ -561,6 +561,48 @@ def test_method_table_gives_each_method_over_its_seeds_and_dpo_against_sft():
     assert method_table({**run("dpo", {1})}, {"dpo": ["dpo"]}).empty  # no student: nothing to compare with
 
 
+def test_the_comparison_table_counts_the_seeds_and_corrects_for_the_arms_compared():
+    from fcdpo.evaluation import comparison_table
+
+    def run(label, right, n=40):
+        return {(label, "math-test"): [chain(f"p{i}", correct=i in right) for i in range(n)]}
+
+    chains = {**run("student", set(range(4))), **run("sft", set(range(20))), **run("sft-s1", set(range(22))),
+              **run("rpo", set(range(34))), **run("rpo-s1", set(range(36))),
+              **run("dpo", set(range(2))), **run("dpo-s1", set(range(30)))}
+    table = comparison_table(chains, {"sft": ["sft", "sft-s1"], "rpo": ["rpo", "rpo-s1"], "dpo": ["dpo", "dpo-s1"]},
+                             resamples=2000).set_index("method")
+    assert table.loc["rpo", "accuracy"] == pytest.approx(0.875) and table.loc["rpo", "vs_sft"] == pytest.approx(0.35)
+    assert table.loc["rpo", "vs_sft_low"] > 0 and table.loc["rpo", "p_holm"] < 0.05
+    assert table.loc["rpo", "level"] == pytest.approx(0.975)  # two arms compared with sft
+    # dpo's seeds disagree (5% and 75%, sft's 50% and 55%): the interval over seeds spans 0 widely
+    assert table.loc["dpo", "vs_sft_low"] < 0 < table.loc["dpo", "vs_sft_high"]
+    assert table.loc["dpo", "p_holm"] >= table.loc["dpo", "p"]
+    assert math.isnan(table.loc["sft", "p"]) and table.loc["sft", "gain"] == pytest.approx(0.425)
+
+
+def test_the_sealed_splits_are_scored_under_their_own_names_and_each_scoring_is_in_the_ledger(tmp_path, monkeypatch):
+    from fcdpo import ledger
+    from fcdpo.tasks import sealed_sets
+
+    monkeypatch.setenv("FCDPO_LEDGER", str(tmp_path / "ledger.jsonl"))
+    small = {"run_dir": str(tmp_path), "training.extra_seeds": [], "evaluation.resamples": 10,
+             "tasks.math": {"train": 5, "eval": 4, "dev": 3, "test": 3, "length": 2,
+                            "length_difficulty": {"max_number": 15}},
+             "tasks.fol": {"train": 5, "eval": 4, "dev": 3, "test": 2}}
+    profile = load_profile("tiny-cpu", {**small, "evaluation.split": "test"})
+    sealed, _ = sealed_sets(profile, write=False)
+    backend = ScriptedBackend({profile.task(p.task).user_message(p): gold_scripts([p])[p.question]
+                               for splits in sealed.values() for items in splits.values() for p in items})
+    result = evaluate_run(profile, {"student": backend}, progress=False)
+    assert sorted(result.summary["dataset"]) == ["fol-test", "math-length", "math-test"]
+    assert (profile.run_path / "evaluation" / "sealed_splits.json").exists()
+    [line] = ledger.read()
+    assert line["splits"] == ["length", "test"] and line["models"] == ["student"] and line["profile"] == "tiny-cpu"
+    evaluate_run(profile, {"student": backend}, progress=False)  # the same recipe again: not a new look
+    assert ledger.looks(ledger.read())["test"] == {"scorings": 2, "recipes": 1}
+
+
 def test_the_dev_split_is_scored_under_its_own_names_and_never_the_eval_split(tmp_path):
     small = {"run_dir": str(tmp_path), "training.extra_seeds": [], "evaluation.resamples": 10,
              "tasks.math": {"train": 5, "eval": 4, "dev": 3}, "tasks.fol": {"train": 5, "eval": 4, "dev": 3}}
@@ -576,7 +618,7 @@ def test_the_dev_split_is_scored_under_its_own_names_and_never_the_eval_split(tm
     assert scored == {p.id for splits in sets.values() for p in splits["dev"]}
 
     with pytest.raises(ValueError, match="evaluation.split must be one of"):
-        load_profile("tiny-cpu", {**small, "evaluation.split": "test"})
+        load_profile("tiny-cpu", {**small, "evaluation.split": "sealed"})
     no_dev = load_profile("tiny-cpu", {**small, "evaluation.split": "dev", "tasks.fol.dev": 0})
     with pytest.raises(ValueError, match=r"tasks \['fol'\] have no dev problems"):
         evaluate_run(no_dev, {"student": backend}, progress=False)

@@ -20,7 +20,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 LAYERS = (
     # What a run is made of, in plain data: its settings and its folder's layout, text and messages as
     # stored, chat templates, how models are loaded, the attention kernel.
-    ("settings and formats", ("arms", "settings", "runs", "safe_text", "progress", "chat_templates", "messages", "loading",
+    ("settings and formats", ("arms", "settings", "runs", "stats", "ledger", "safe_text", "progress", "chat_templates", "messages", "loading",
                               "prefix_attention")),
     # The function engine and the tasks: problems, the functions that solve them, the FOL task's formulas
     # and prover, benchmark files.

@@ -264,6 +264,59 @@ def method_table(
     return pd.DataFrame(rows)
 
 
+def correctness(runs: Sequence[Sequence[Trajectory]], problems: Sequence[str]) -> np.ndarray:
+    """Seeds × problems, 1 where a seed's chain for the problem is correct (the mean over its samples)."""
+    out = np.zeros((len(runs), len(problems)))
+    index = {problem: i for i, problem in enumerate(problems)}
+    for row, chains in enumerate(runs):
+        for problem, group in _by_problem(chains).items():
+            if problem in index:
+                out[row, index[problem]] = np.mean([t.correct for t in group])
+    return out
+
+
+def comparison_table(
+    trajectories: Mapping[tuple[str, str], Sequence[Trajectory]],
+    methods: Mapping[str, Sequence[str]],
+    baseline: str = "sft",
+    untrained: str = "student",
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The study's table: per (method, dataset), accuracy over seeds, the gain over the untrained
+    student and over `baseline`, each with a hierarchical bootstrap interval (seeds, then problems:
+    `fcdpo.stats.hierarchical_gain`), and the one-sided p-value of "beats `baseline`" adjusted with
+    Holm over every method compared with it on that dataset, with the interval at the Bonferroni level
+    of that many comparisons (`fcdpo.stats.corrected_level`)."""
+    from fcdpo.stats import corrected_level, hierarchical_gain, holm
+
+    rows = []
+    for dataset in sorted({dataset for _, dataset in trajectories}):
+        problems = sorted({t.problem_id for (label, d), chains in trajectories.items() if d == dataset for t in chains})
+        scored = {method: [trajectories[(label, dataset)] for label in labels if (label, dataset) in trajectories]
+                  for method, labels in methods.items()}
+        scored = {method: runs for method, runs in scored.items() if runs}
+        matrices = {method: correctness(runs, problems) for method, runs in scored.items()}
+        base = correctness([trajectories[(untrained, dataset)]], problems) if (untrained, dataset) in trajectories else None
+        compared = [m for m in matrices if m != baseline] if baseline in matrices else []
+        level = corrected_level(len(compared))
+        versus = {m: hierarchical_gain(matrices[m], matrices[baseline], resamples, seed, level) for m in compared}
+        adjusted = holm({m: v["p"] for m, v in versus.items()})
+        for method, matrix in matrices.items():
+            per_seed = matrix.mean(axis=1)
+            row = {"method": method, "dataset": dataset, "seeds": matrix.shape[0], "problems": len(problems),
+                   "accuracy": float(per_seed.mean()), "min": float(per_seed.min()), "max": float(per_seed.max())}
+            if base is not None:
+                over = hierarchical_gain(matrix, base, resamples, seed)
+                row.update(gain=over["gain"], gain_low=over["low"], gain_high=over["high"])
+            if method in versus:
+                v = versus[method]
+                row.update({f"vs_{baseline}": v["gain"], f"vs_{baseline}_low": v["low"], f"vs_{baseline}_high": v["high"],
+                            "level": level, "p": v["p"], "p_holm": adjusted[method]})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _by_problem(trajectories: Sequence[Trajectory]) -> dict[str, list[Trajectory]]:
     groups: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajectories:
@@ -496,6 +549,7 @@ class Evaluation:
     parameters: dict[str, float | None] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     methods: pd.DataFrame | None = None  # trained methods over their seeds, against the student (`method_table`)
+    comparison: pd.DataFrame | None = None  # against the student and SFT, hierarchical intervals (`comparison_table`)
     costs: pd.DataFrame | None = None  # what each trained method cost (`fcdpo.costs.arm_costs`)
 
 
@@ -763,6 +817,20 @@ def model_labels() -> tuple[str, ...]:
     return ("teacher", "student", *arms.names(), "multi")
 
 
+def _recipe(profile: "Profile") -> dict[str, Any]:
+    """What a ledger line's recipe hash covers: the profile's settings and the shipped lab's manifest."""
+    import dataclasses
+
+    from fcdpo.settings import CONFIG_DIR
+
+    recipe: dict[str, Any] = {"profile": dataclasses.asdict(profile)}
+    shipped = (profile.lab or {}).get("shipped")
+    manifest = CONFIG_DIR.parent / shipped / "manifest.json" if shipped else None
+    if manifest is not None and manifest.exists():
+        recipe["lab_files"] = json.loads(manifest.read_text()).get("files")
+    return recipe
+
+
 def run_models(profile: "Profile") -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The backend specs of the run's models that exist, and a note for each one that does not.
 
@@ -871,6 +939,19 @@ def evaluate_run(profile: "Profile", models: Mapping[str, Any] | None = None, pr
             raise ValueError(f"evaluation.split is 'dev', but tasks {empty} have no dev problems (tasks.<name>.dev: 0)")
         sets = problem_sets(profile, ("eval", "train", "dev"))
         problems = {f"{name}-dev": splits["dev"] for name, splits in sets.items()}
+    elif settings.split == "test":  # the sealed splits: scored once per recipe, each scoring in the ledger
+        from fcdpo.tasks import sealed_sets
+
+        sealed, sealed_report = sealed_sets(profile)
+        empty = sorted(name for name in profile.tasks if not sealed.get(name))
+        if empty:
+            raise ValueError(f"evaluation.split is 'test', but tasks {empty} have no sealed problems "
+                             "(tasks.<name>.test and .length are 0, or the task reads a dataset)")
+        sets = problem_sets(profile)
+        problems = {f"{name}-{split}": items for name, splits in sealed.items() for split, items in splits.items()}
+        folder = runs.evaluation_dir(profile.run_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "sealed_splits.json").write_text(json.dumps(sealed_report, indent=2))
     else:
         sets = problem_sets(profile)
         problems = {name: splits["eval"] for name, splits in sets.items()}
@@ -888,6 +969,14 @@ def evaluate_run(profile: "Profile", models: Mapping[str, Any] | None = None, pr
     methods = {method: list(seed_labels(method, profile.training)) for method in trained_methods(profile.training)}
     result.methods = method_table(result.trajectories, methods, resamples=settings.resamples, seed=settings.seed)
     result.files += write_table(result.methods, result.folder, "methods")
+    result.comparison = comparison_table(result.trajectories, methods, seed=settings.seed)
+    result.files += write_table(result.comparison, result.folder, "comparison")
+    if settings.split == "test":
+        from fcdpo import ledger
+
+        line = ledger.record(profile.name, _recipe(profile), sorted({d.rsplit("-", 1)[1] for d in problems}),
+                             sorted(models))
+        print(f"sealed splits scored; ledger line written to {ledger.ledger_path()} (recipe {line['recipe']})")
     from fcdpo.costs import arm_costs
 
     result.costs = arm_costs(profile)

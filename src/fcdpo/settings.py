@@ -27,7 +27,9 @@ class ConfigError(ValueError):
 
 
 SYNTAXES = ("python", "json")  # how a model writes its calls: the paper's `add(a=3, b=4)`, or native tool calls
-HELD_OUT_SPLITS = ("eval", "dev")  # what `evaluation.split` may score: reported results, or recipe choice
+# What `evaluation.split` may score: "dev" to choose a recipe, "eval" (the first held-out split, scored
+# often while recipes changed: a second dev split now), "test" (the sealed `test` and `length` splits).
+HELD_OUT_SPLITS = ("eval", "dev", "test")
 
 
 
@@ -80,6 +82,13 @@ class TaskConfig:
     train: int | None = 200  # problems the teacher is rolled out on (real data: a seeded sample; None: all)
     eval: int | None = 200  # held-out problems, never seen in training (real data: the first rows; None: all)
     dev: int = 0  # generated only: held-out problems for choosing recipes (the lab's), never reported as results
+    # Generated only, the sealed splits (`fcdpo.tasks.sealed_sets`, docs/protocol.md): `test`, disjoint by
+    # question from every other split and the lab's data, and for math by gold computation from what the
+    # student was trained on; `length`, harder than training (`length_difficulty`). Scored once per recipe,
+    # every scoring written to the ledger (`fcdpo.ledger`).
+    test: int = 0
+    length: int = 0
+    length_difficulty: dict[str, Any] = field(default_factory=dict)  # `difficulty`, updated with these
     train_path: str | None = None  # real data: a local file of the train split (relative: to the repository)
     eval_path: str | None = None  # real data: a local file of the held-out split; None: from the hub
     hub: str | None = None  # real data: another hub id than the default (openai/gsm8k, tasksource/folio)
@@ -258,8 +267,9 @@ class EvaluationConfig:
     batch_size: int = 32  # chains advanced together
     seed: int = 0  # sampling and bootstrap seed
     resamples: int = 1000  # bootstrap resamples of the 95% accuracy intervals
-    # The held-out split scored: "eval" for reported results, "dev" (generated tasks) while choosing a
-    # recipe, so the eval split is scored once, for the chosen one.
+    # The held-out split scored: "dev" (generated tasks) while choosing a recipe; "test" for the sealed
+    # `test` and `length` splits, once per recipe (docs/protocol.md); "eval", the first held-out split,
+    # scored while recipes changed and so a second dev split.
     split: str = "eval"
     gsm8k_path: str | None = None  # GSM8K test.jsonl (relative: to the repository root); None skips it
     folio_path: str | None = None  # FOLIO validation jsonl; None skips it

@@ -1,10 +1,18 @@
 """The reasoning tasks: math word problems and first-order logic.
 
 Layer: functions and tasks; imports the task modules, `fcdpo.settings` and `fcdpo.runs`.
+
+A generated task's problems come in splits drawn from the profile's seed (`split_problems`): `eval`,
+`train` and `dev`, disjoint by question, then the sealed `test` and `length` splits (`sealed_sets`),
+disjoint from all of those and from the tiny lab's own training problems (`lab_problems`).
 """
 
+from __future__ import annotations
+
+from typing import Any, Iterable
+
 from fcdpo import runs
-from fcdpo.tasks.base import DatasetUnavailableError, Problem, Task, load_problems, save_problems
+from fcdpo.tasks.base import DatasetUnavailableError, Problem, Task, gold_computation, load_problems, save_problems
 
 
 def get_task(
@@ -122,6 +130,144 @@ def problem_sets(profile, splits: tuple[str, ...] = ("eval", "train")) -> dict[s
     return out
 
 
+def held_out_sets(profile) -> dict[str, dict[str, list[Problem]]]:
+    """The profile's eval, train and dev problems per task: what the lab never trains on."""
+    sets = {}
+    for name, settings in profile.tasks.items():
+        sizes = {"eval": settings.eval, "train": settings.train, "dev": settings.dev}
+        sets[name] = split_problems(profile.task(name), sizes, profile.seed, **settings.difficulty)
+    return sets
+
+
+def lab_problems(lab, tasks: dict[str, Task], difficulty: dict[str, dict[str, Any]],
+                 held_out: Iterable[str] = ()) -> dict[str, list[Problem]]:
+    """The tiny lab's training problems per task (`lab`: a `LabConfig`), as many as its larger recipe
+    needs: drawn from `lab.data_seed`, skipping questions in `held_out` and repeated ones. The teacher
+    learns from the first `lab.teacher.problems_per_task`, the student from the first
+    `lab.student.problems_per_task` (`fcdpo.tinylab.lab_conversations`)."""
+    seen = set(held_out)
+    wanted = max(lab.teacher.problems_per_task, lab.student.problems_per_task)
+    result = {}
+    for name in sorted(tasks):
+        task, settings = tasks[name], difficulty.get(name, {})
+        kept: list[Problem] = []
+        draw = wanted
+        while len(kept) < wanted:
+            kept = []
+            names = set(seen)
+            for problem in task.generate(draw, seed=lab.data_seed, **settings):
+                if problem.question not in names:
+                    names.add(problem.question)
+                    kept.append(problem)
+            if draw > 20 * wanted:
+                raise ValueError(
+                    f"{name}: only {len(kept)} distinct training problems outside the held-out ones "
+                    f"(wanted {wanted}); lower problems_per_task or widen the difficulty settings"
+                )
+            draw *= 2
+        result[name] = kept[:wanted]
+    return result
+
+
+# The sealed splits draw from seeds of their own, after the profile's eval (0), train (1) and dev (2).
+SEALED_SPLITS = {"test": 3, "length": 4}
+COMMUTATIVE = ("add", "multiply")  # a computation with these operands swapped is the same computation
+
+
+def canonical_computation(problem: Problem) -> tuple:
+    """`gold_computation` with the operands of commutative calls in order: add(a=2, b=3) is add(a=3, b=2)."""
+    return tuple((name, tuple(sorted(v for _, v in args))) if name in COMMUTATIVE else (name, args)
+                 for name, args in gold_computation(problem))
+
+
+def sealed_sets(profile, write: bool = True) -> tuple[dict[str, dict[str, list[Problem]]], dict[str, Any]]:
+    """Every generated task's sealed splits, `{task: {"test": [...], "length": [...]}}`, and a report.
+
+    `test` (`tasks.<task>.test` problems) is drawn at the profile's difficulty from a seed of its own.
+    No test question is in the eval, train or dev split or among the lab's training problems, and no
+    two test problems share one. For math, no test problem's computation (its gold calls with their
+    arguments, operands of add and multiply in either order: `canonical_computation`) is that of a
+    train problem or of a problem the lab's student learned from, and no two test problems share a
+    computation: a right answer cannot be recalled from training. The report counts how many test
+    computations the lab's teacher saw.
+    `length` (`tasks.<task>.length`) is drawn the same way at `difficulty` updated with
+    `length_difficulty`, a setting beyond what the models were trained on, and also avoids the test
+    questions. With `write`, both are saved as `problems/<task>-{test,length}.jsonl` in the run folder.
+    """
+    from fcdpo.settings import LabConfig, build
+
+    earlier = held_out_sets(profile)
+    lab = build(LabConfig, profile.lab, f"profile {profile.name!r}: lab") if profile.lab is not None else None
+    lab_sets: dict[str, list[Problem]] = {}
+    if lab is not None:
+        tasks = {name: profile.task(name) for name in profile.tasks}
+        difficulty = {name: dict(settings.difficulty) for name, settings in profile.tasks.items()}
+        held = {p.question for splits in earlier.values() for ps in splits.values() for p in ps}
+        lab_sets = lab_problems(lab, tasks, difficulty, held)
+    out: dict[str, dict[str, list[Problem]]] = {}
+    report: dict[str, Any] = {}
+    for name, settings in profile.tasks.items():
+        if settings.source != "generated" or not (settings.test or settings.length):
+            continue
+        task = profile.task(name)
+        lab_all = lab_sets.get(name, [])
+        questions = {p.question for ps in earlier[name].values() for p in ps} | {p.question for p in lab_all}
+        computations = None
+        if name == "math":
+            student_data = lab_all[: lab.student.problems_per_task] if lab is not None else []
+            computations = {canonical_computation(p) for p in earlier[name]["train"] + student_data}
+        out[name], report[name] = {}, {}
+        for split, size in (("test", settings.test), ("length", settings.length)):
+            if not size:
+                continue
+            difficulty = {**settings.difficulty, **(settings.length_difficulty if split == "length" else {})}
+            chosen = _fresh(task, split, size, profile.seed * 1000 + SEALED_SPLITS[split], difficulty,
+                            questions, computations)
+            questions |= {p.question for p in chosen}
+            out[name][split] = chosen
+            seen_by_teacher = {canonical_computation(p) for p in lab_all[: lab.teacher.problems_per_task]} if lab else set()
+            report[name][split] = {
+                "problems": len(chosen), "difficulty": difficulty,
+                "distinct_computations": len({canonical_computation(p) for p in chosen}),
+                "computations_the_lab_teacher_saw": sum(canonical_computation(p) in seen_by_teacher for p in chosen),
+                "computations_in_train_or_student_data": 0 if computations is not None else None,
+            }
+            if write:
+                save_problems(chosen, runs.problems_file(profile.run_path, name, split))
+    return out, report
+
+
+def _fresh(task: Task, split: str, size: int, seed: int, difficulty: dict[str, Any], questions: set[str],
+           computations: set[tuple] | None) -> list[Problem]:
+    """`size` problems drawn from `seed` whose questions (and, unless `computations` is None, whose
+    computations) are new: outside the sets given and not repeated among themselves."""
+    draw = size
+    while True:
+        kept: list[Problem] = []
+        new_questions: set[str] = set()
+        new_computations: set[tuple] = set()
+        for problem in task.generate(draw, seed=seed, **difficulty):
+            if problem.question in questions or problem.question in new_questions:
+                continue
+            if computations is not None:
+                computation = canonical_computation(problem)
+                if computation in computations or computation in new_computations:
+                    continue
+                new_computations.add(computation)
+            new_questions.add(problem.question)
+            kept.append(problem)
+        if len(kept) >= size or draw > 50 * size + 100:
+            break
+        draw *= 2
+    if len(kept) < size:
+        raise ValueError(f"{task.name}: only {len(kept)} problems for the sealed split {split!r} are new by question"
+                         f"{' and computation' if computations is not None else ''} (wanted {size}); widen the "
+                         "difficulty settings or ask for fewer")
+    for problem in kept[:size]:
+        problem.id = f"{task.name}-{split}-{problem.id.rsplit('-', 1)[-1]}"
+    return kept[:size]
+
+
 def _repository_path(path: str | None):
     """A profile's file path: as given when absolute, else relative to the repository root."""
     if path is None:
@@ -133,4 +279,5 @@ def _repository_path(path: str | None):
     return Path(path) if Path(path).is_absolute() else CONFIG_DIR.parent / path
 
 
-__all__ = ["Problem", "Task", "get_task", "load_problems", "problem_sets", "save_problems", "split_problems"]
+__all__ = ["Problem", "Task", "canonical_computation", "get_task", "gold_computation", "held_out_sets", "lab_problems",
+           "load_problems", "problem_sets", "save_problems", "sealed_sets", "split_problems"]

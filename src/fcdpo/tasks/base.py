@@ -44,6 +44,13 @@ class Problem:
         return cls(**row)
 
 
+def gold_computation(problem: Problem) -> tuple:
+    """A problem's computation: its gold chain's calls with their arguments, in order, as a hashable
+    tuple. Two questions worded differently that compute the same thing share it."""
+    return tuple((step["name"], tuple(sorted((k, repr(v)) for k, v in (step.get("arguments") or {}).items())))
+                 for step in problem.gold_chain)
+
+
 class DatasetUnavailableError(RuntimeError):
     """A real dataset could not be loaded from the Hugging Face Hub (e.g. offline); the message names
     the dataset and how to provide a local file instead."""
