@@ -18,6 +18,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -645,8 +646,10 @@ def _repository_root() -> Path:
     return CONFIG_DIR.parent
 
 
-def _commit() -> str:
-    """The repository's commit, with `+changes` when the work tree differs from it ("unknown" outside git)."""
+def _source_state() -> tuple[str, str]:
+    """The repository's commit, and the state of the code that builds a lab (`src/`, `configs/`)
+    against it: "clean", or "changed: <path>, ..." naming each file that differs from the commit.
+    ("unknown", "unknown") outside git."""
     import subprocess
 
     root = _repository_root()
@@ -655,8 +658,28 @@ def _commit() -> str:
         status = subprocess.run(["git", "status", "--porcelain", "--", "src", "configs"], cwd=root,
                                 capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+        return "unknown", "unknown"
+    changed = sorted(line[3:].strip() for line in status.stdout.splitlines() if line.strip())
+    return head.stdout.strip(), ("changed: " + ", ".join(changed)) if changed else "clean"
+
+
+def _repository_relative(path: str | Path) -> str:
+    """`path` relative to the repository root when it lies inside it (`lab/tiny-cpu/teacher`), so a
+    manifest names no folder of the machine that built it; a path outside stays as given."""
+    try:
+        return Path(path).resolve().relative_to(_repository_root().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _relative_models(models: Any) -> Any:
+    """A lab report's per-model stats with `reused_from` made repository-relative (build caches written
+    before it was recorded so keep an absolute path)."""
+    if not isinstance(models, dict):
+        return models
+    return {role: ({**stats, "reused_from": _repository_relative(stats["reused_from"])}
+                   if isinstance(stats, dict) and stats.get("reused_from") else stats)
+            for role, stats in models.items()}
 
 
 def export_lab(lab: Lab, destination: str | Path, data_key: str,
@@ -667,8 +690,11 @@ def export_lab(lab: Lab, destination: str | Path, data_key: str,
     Weights are stored as safetensors in `dtype` (half the size of fp32; loaders compute in fp32
     on CPU), each model folder with its tokenizer. `manifest.json` records the lab config, its key
     (`data_key`: settings and training data, without library versions), the commit of the code
-    that built it, build time, library versions, the held-out accuracy `dev_accuracy(teacher_dir,
-    student_dir)` returns for the exported weights, and the sha256 of every file. Returns the manifest.
+    that built it and whether `src/` and `configs/` matched it (`tree`: "clean", or "changed: ..."
+    naming the files that did not, with a warning: such a lab cannot be rebuilt from the commit
+    alone), build time, library versions, the held-out accuracy `dev_accuracy(teacher_dir,
+    student_dir)` returns for the exported weights, and the sha256 of every file. Paths in it are
+    relative to the repository. Returns the manifest.
     """
     import tokenizers
     import transformers
@@ -685,15 +711,21 @@ def export_lab(lab: Lab, destination: str | Path, data_key: str,
         AutoTokenizer.from_pretrained(source).save_pretrained(destination / role)
     files = sorted(p for p in destination.rglob("*") if p.is_file())
     accuracy = dev_accuracy(destination / "teacher", destination / "student") if dev_accuracy else None
+    commit, tree = _source_state()
+    if tree.startswith("changed"):
+        warnings.warn(f"exporting a lab built from uncommitted code ({tree}); its manifest records commit "
+                      f"{commit[:12]} with tree '{tree}': commit the changes and rebuild for a lab the commit "
+                      "reproduces", stacklevel=2)
     manifest = {
         "format": LAB_FORMAT,
         "key": data_key,
         "build_key": lab.report.get("key"),
         "config": lab.report.get("config"),
-        "commit": _commit(),
+        "commit": commit,
+        "tree": tree,
         "built": time.strftime("%Y-%m-%d", time.gmtime()),
         "build_seconds": lab.report.get("train_seconds", lab.report.get("seconds")),
-        "models": lab.report.get("models"),
+        "models": _relative_models(lab.report.get("models")),
         "conversations": lab.report.get("conversations"),
         "libraries": {"torch": torch.__version__, "transformers": transformers.__version__,
                       "trl": trl.__version__, "tokenizers": tokenizers.__version__},
@@ -789,7 +821,8 @@ def _reuse_shipped_models(config: LabConfig, conversations: dict[str, list[list[
             continue
         model = Qwen2ForCausalLM.from_pretrained(folder / role, dtype=torch.float32)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / role)
-        _keep(model, tokenizer, kept, {**stats, "reused_from": str(folder / role), "libraries": manifest.get("libraries")})
+        _keep(model, tokenizer, kept, {**stats, "reused_from": _repository_relative(folder / role),
+                                       "libraries": manifest.get("libraries")})
         log(f"the shipped {role} in {folder / role} has this build's recipe and data; reused ({kept.name})")
 
 
