@@ -328,29 +328,10 @@ def lab_conversations(
     final answer. Questions in `held_out` are skipped, and so are repeated questions.
     """
     from fcdpo.agent import gold_messages
+    from fcdpo.tasks import lab_problems
 
-    seen = set(held_out)
-    wanted = max(config.teacher.problems_per_task, config.student.problems_per_task)
-    result = {}
-    for name in sorted(tasks):
-        task, settings = tasks[name], difficulty.get(name, {})
-        kept: list[Problem] = []
-        draw = wanted
-        while len(kept) < wanted:
-            kept = []
-            names = set(seen)
-            for problem in task.generate(draw, seed=config.data_seed, **settings):
-                if problem.question not in names:
-                    names.add(problem.question)
-                    kept.append(problem)
-            if draw > 20 * wanted:
-                raise ValueError(
-                    f"{name}: only {len(kept)} distinct training problems outside the held-out ones "
-                    f"(wanted {wanted}); lower problems_per_task or widen the difficulty settings"
-                )
-            draw *= 2
-        result[name] = [gold_messages(p, task, syntax) for p in kept[:wanted]]
-    return result
+    problems = lab_problems(config, tasks, difficulty, held_out)
+    return {name: [gold_messages(p, tasks[name], syntax) for p in kept] for name, kept in problems.items()}
 
 
 def lab_key(
@@ -612,13 +593,9 @@ def _count_parameters(model: torch.nn.Module) -> int:
 
 def _held_out_sets(profile: "Profile") -> dict[str, dict[str, list["Problem"]]]:
     """The profile's eval, train and dev problems per task: the lab never trains on any of them."""
-    from fcdpo.tasks import split_problems
+    from fcdpo.tasks import held_out_sets
 
-    sets = {}
-    for name, settings in profile.tasks.items():
-        sizes = {"eval": settings.eval, "train": settings.train, "dev": settings.dev}
-        sets[name] = split_problems(profile.task(name), sizes, profile.seed, **settings.difficulty)
-    return sets
+    return held_out_sets(profile)
 
 
 # ------------------------------------------------------------------------------------------------
