@@ -20,25 +20,28 @@ LAB = {"lab.shipped": None, "lab.teacher": {**TINY_MODEL, "sft": {"steps": 4, "b
        "lab.student": {**TINY_MODEL, "sft": {"steps": 2, "batch_size": 4}}}
 SMALL = {
     "tasks.math.train": 6, "tasks.math.eval": 4, "tasks.fol.train": 6, "tasks.fol.eval": 4,
+    "tasks.math.test": 3, "tasks.math.length": 2, "tasks.fol.test": 3, "tasks.fol.length": 2,
     "rollouts.k": 2, "rollouts.batch_size": 12,
     "agent.max_steps": 4, "agent.max_new_tokens": 24,
     "training.max_steps": 2, "training.batch_size": 2, "training.logging_steps": 1, "training.extra_seeds": [1],
-    # every arm, as `make experiments` runs them (tiny-cpu-arms)
-    "training.methods": ["dpo", "sft", "step_dpo", "onpolicy_dpo", "grpo"],
+    # every arm: the sealed study's (tiny-cpu) and those `make experiments` adds (tiny-cpu-arms)
+    "training.methods": ["dpo", "sft", "rpo", "sft_dpo", "sft_long", "step_dpo", "onpolicy_dpo", "grpo"],
     "training.grpo": {"problems": 2, "generations": 2},
     "multi_agent.glpft.backbone_steps": 2, "multi_agent.glpft.role_steps": 1,
     "evaluation.resamples": 50,
 }
 
 
-def scripted_rollouts(profile, name="teacher", model="scripted"):
+def scripted_rollouts(profile, name="teacher", model=None):
     """One correct and one incorrect chain per training problem, as the teacher's rollout files.
 
     A teacher trained for a few steps answers nothing right, and DPO needs both kinds of chain; notebook
     01 then finds every (problem, sample) finished and resumes without running the model. With
     `name="student"` and the student's `model`, the same chains stand for the student's own samples
-    (the onpolicy_dpo arm resumes them in notebook 03).
+    (the onpolicy_dpo arm resumes them in notebook 03). The chains name the model they stand for (the
+    profile's teacher by default): a resume refuses chains of another producer.
     """
+    model = model if model is not None else profile.teacher["model"]
     folder = profile.run_path / "rollouts"
     folder.mkdir(parents=True, exist_ok=True)
     for task_name, splits in problem_sets(profile).items():
@@ -67,7 +70,9 @@ def test_the_five_notebooks_run_in_order_and_write_their_artifacts(tmp_path):
 
     assert [p.name for p in executed] == [p.name for p in stages()] and len(executed) == 5
     run = profile.run_path
-    for artifact in ("problems/math-eval.jsonl", "lab/teacher/config.json", "lab/student/config.json",
+    for artifact in ("problems/math-eval.jsonl", "problems/math-test.jsonl", "problems/fol-length.jsonl",
+                     "training/rpo-s1/adapter", "training/sft_dpo/adapter", "training/sft_long-s1/adapter",
+                     "evaluation/comparison.csv", "evaluation/sealed_splits.json", "lab/teacher/config.json", "lab/student/config.json",
                      "rollouts/summary.csv", "preferences/train.jsonl", "training/dpo/adapter",
                      "training/sft/adapter", "training/dpo/curves.json", "training/glpft/report.json",
                      "training/dpo-s1/adapter", "training/sft-s1/adapter", "training/step_dpo-s1/adapter",
@@ -82,6 +87,14 @@ def test_the_five_notebooks_run_in_order_and_write_their_artifacts(tmp_path):
     methods = json.loads((run / "evaluation" / "methods.json").read_text())
     assert {(row["method"], row["seeds"]) for row in methods} >= {("dpo", 2), ("sft", 2), ("dpo − sft", 2),
                                                                   ("step_dpo", 2), ("onpolicy_dpo", 2), ("grpo", 2)}
+
+    datasets = {row["dataset"] for row in json.loads((run / "evaluation" / "summary.json").read_text())}
+    assert datasets == {"math-test", "math-length", "fol-test", "fol-length"}  # tiny-cpu scores the sealed splits
+    comparison = json.loads((run / "evaluation" / "comparison.json").read_text())
+    assert {row["method"] for row in comparison if row.get("p_holm") is not None} >= {"dpo", "rpo", "sft_dpo"}
+    from fcdpo import ledger
+
+    assert ledger.read()[-1]["splits"] == ["length", "test"]  # the scoring is in the ledger (a test's own file)
 
     # Run again, the arms are kept: a stopped `make experiments` resumes at the first arm not trained.
     trained = {p.parent.name: p.stat().st_mtime for p in run.glob("training/*/report.json")}

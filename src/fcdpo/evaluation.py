@@ -912,49 +912,60 @@ def benchmark_problems(
     return found
 
 
+def held_out_problems(profile: "Profile") -> tuple[dict[str, list["Problem"]], dict[str, dict[str, list["Problem"]]]]:
+    """The problems `evaluation.split` scores, by dataset name, and every task's drawn splits.
+
+    "dev": `math-dev`, `fol-dev` (generated tasks only). "test": the sealed `math-test`, `math-length`,
+    `fol-test`, `fol-length` (`fcdpo.tasks.sealed_sets`; what was drawn goes to
+    `evaluation/sealed_splits.json`). "eval": `math`, `fol`, the first held-out split. The drawn
+    splits include `train`, whose questions a held-out problem must never share.
+    """
+    from fcdpo.tasks import problem_sets
+
+    split = profile.evaluation.split
+    if split in ("dev", "test"):
+        real = sorted(name for name, task in profile.tasks.items() if task.source != "generated")
+        if real:
+            raise ValueError(f"evaluation.split {split!r} needs generated tasks; {real} read a dataset, which has no "
+                             f"{split} split here (choose on a part of its train split instead)")
+    if split == "dev":  # choosing a recipe: the dev split only, under its own dataset names
+        empty = sorted(name for name, task in profile.tasks.items() if not task.dev)
+        if empty:
+            raise ValueError(f"evaluation.split is 'dev', but tasks {empty} have no dev problems (tasks.<name>.dev: 0)")
+        sets = problem_sets(profile, ("eval", "train", "dev"))
+        return {f"{name}-dev": splits["dev"] for name, splits in sets.items()}, sets
+    sets = problem_sets(profile)
+    if split == "eval":
+        return {name: splits["eval"] for name, splits in sets.items()}, sets
+    from fcdpo.tasks import sealed_sets  # the sealed splits: scored once per recipe, each scoring in the ledger
+
+    sealed, report = sealed_sets(profile)
+    empty = sorted(name for name in profile.tasks if not sealed.get(name))
+    if empty:
+        raise ValueError(f"evaluation.split is 'test', but tasks {empty} have no sealed problems "
+                         "(tasks.<name>.test and .length are 0)")
+    folder = runs.evaluation_dir(profile.run_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sealed_splits.json").write_text(json.dumps(report, indent=2))
+    return {f"{name}-{split}": items for name, splits in sealed.items() for split, items in splits.items()}, sets
+
+
 def evaluate_run(profile: "Profile", models: Mapping[str, Any] | None = None, progress: bool = True) -> Evaluation:
-    """Evaluate a profile's run: its models (default: `run_models`, notes printed) on every task's
-    held-out split and on the benchmarks its `evaluation` section names, with its agent settings.
-    With `evaluation.split: dev` it scores the dev split instead (datasets `math-dev`, `fol-dev`, no
-    benchmarks): what a recipe is chosen on, so the eval split is scored once, for the chosen recipe.
+    """Evaluate a profile's run: its models (default: `run_models`, notes printed) on the split
+    `evaluation.split` names (`held_out_problems`: dev, the sealed test and length splits, or eval with
+    the benchmarks its `evaluation` section names), with its agent settings. Scoring the sealed splits
+    appends a line to the ledger (`fcdpo.ledger`).
 
     The held-out splits are drawn with `fcdpo.tasks.problem_sets` (the same problems every stage
     sees); the training split's questions are passed as `training_questions`, so a leak is an error.
     """
-    from fcdpo.tasks import problem_sets
-
     settings = profile.evaluation
     if models is None:
         models, notes = run_models(profile)
         for note in notes:
             print(note)
-    problems: dict[str, list[Problem]]
-    if settings.split == "dev":  # choosing a recipe: the dev split only, under its own dataset names
-        real = sorted(name for name, task in profile.tasks.items() if task.source != "generated")
-        if real:
-            raise ValueError(f"evaluation.split 'dev' needs generated tasks; {real} read a dataset, which has no dev "
-                             "split here (choose on a part of its train split instead)")
-        empty = sorted(name for name, task in profile.tasks.items() if not task.dev)
-        if empty:
-            raise ValueError(f"evaluation.split is 'dev', but tasks {empty} have no dev problems (tasks.<name>.dev: 0)")
-        sets = problem_sets(profile, ("eval", "train", "dev"))
-        problems = {f"{name}-dev": splits["dev"] for name, splits in sets.items()}
-    elif settings.split == "test":  # the sealed splits: scored once per recipe, each scoring in the ledger
-        from fcdpo.tasks import sealed_sets
-
-        sealed, sealed_report = sealed_sets(profile)
-        empty = sorted(name for name in profile.tasks if not sealed.get(name))
-        if empty:
-            raise ValueError(f"evaluation.split is 'test', but tasks {empty} have no sealed problems "
-                             "(tasks.<name>.test and .length are 0, or the task reads a dataset)")
-        sets = problem_sets(profile)
-        problems = {f"{name}-{split}": items for name, splits in sealed.items() for split, items in splits.items()}
-        folder = runs.evaluation_dir(profile.run_path)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "sealed_splits.json").write_text(json.dumps(sealed_report, indent=2))
-    else:
-        sets = problem_sets(profile)
-        problems = {name: splits["eval"] for name, splits in sets.items()}
+    problems, sets = held_out_problems(profile)
+    if settings.split == "eval":
         problems.update(benchmark_problems(settings.gsm8k_path, settings.folio_path, settings.benchmark_limit))
     tasks = {name: profile.task(name) for name in {p.task for items in problems.values() for p in items}}
     result = evaluate(

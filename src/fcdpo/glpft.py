@@ -372,3 +372,16 @@ def glpft_agent(profile: Any, task: "Task", config: MultiAgentConfig | None = No
     if config is None:
         config = getattr(getattr(profile, "multi_agent", None), "agent", None) or MultiAgentConfig()
     return MultiAgent(task, backends or glpft_role_backends(profile, output_dir), config)
+
+
+def multi_agent_model(profile: Any) -> tuple[Any, int] | None:
+    """Notebook 04's multi-LLM agent: a factory `task -> MultiAgent` over the run's GLPFT adapters (one
+    base, three LoRA adapters switched per role) and the parameters it counts as (the student's base),
+    or None when notebook 03 has not trained them (`training/glpft/report.json` absent)."""
+    folder = runs.training_dir(profile.run_path, "glpft")
+    if not (folder / "report.json").exists():
+        return None
+    team = glpft_role_backends(profile)
+    config = getattr(getattr(profile, "multi_agent", None), "agent", None) or MultiAgentConfig()
+    trainable = json.loads((folder / "report.json").read_text())["trainable_parameters"]
+    return (lambda task: MultiAgent(task, team, config)), trainable["base"]
