@@ -32,6 +32,7 @@ lab: setup
 	$(PY) -m fcdpo.tinylab --profile $(PROFILE)
 
 test: setup
+	$(VENV)/bin/ruff check src tests benchmarks
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q
 
 clean-notebooks:

@@ -1,8 +1,8 @@
 """The agent loop, driven by a scripted test-double model."""
 
-import pytest
-
 import threading
+
+import pytest
 
 from fcdpo.agent import Agent, AgentConfig, advance_all, gold_messages, read_turn
 from fcdpo.functions import FunctionSet

@@ -8,8 +8,8 @@ import pytest
 from fcdpo import arms
 from fcdpo.config import ConfigError, load_profile
 from fcdpo.settings import TrainingConfig, arm_run
-from tests.test_training import lab  # noqa: F401 - the tiny student
 from tests.test_training import arm_profile as run_profile  # noqa: F401 - its run folder with the teacher's chains
+from tests.test_training import lab  # noqa: F401 - the tiny student
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
 from fcdpo import prefix_attention
-from fcdpo.backends import (BackendError, Completion, HFBackend, OpenAIBackend, _use_prefix_attention, load_backend,
-                            to_openai_messages)
+from fcdpo.backends import (
+    BackendError,
+    Completion,
+    HFBackend,
+    OpenAIBackend,
+    _use_prefix_attention,
+    load_backend,
+    to_openai_messages,
+)
 from fcdpo.tinylab import IM_END, TOOL_CALL_END, TOOL_CALL_START, build_model, build_tokenizer
 
 CORPUS = [

@@ -5,7 +5,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fcdpo.agent import Agent, AgentConfig, Trajectory
 from fcdpo.config import load_profile

@@ -9,7 +9,8 @@ import logging
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fcdpo.config import load_profile
 from fcdpo.tasks import problem_sets
@@ -85,7 +86,7 @@ def test_load_problems_names_file_and_line_of_a_row_too_deep_or_too_long(tmp_pat
     save_problems([Problem("p1", "math", "q?", "1")], path)
     with path.open("a") as f:
         f.write(BAD_ROWS[edge][0] + "\n")
-    with pytest.raises(ValueError, match=rf"problems\.jsonl:2: not a problem record"):
+    with pytest.raises(ValueError, match=r"problems\.jsonl:2: not a problem record"):
         load_problems(path)
 
 

@@ -79,12 +79,12 @@ def test_the_gpu_smoke_stages_run_on_cpu_with_the_real_tokenizer_and_tiny_weight
 
     from fcdpo.agent import Agent
     from fcdpo.backends import load_backend
-    from fcdpo.preferences import build_pairs, save_preferences, split_by_problem
-    from fcdpo.rollouts import rollout
-    from fcdpo.tasks import problem_sets
     from fcdpo.evaluation import evaluate_run, run_models
     from fcdpo.glpft import glpft_adapters, glpft_role_backends, run_glpft
     from fcdpo.multi_agent import ROLES, MultiAgent
+    from fcdpo.preferences import build_pairs, save_preferences, split_by_problem
+    from fcdpo.rollouts import rollout
+    from fcdpo.tasks import problem_sets
     from fcdpo.training import train_from_profile
     from tests.test_preferences import scripted_chains
 

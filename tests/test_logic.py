@@ -6,7 +6,8 @@ import types
 
 import pytest
 import z3
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fcdpo.tasks.logic import (
     MAX_DEPTH,

@@ -8,7 +8,8 @@ import time
 
 import pytest
 import sympy
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fcdpo.functions import FunctionSet
 from fcdpo.tasks import get_task

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fcdpo.agent import Agent, AgentConfig, Trajectory, gold_messages
 from fcdpo.backends import Completion, HFBackend
@@ -23,8 +24,8 @@ from fcdpo.multi_agent import (
     role_prompt,
 )
 from fcdpo.roles import gold_role_messages, role_chain, role_samples
-from fcdpo.step_metrics import argument_f1, step_metrics
 from fcdpo.rollouts import read_trajectories, rollout
+from fcdpo.step_metrics import argument_f1, step_metrics
 from fcdpo.tasks import Problem, get_task
 from fcdpo.tinylab import build_model, build_tokenizer
 from tests.scripted import ScriptedBackend

@@ -1,8 +1,8 @@
 """The repository's setup files agree with each other and keep their promises."""
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -59,8 +59,8 @@ def test_only_the_two_known_library_messages_are_quieted():
         import importlib
 
         importlib.reload(fcdpo)  # the filter goes in front of "default", as on a first import
-        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
-        warnings.warn("`past_key_values` is deprecated", FutureWarning)
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1)
+        warnings.warn("`past_key_values` is deprecated", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["`past_key_values` is deprecated"]
     assert logging.getLogger("bitsandbytes.backends.cpu.ops").getEffectiveLevel() == logging.ERROR
     assert logging.getLogger("bitsandbytes").getEffectiveLevel() < logging.ERROR  # the rest of it still speaks

@@ -14,12 +14,12 @@ from fcdpo.plots import (
     plot_accuracy_by_difficulty,
     plot_all,
     plot_failure_taxonomy,
-    plot_training_curves,
     plot_tradeoff,
+    plot_training_curves,
     read_training_log,
     taxonomy_figure,
-    training_curves_figure,
     tradeoff_figure,
+    training_curves_figure,
 )
 from tests.test_evaluation import chain
 

@@ -6,7 +6,8 @@ import json
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fcdpo.agent import Agent, AgentConfig, Trajectory
 from fcdpo.config import load_profile
@@ -15,8 +16,8 @@ from fcdpo.messages import MessageError, arrow_safe, restore_messages, restore_t
 from fcdpo.preferences import (
     PreferenceError,
     assistant_turns,
-    build_pairs,
     build_onpolicy_preference_dataset,
+    build_pairs,
     build_preference_dataset,
     build_step_pairs,
     build_step_preference_dataset,

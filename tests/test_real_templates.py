@@ -110,8 +110,14 @@ def test_every_chain_and_pair_renders_and_masks_exactly_the_models_own_tokens(te
 
 def _tiny_model(arch, vocab_size, end_id):
     """A random-weight model of the architecture whose every next token is `end_id`."""
-    from transformers import (MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                              Qwen3ForCausalLM)
+    from transformers import (
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
                "mistral": (MistralConfig, MistralForCausalLM)}

@@ -1,15 +1,14 @@
 """The sealed study's parts: the sealed splits, the ledger and the intervals that count the seeds."""
 
-import json
 
 import numpy as np
 import pytest
 
 from fcdpo import ledger
 from fcdpo.config import load_profile
+from fcdpo.settings import LabConfig, build
 from fcdpo.stats import corrected_level, hierarchical_gain, holm
 from fcdpo.tasks import canonical_computation, held_out_sets, lab_problems, sealed_sets
-from fcdpo.settings import LabConfig, build
 
 
 @pytest.fixture(scope="module")

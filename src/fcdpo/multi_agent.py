@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from fcdpo.agent import (
-    ChainState,
     FINAL_ANSWER,
+    ChainState,
     Trajectory,
     advance_all,
     assistant_message,

@@ -35,8 +35,8 @@ from transformers import (
 
 from fcdpo import runs
 from fcdpo.chat_templates import packaged_template
-from fcdpo.messages import arrow_safe
 from fcdpo.finetuning import shared_prefix_sft_trainer_class
+from fcdpo.messages import arrow_safe
 from fcdpo.progress import trainer_callback
 from fcdpo.settings import LabConfig, ModelRecipe, SFTSettings
 

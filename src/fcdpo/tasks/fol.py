@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from fcdpo.tasks.logic import FALSE, RESERVED_WORDS, TRUE, UNKNOWN, FormulaError, KnowledgeBase
 from fcdpo.tasks.base import Problem, Task
+from fcdpo.tasks.logic import FALSE, RESERVED_WORDS, TRUE, UNKNOWN, FormulaError, KnowledgeBase
 from fcdpo.tasks.records import MAX_LIST_ITEMS, MAX_TEXT_CHARS, BadRow, Loaded, collect, jsonl_rows
 
 if TYPE_CHECKING:
