@@ -34,7 +34,7 @@ LAYERS = (
     ("agents", ("agent", "multi_agent", "roles", "step_metrics")),
     # The pipeline's stages, each one step of the experiment.
     ("stages", ("rollouts", "preferences", "finetuning", "grpo", "training", "glpft", "costs", "evaluation", "tinylab",
-                "plots")),
+                "plots", "report")),
     # What is run from the command line.
     ("commands", ("pipeline", "tasks.__main__")),
 )

@@ -1,0 +1,190 @@
+"""A run's report: `runs/<profile>/report.md`, written from the run folder's own files, never by hand.
+
+Layer: stages; imports the run folder's layout, the ledger and the arm registry.
+
+    python -m fcdpo.report --profile tiny-cpu        # after notebook 04; notebook 05 writes it too
+
+The report holds what a reader needs to cite a run: the environment (Python, the libraries, the CPU
+or GPU), the commit, each notebook's wall time (papermill's record in the executed copies), the study's
+table (every arm on every scored dataset: accuracy over seeds with the lowest and highest seed, the gain
+over the untrained student, and against SFT the difference, its interval over seeds and problems and
+the Holm-adjusted p: `fcdpo.evaluation.comparison_table`), what each arm cost (`costs.csv`), the
+sealed splits' make-up, the ledger's count of looks, and the figures. The README's result tables are
+copied from the committed report of the reference run (`docs/report-tiny-cpu.md`).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fcdpo import arms, ledger, runs
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _machine() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"CPU {model or platform.processor() or 'unknown'}, {os.cpu_count()} cores"
+
+
+def notebook_times(run: Path) -> dict[str, float]:
+    """Seconds each executed notebook took, from papermill's metadata in `notebooks/`."""
+    out = {}
+    for path in sorted(runs.notebooks_dir(run).glob("*.ipynb")):
+        try:
+            duration = json.loads(path.read_text())["metadata"]["papermill"]["duration"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(duration, (int, float)):
+            out[path.stem] = round(float(duration), 1)
+    return out
+
+
+def _percent(value: Any, signed: bool = False) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}%"
+
+
+def _interval(low: Any, high: Any) -> str:
+    if low is None or pd.isna(low):
+        return ""
+    return f" [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (no index), numbers as pandas prints them, a missing one as –."""
+    def cell(value: Any) -> str:
+        return "–" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def results_table(comparison: pd.DataFrame, accuracy: pd.DataFrame | None = None) -> str:
+    """The study's table in Markdown: one row per model, one group of columns per dataset."""
+    if comparison.empty:
+        return "_No arm was compared._\n"
+    datasets = sorted(comparison["dataset"].unique(), key=lambda d: (d.split("-")[0] != "math", d))
+    order = [m for m in arms.names() if m in set(comparison["method"])]
+    header = "| model | " + " | ".join(f"{d}: accuracy | {d}: gain over student | {d}: − sft [interval], Holm p"
+                                          for d in datasets) + " |"
+    lines = [header, "|" + "---|" * (1 + 3 * len(datasets))]
+    if accuracy is not None:
+        for model in ("teacher", "student", "multi"):
+            cells = []
+            for d in datasets:
+                row = accuracy[(accuracy["model"] == model) & (accuracy["dataset"] == d)]
+                cells += [_percent(row["accuracy"].iloc[0]) if len(row) else "–", "", ""]
+            if any(cells):
+                lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    rows = comparison.set_index(["method", "dataset"])
+    for method in order:
+        cells = []
+        for d in datasets:
+            if (method, d) not in rows.index:
+                cells += ["–", "–", "–"]
+                continue
+            r = rows.loc[(method, d)]
+            cells.append(f"{_percent(r['accuracy'])} ({_percent(r['min'])}–{_percent(r['max'])}, {int(r['seeds'])} seeds)")
+            cells.append(_percent(r.get("gain"), True) + _interval(r.get("gain_low"), r.get("gain_high")))
+            if pd.isna(r.get("p_holm", float("nan"))):
+                cells.append("baseline" if method == "sft" else "–")
+            else:
+                cells.append(_percent(r["vs_sft"], True) + _interval(r["vs_sft_low"], r["vs_sft_high"])
+                             + f", p = {r['p_holm']:.3f}")
+        lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(profile: Any, figures: Path | None = None, commit: str | None = None) -> Path:
+    """Write `<run>/report.md` from the run folder and return its path."""
+    run = profile.run_path
+    folder = runs.evaluation_dir(run)
+    comparison = pd.read_csv(folder / "comparison.csv") if (folder / "comparison.csv").exists() else pd.DataFrame()
+    summary = pd.read_csv(folder / "summary.csv") if (folder / "summary.csv").exists() else None
+    costs = pd.read_csv(folder / "costs.csv") if (folder / "costs.csv").exists() else pd.DataFrame()
+    head, changed = ledger.commit() if commit is None else (commit, False)
+    times = notebook_times(run)
+    parts = [f"# Report: `{profile.name}`\n",
+             f"- commit `{head}`{' (with uncommitted changes)' if changed else ''}; evaluation split "
+             f"`{profile.evaluation.split}`",
+             f"- machine: {_machine()}",
+             "- " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
+             "- notebooks: " + (", ".join(f"{k} {v:,.0f} s" for k, v in times.items())
+                                + f"; {sum(times.values()) / 60:.1f} min in all" if times else "not run by the pipeline"),
+             "", "## Results", "",
+             "Greedy decoding. Accuracy is the mean over seeds (lowest–highest seed). Gains are in points with "
+             "a hierarchical bootstrap interval (seeds, then problems); against SFT at the Bonferroni level of "
+             "the arms compared, with Holm's adjusted one-sided p for \"beats SFT\".", "",
+             results_table(comparison, summary)]
+    if not costs.empty:
+        shown = costs.copy()
+        for column in ("train_seconds", "train_seconds_total"):
+            if column in shown:
+                shown[column] = shown[column].round(0)
+        parts += ["## What each arm cost (per seed unless said)", "", markdown_table(shown), ""]
+    sealed = folder / "sealed_splits.json"
+    if sealed.exists():
+        parts += ["## The sealed splits", "", "```json", sealed.read_text().strip(), "```", ""]
+    looks = ledger.looks(ledger.read())
+    if looks:
+        parts += ["## The ledger", "", "Scorings of the sealed splits in `docs/ledger.jsonl`, and the distinct "
+                  "recipes among them (a rerun of one recipe is not a new look):", ""]
+        parts += [f"- `{split}`: {v['scorings']} scorings, {v['recipes']} recipe(s)" for split, v in sorted(looks.items())]
+        parts.append("")
+    if figures is not None and Path(figures).exists():
+        parts += ["## Figures", ""] + [f"- `{p.name}`" for p in sorted(Path(figures).glob("*.png"))] + [""]
+    path = run / "report.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from fcdpo.config import load_profile
+
+    parser = argparse.ArgumentParser(description="Write runs/<profile>/report.md from the run folder.")
+    parser.add_argument("--profile", default="tiny-cpu")
+    parser.add_argument("--run-dir", help="another run folder of this profile (e.g. a copy)")
+    parser.add_argument("--commit", help="the commit the run was made at, when the report is written later")
+    args = parser.parse_args(argv)
+    overrides = {"run_dir": args.run_dir} if args.run_dir else None
+    print(write_report(load_profile(args.profile, overrides), commit=args.commit))
+
+
+if __name__ == "__main__":
+    main()
