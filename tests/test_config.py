@@ -151,7 +151,8 @@ def test_a_profile_extends_another_section_by_section(tmp_path):
     assert profile.tasks["math"].train == 7 and profile.tasks["math"].eval == base.tasks["math"].eval
     assert profile.tasks["fol"] == base.tasks["fol"] and profile.lab == base.lab
     arms = load_profile("tiny-cpu-arms")
-    assert set(arms.training.methods) == {"dpo", "sft", "step_dpo", "onpolicy_dpo", "grpo"}
+    assert set(arms.training.methods) == {"dpo", "sft", "rpo", "step_dpo", "onpolicy_dpo", "grpo"}
+    assert arms.evaluation.split == "eval" and base.evaluation.split == "test"  # only tiny-cpu scores the sealed splits
     assert arms.tasks == base.tasks and arms.lab == base.lab  # the same lab, problems and splits
 
 

@@ -491,7 +491,7 @@ def test_benchmark_files_are_loaded_and_evaluated_like_generated_problems(tmp_pa
 
 def test_run_models_lists_the_models_present_and_says_why_the_others_are_skipped(tmp_path):
     profile = load_profile("tiny-cpu", {"run_dir": str(tmp_path), "teacher": {}, "student": {},
-                                        "training.extra_seeds": []})  # one seed: its own test below
+                                        "training.extra_seeds": [], "training.methods": []})  # sft and dpo
     specs, notes = run_models(profile)
     assert specs == {} and len(notes) == 4
 
@@ -510,7 +510,7 @@ def test_run_models_lists_the_models_present_and_says_why_the_others_are_skipped
     assert len(notes) == 1 and notes[0].startswith("sft:")
 
     seeds = load_profile("tiny-cpu", {"run_dir": str(tmp_path), "teacher": {}, "student": {},
-                                      "training.extra_seeds": [1, 2]})
+                                      "training.extra_seeds": [1, 2], "training.methods": []})
     (tmp_path / "training" / "dpo-s2" / "adapter").mkdir(parents=True)
     (tmp_path / "training" / "dpo-s2" / "adapter" / "adapter_config.json").write_text("{}")
     specs, notes = run_models(seeds)

@@ -152,27 +152,24 @@ class HFBackend:
         reuse_turns: bool = True,
     ):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from fcdpo.loading import load_adapter, load_model, model_kwargs, saved_tokenizer
 
         model_ref = _checked_reference(model, "model")
         adapter_ref = _checked_reference(adapter, "adapter") if adapter is not None else None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = _resolve_dtype(dtype, device)
-        from fcdpo.loading import model_kwargs
-
         kwargs = model_kwargs(load_in_4bit=load_in_4bit, dtype=dtype, device_map={"": device})
         try:
-            loaded = AutoModelForCausalLM.from_pretrained(model_ref, **kwargs)
+            loaded = load_model(model_ref, **kwargs)
             tokenizer_ref = adapter_ref if adapter_ref and _has_tokenizer(adapter_ref) else model_ref
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref)
+            tokenizer = saved_tokenizer(tokenizer_ref)
             if chat_template is not None:
                 tokenizer.chat_template = named_chat_template(chat_template)
             # a refused tool turn fails here, not mid-run
             check_chat_template(tokenizer, model_ref, "the backend's chat_template", history=False)
             if adapter_ref is not None:
-                from peft import PeftModel
-
-                loaded = PeftModel.from_pretrained(loaded, adapter_ref)
+                loaded = load_adapter(loaded, adapter_ref)
         except (OSError, ValueError) as exc:
             with_adapter = f" with adapter {adapter_ref!r}" if adapter_ref else ""
             raise BackendError(f"cannot load model {model_ref!r}{with_adapter}: {exc}") from exc

@@ -844,7 +844,7 @@ def run_models(profile: "Profile") -> tuple[dict[str, dict[str, Any]], list[str]
     specs: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     for role in ("teacher", "student"):
-        spec = dict(getattr(profile, role) or {"kind": "hf", "model": f"lab/{role}"})
+        spec = dict(getattr(profile, role) or {"kind": "hf", "model": runs.in_run(run, runs.lab_dir(run) / role)})
         if _local_model_missing(spec, run):
             notes.append(f"{role}: {spec['model']} is not in {run} yet (notebook 01 builds it); skipped")
             continue
@@ -853,7 +853,8 @@ def run_models(profile: "Profile") -> tuple[dict[str, dict[str, Any]], list[str]
 
     labels = [label for method in trained_methods(profile.training) for label in seed_labels(method, profile.training)]
     for label in labels:
-        places = (f"training/{label}/adapter", f"training/{label}")
+        folder = runs.in_run(run, runs.training_dir(run, label))
+        places = (f"{folder}/adapter", folder)
         adapter = next((place for place in places if (run / place / "adapter_config.json").exists()), None)
         if "student" not in specs:
             notes.append(f"{label}: no student to put the adapter on; skipped")

@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING, Any
 from fcdpo import loading
 from fcdpo.chat_templates import ChatTemplateError
 from fcdpo.config import student_spec
-from fcdpo.loading import compute_dtype  # bf16 on GPUs with native bf16, fp16 on others, fp32 on CPU
+from fcdpo.loading import (  # compute: bf16 on GPUs with native bf16, fp16 on others, fp32 on CPU
+    compute_dtype,
+    trainer_basics,
+)
 from fcdpo.prefix_attention import first_turn_passes
 from fcdpo.progress import headless
 from fcdpo.settings import TrainingConfig
@@ -187,28 +190,13 @@ def _assistant_tokens_by_spans(
 
 
 def trainer_arguments(settings: TrainingConfig, progress: bool) -> dict[str, Any]:
-    """The TRL config arguments every fcdpo trainer shares: schedule, seeds, precision, checkpointing,
-    device, logging, no checkpoints saved, and progress (lines instead of a bar in a headless run)."""
-    import torch
-
-    on_gpu = torch.cuda.is_available()
-    dtype = compute_dtype()
-    return dict(
-        lr_scheduler_type="cosine",
-        warmup_steps=settings.warmup,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        bf16=on_gpu and dtype == torch.bfloat16,
-        fp16=on_gpu and dtype == torch.float16,
-        activation_checkpointing=_gradient_checkpointing(settings),
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        use_cpu=not on_gpu,
-        logging_steps=settings.logging_steps,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=not progress or headless(),
-        dataloader_num_workers=0,
-    )
+    """The TRL config arguments of the single agent's arms: `loading.trainer_basics` with the training
+    section's seed, logging and checkpointing, a cosine schedule after `warmup`, and progress (lines
+    instead of a bar in a headless run)."""
+    return dict(lr_scheduler_type="cosine", warmup_steps=settings.warmup,
+                activation_checkpointing_kwargs={"use_reentrant": False},
+                **trainer_basics(settings.seed, settings.logging_steps, checkpointing=_gradient_checkpointing(settings),
+                                 progress=progress and not headless()))
 
 
 @dataclass

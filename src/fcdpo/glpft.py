@@ -167,11 +167,11 @@ def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, confi
     whose trained tokens all lie beyond `max_length` are dropped by TRL; none left is a ValueError.
     """
     import datasets
-    import torch
     from trl import SFTConfig, SFTTrainer
 
     from fcdpo.finetuning import shared_prefix_sft_trainer_class
-    from fcdpo.loading import compute_dtype, mixed_precision
+    from fcdpo.loading import trainer_basics
+    from fcdpo.progress import quiet_bars
 
     if stage not in STAGES:
         raise ValueError(f"unknown GLPFT stage {stage!r}; expected one of {STAGES}")
@@ -180,7 +180,6 @@ def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, confi
         raise ValueError(f"no {stage} rows: the teacher rollouts hold no clean correct chain to learn from")
     steps = config.backbone_steps if stage == "backbone" else config.role_steps
     whole_chains = stage == "backbone"
-    cuda = torch.cuda.is_available()
     args = SFTConfig(
         output_dir=str(output_dir),
         max_steps=steps,
@@ -193,26 +192,13 @@ def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, confi
         # Stage 1 learns every role's turns of a whole chain; stage 2 only its role's turn.
         assistant_only_loss=whole_chains,
         completion_only_loss=not whole_chains,
-        seed=config.seed,
-        data_seed=config.seed,
-        **mixed_precision(compute_dtype(), cuda),  # fp16 on a T4, never its emulated bf16
-        activation_checkpointing=config.gradient_checkpointing,
-        use_cpu=not cuda,
-        save_strategy="no",
-        report_to=[],
-        logging_steps=max(1, steps // 10),
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        # mixed precision in the compute dtype: fp16 on a T4, never its emulated bf16
+        **trainer_basics(config.seed, max(1, steps // 10), checkpointing=config.gradient_checkpointing),
     )
-    bars_were_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # one bar per preprocessing pass would flood notebook output
-    try:
+    with quiet_bars():
         trainer_class = shared_prefix_sft_trainer_class() if config.shared_prefix else SFTTrainer
         trainer = trainer_class(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
                                 processing_class=tokenizer)
-    finally:
-        if bars_were_enabled:
-            datasets.enable_progress_bars()
     if not len(trainer.train_dataset):
         raise ValueError(f"every one of the {len(rows)} {stage} rows has its trained turns beyond "
                          f"max_length={config.max_length} tokens; raise glpft.max_length")
@@ -259,9 +245,9 @@ def train_glpft(
     count and the multi-LLM agent's total (three role adapters).
     """
     import torch
-    from peft import PeftModel, get_peft_model
+    from peft import get_peft_model
 
-    from fcdpo.loading import load_base, load_tokenizer, lora_config
+    from fcdpo.loading import load_adapter, load_base, load_tokenizer, lora_config
 
     config = config or GLPFTConfig()
     output = Path(output_dir)
@@ -280,7 +266,7 @@ def train_glpft(
             lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
             peft_model = get_peft_model(base, lora)
         else:
-            peft_model = PeftModel.from_pretrained(base, str(output / "backbone"), is_trainable=True)
+            peft_model = load_adapter(base, output / "backbone", trainable=True)
         trainable = _trainable(peft_model)
         if on_stage_start is not None:
             on_stage_start(stage, peft_model)
@@ -300,7 +286,7 @@ def train_glpft(
         "base": base.num_parameters(),  # counts 4-bit packed weights at their full size
     }
     report["seconds"] = round(time.perf_counter() - started, 1)
-    (output / "report.json").write_text(json.dumps(report, indent=2))
+    runs.write_report(output, report)
     return report
 
 

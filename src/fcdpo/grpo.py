@@ -235,9 +235,9 @@ def train_grpo(profile: Any, progress: bool = False, seed: int | None = None, me
     model = student_reference(profile)
     base, tokenizer = load_student(model, settings)
     if init_adapter is not None:
-        from peft import PeftModel
+        from fcdpo.loading import load_adapter
 
-        base = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
+        base = load_adapter(base, init_adapter, trainable=True)
     tasks = {name: profile.task(name) for name in profile.tasks}
     problems = {name: splits["train"][: settings.grpo.problems] for name, splits in problem_sets(profile).items()}
     trainer = grpo_trainer(base, tokenizer, tasks, problems, profile.agent, settings, output_dir, progress)
@@ -268,5 +268,5 @@ def train_grpo(profile: Any, progress: bool = False, seed: int | None = None, me
     }
     if trainer.accelerator.is_main_process:
         write_curves(curves.rows, output_dir)
-        (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+        runs.write_report(output_dir, report)
     return TrainingResult(output_dir, adapter_dir, curves.rows, report, trainer)

@@ -57,6 +57,21 @@ def mixed_precision(dtype: "torch.dtype", on_gpu: bool) -> dict[str, bool]:
     return {"bf16": on_gpu and dtype == torch.bfloat16, "fp16": on_gpu and dtype == torch.float16}
 
 
+def trainer_basics(seed: int, logging_steps: int, *, checkpointing: bool, progress: bool = False,
+                   mixed: bool = True) -> dict[str, Any]:
+    """The arguments every TRL config of fcdpo shares (DPO, SFT, GRPO, GLPFT, the lab): seeds, device,
+    precision (mixed on a GPU in the compute dtype, unless `mixed` is off: the lab trains in fp32),
+    activation checkpointing, logging, no checkpoint saved, no reporting, and bars only with
+    `progress`. Each caller adds its own schedule, rate and steps."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    precision = mixed_precision(compute_dtype(), on_gpu) if mixed else {"bf16": False, "fp16": False}
+    return dict(seed=seed, data_seed=seed, **precision, activation_checkpointing=checkpointing,
+                use_cpu=not on_gpu, logging_steps=logging_steps, save_strategy="no", report_to=[],
+                disable_tqdm=not progress, dataloader_num_workers=0)
+
+
 def quantization_config(dtype: "torch.dtype", storage: "torch.dtype | None" = None) -> Any:
     """QLoRA's 4-bit base: NF4 with double quantisation, computing in `dtype`; `storage` keeps the packed
     weights in another dtype (FSDP and DeepSpeed shard them in the compute dtype)."""
@@ -88,6 +103,32 @@ def sharded_launch() -> bool:
     import os
 
     return any(os.environ.get(k, "").lower() == "true" for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+
+
+def load_model(model: str | Path, **options: Any) -> Any:
+    """A causal LM from a folder or hub id, `options` as `from_pretrained` takes them (`model_kwargs`
+    builds them for 4-bit, dtype and device). Every model fcdpo loads goes through here or `load_base`."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(model), **options)
+
+
+def load_adapter(model: Any, adapter: str | Path, *, trainable: bool = False, name: str | None = None) -> Any:
+    """A saved LoRA adapter put on `model` (a PeftModel): frozen for inference, or `trainable` to go on
+    training it (an arm that starts from another, a later on-policy round, GLPFT's roles), under `name`."""
+    from peft import PeftModel
+
+    options: dict[str, Any] = {"is_trainable": trainable}
+    if name is not None:
+        options["adapter_name"] = name
+    return PeftModel.from_pretrained(model, str(adapter), **options)
+
+
+def saved_tokenizer(folder: str | Path) -> Any:
+    """The tokenizer saved in a model or adapter folder, exactly as saved (no template or pad token set)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def load_base(model: str | Path, load_in_4bit: bool = False, *, trainable: bool = False,

@@ -234,9 +234,8 @@ def load_adapter_role_backends(
     on its own copy of the base, for one copy of the base weights. The planner adapter's folder
     tokenizer is used when it has one (GLPFT saves the tokenizer it trained with), else the base's.
     """
-    from peft import PeftModel
-
     from fcdpo.backends import BackendError, HFBackend
+    from fcdpo.loading import load_adapter, saved_tokenizer
 
     missing = [role for role in ROLES if role not in adapters]
     if missing:
@@ -244,7 +243,7 @@ def load_adapter_role_backends(
     batch_size = hf_options.pop("batch_size", None)
     base = HFBackend(model, **hf_options)
     try:
-        peft_model = PeftModel.from_pretrained(base.model, str(adapters[ROLES[0]]), adapter_name=ROLES[0])
+        peft_model = load_adapter(base.model, adapters[ROLES[0]], name=ROLES[0])
         for role in ROLES[1:]:
             peft_model.load_adapter(str(adapters[role]), adapter_name=role)
     except (OSError, ValueError) as exc:
@@ -253,9 +252,7 @@ def load_adapter_role_backends(
     tokenizer = base.tokenizer
     first = Path(adapters[ROLES[0]])
     if (first / "tokenizer_config.json").is_file():  # training may have set the chat template (as HFBackend)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(first))
+        tokenizer = saved_tokenizer(first)
     if name is None:
         folders = {str(Path(adapters[role]).parent) for role in ROLES}
         name = f"{model}+{folders.pop()}" if len(folders) == 1 else f"{model}+" + ",".join(

@@ -491,7 +491,7 @@ def save_preferences(
                 rows = [r for r in splits.get(name, []) if r["task"] == task]
                 tally[f"{name}_pairs"] = len(rows)
                 tally[f"{name}_problems"] = len({r["problem_id"] for r in rows})
-        (path / "report.json").write_text(json.dumps(report, indent=2))
+        runs.write_report(path, report)
     return dataset
 
 

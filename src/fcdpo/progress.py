@@ -18,9 +18,33 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 HEADLESS = "FCDPO_HEADLESS_PROGRESS"  # set (to anything) by fcdpo.pipeline for the notebooks' kernels
+
+
+@contextmanager
+def quiet_bars(tqdm: bool = False):
+    """While preprocessing: no `datasets` bar per pass (they would flood a notebook), and with `tqdm`
+    none of tqdm's at all (TRL's bar over the reference's log-probabilities reads only `TQDM_DISABLE`).
+    Both are put back as they were afterwards, whatever happens."""
+    import datasets
+
+    bars_were_enabled = datasets.is_progress_bar_enabled()
+    tqdm_was = os.environ.get("TQDM_DISABLE")
+    datasets.disable_progress_bars()
+    if tqdm:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if bars_were_enabled:
+            datasets.enable_progress_bars()
+        if tqdm_was is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_was
 
 
 def headless() -> bool:

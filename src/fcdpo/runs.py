@@ -18,9 +18,13 @@ Every stage asks this module for a path rather than spelling one out, so a reade
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from fcdpo import arms
+
+REPORT = "report.json"
 
 
 def problems_file(run: str | Path, task: str, split: str) -> Path:
@@ -83,3 +87,20 @@ def evaluation_dir(run: str | Path) -> Path:
 
 def notebooks_dir(run: str | Path) -> Path:
     return Path(run) / "notebooks"
+
+
+def in_run(run: str | Path, path: str | Path) -> str:
+    """`path` as a backend spec names a folder of the run: relative to the run folder (`lab/student`,
+    `training/dpo`), so a copied run folder still finds it."""
+    return Path(path).relative_to(Path(run)).as_posix()
+
+
+def write_report(folder: str | Path, report: dict[str, Any]) -> Path:
+    """`folder/report.json`, written whole or not at all (a stopped run leaves no half report): the one
+    writer of every stage's report (an arm's, GLPFT's, the pairs', a lab build's)."""
+    path = Path(folder) / REPORT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(report, indent=2))
+    partial.replace(path)
+    return path

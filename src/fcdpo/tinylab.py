@@ -36,8 +36,9 @@ from transformers import (
 from fcdpo import runs
 from fcdpo.chat_templates import packaged_template
 from fcdpo.finetuning import shared_prefix_sft_trainer_class
+from fcdpo.loading import load_model, saved_tokenizer
 from fcdpo.messages import arrow_safe
-from fcdpo.progress import trainer_callback
+from fcdpo.progress import quiet_bars, trainer_callback
 from fcdpo.settings import LabConfig, ModelRecipe, SFTSettings
 
 if TYPE_CHECKING:
@@ -180,6 +181,8 @@ def _sft_config(settings: SFTSettings, output_dir: str, saving: bool) -> Any:
     assistant turns only, the caller's row order, fp32, a checkpoint every 10% of the steps when `saving`."""
     from trl import SFTConfig
 
+    from fcdpo.loading import trainer_basics
+
     return SFTConfig(
         output_dir=output_dir,  # the caller saves the model itself
         max_steps=settings.steps,
@@ -195,19 +198,12 @@ def _sft_config(settings: SFTSettings, output_dir: str, saving: bool) -> Any:
         max_length=settings.max_length,
         assistant_only_loss=True,
         train_sampling_strategy="sequential",  # the caller's order is the order trained on
-        seed=settings.seed,
-        data_seed=settings.seed,
-        bf16=False,
-        fp16=False,
-        activation_checkpointing=False,  # on by default in TRL; tiny models need no memory saving
-        use_cpu=not torch.cuda.is_available(),
-        save_strategy="steps" if saving else "no",
+        # fp32, and no activation checkpointing (on by default in TRL; tiny models need no memory saving);
+        # a loss row every 5% of the steps, every 10% goes to `log`
+        **{**trainer_basics(settings.seed, max(1, settings.steps // 20), checkpointing=False, mixed=False),
+           "save_strategy": "steps" if saving else "no"},
         save_steps=max(1, settings.steps // 10),
         save_total_limit=1,
-        report_to=[],
-        logging_steps=max(1, settings.steps // 20),  # loss history; every 10% goes to `log`
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
 
 
@@ -256,11 +252,9 @@ def train_sft(
     else:
         rows = [{"messages": chat} for chat in chats]
     previous_threads = torch.get_num_threads()
-    bars_were_enabled = datasets.is_progress_bar_enabled()
     torch.set_num_threads(settings.threads)
-    datasets.disable_progress_bars()  # a bar per preprocessing pass would flood notebook output
     try:
-        with tempfile.TemporaryDirectory() as scratch:
+        with quiet_bars(), tempfile.TemporaryDirectory() as scratch:
             saving = checkpoint_dir is not None
             config = _sft_config(settings, str(checkpoint_dir) if saving else scratch, saving)
             # Unpacked, as the shipped lab was built: packing changes the rounding of the sums.
@@ -280,8 +274,6 @@ def train_sft(
             seconds = time.perf_counter() - started
     finally:
         torch.set_num_threads(previous_threads)
-        if bars_were_enabled:
-            datasets.enable_progress_bars()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
     model.eval()
@@ -446,7 +438,7 @@ def build_lab(
         base = root / "models" / _model_key(_without_drill(config, role), role, conversations, words)
         if (base / "stats.json").exists():
             stats = json.loads((base / "stats.json").read_text())
-            model = Qwen2ForCausalLM.from_pretrained(base)
+            model = load_model(base)
             log(f"tiny lab {key}: the {role}'s SFT was trained by an earlier build ({base.name}); reused")
         else:
             model = build_model(
@@ -489,7 +481,7 @@ def build_lab(
         shutil.copytree(kept, building / role, dirs_exist_ok=True, ignore=shutil.ignore_patterns("stats.json"))
     report["seconds"] = round(time.perf_counter() - started, 1)  # this run's share of the build
     report["train_seconds"] = round(sum(m["seconds"] for m in report["models"].values()), 1)
-    (building / "report.json").write_text(json.dumps(report, indent=2))
+    runs.write_report(building, report)
     if path.exists():  # left by a concurrent build; ours is complete
         shutil.rmtree(path)
     building.rename(path)
@@ -676,16 +668,14 @@ def export_lab(lab: Lab, destination: str | Path, data_key: str,
     import tokenizers
     import transformers
     import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     destination = Path(destination)
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
     for role, source in (("teacher", lab.teacher_path), ("student", lab.student_path)):
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-        model.save_pretrained(destination / role)
-        AutoTokenizer.from_pretrained(source).save_pretrained(destination / role)
+        load_model(source, dtype=dtype).save_pretrained(destination / role)
+        saved_tokenizer(source).save_pretrained(destination / role)
     files = sorted(p for p in destination.rglob("*") if p.is_file())
     accuracy = dev_accuracy(destination / "teacher", destination / "student") if dev_accuracy else None
     commit, tree = _source_state()
@@ -796,8 +786,8 @@ def _reuse_shipped_models(config: LabConfig, conversations: dict[str, list[list[
             target, role, conversations, words, versions=False)
         if not same or not stats or (kept / "stats.json").exists():
             continue
-        model = Qwen2ForCausalLM.from_pretrained(folder / role, dtype=torch.float32)
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / role)
+        model = load_model(folder / role, dtype=torch.float32)
+        tokenizer = saved_tokenizer(folder / role)
         _keep(model, tokenizer, kept, {**stats, "reused_from": _repository_relative(folder / role),
                                        "libraries": manifest.get("libraries")})
         log(f"the shipped {role} in {folder / role} has this build's recipe and data; reused ({kept.name})")

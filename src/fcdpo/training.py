@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -59,10 +58,10 @@ from fcdpo.finetuning import (  # what every training arm shares
     turn_end_id,
     write_curves,
 )
-from fcdpo.loading import compute_dtype
+from fcdpo.loading import compute_dtype, load_adapter, load_model, resolve_dtype, saved_tokenizer
 from fcdpo.messages import restore_messages, restore_tools
 from fcdpo.prefix_attention import first_turn_passes
-from fcdpo.progress import headless, trainer_callback
+from fcdpo.progress import headless, quiet_bars, trainer_callback
 from fcdpo.settings import TrainingConfig, arm_run
 
 if TYPE_CHECKING:
@@ -416,7 +415,6 @@ def train(
 
     Raises TrainingError for an unknown method, no training pair, or every example over `max_length`.
     """
-    import datasets as hf_datasets
     from transformers import PrinterCallback
 
     kind = _trainer_kind(method)
@@ -431,25 +429,11 @@ def train(
     started = time.perf_counter()
     base, tokenizer = load_student(model, settings)
     if init_adapter is not None:
-        from peft import PeftModel
-
-        base = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
-    bars_were_enabled = hf_datasets.is_progress_bar_enabled()
-    hf_datasets.disable_progress_bars()  # one bar per tokenizing pass would flood a notebook
-    tqdm_was = os.environ.get("TQDM_DISABLE")
-    if not progress or headless():  # TRL's bar over the reference's log-probabilities reads only this
-        os.environ["TQDM_DISABLE"] = "1"
-    try:
+        base = load_adapter(base, init_adapter, trainable=True)
+    with quiet_bars(tqdm=not progress or headless()):  # TRL's bar over the reference's log-probabilities
         data, dropped = _tokenized_splits(method, preferences, tokenizer, settings.max_length,
                                           settings.rejected_answer_in_loss)
         trainer = _trainer(method, base, tokenizer, data, settings, steps, output_dir, progress)
-    finally:
-        if bars_were_enabled:
-            hf_datasets.enable_progress_bars()
-        if tqdm_was is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = tqdm_was
     curves = curve_writer(output_dir)
     trainer.add_callback(curves)
     trainer.remove_callback(PrinterCallback)  # one printed dict per log would flood a notebook
@@ -483,7 +467,7 @@ def train(
     }
     if trainer.accelerator.is_main_process:
         write_curves(curves.rows, output_dir)
-        (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+        runs.write_report(output_dir, report)
     return TrainingResult(output_dir, adapter_dir, curves.rows, report, trainer)
 
 
@@ -823,18 +807,14 @@ def train_onpolicy(
     assert result is not None
     result.report["rounds"] = rounds
     if result.trainer.accelerator.is_main_process:
-        (result.output_dir / "report.json").write_text(json.dumps(result.report, indent=2))
+        runs.write_report(result.output_dir, result.report)
     return result
 
 
 def load_trained(base: str | Path, adapter_dir: str | Path, load_in_4bit: bool = False) -> tuple[Any, Any]:
     """A trained adapter on its base, for inference: (PeftModel in eval mode, the adapter's tokenizer)."""
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
     model = load_base(base, load_in_4bit)
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-    return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), tokenizer
+    return load_adapter(model, adapter_dir).eval(), saved_tokenizer(adapter_dir)
 
 
 def merge_and_export(
@@ -846,17 +826,11 @@ def merge_and_export(
     weights would round the update away. The result is a plain model folder that any server (vLLM,
     `transformers serve`) or `HFBackend` loads without PEFT. Returns `output_dir`.
     """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype or compute_dtype())
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    model = load_model(base, dtype=resolve_dtype(dtype))
+    merged = load_adapter(model, adapter_dir).merge_and_unload()
     output_dir = Path(output_dir)
     merged.save_pretrained(str(output_dir))
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(output_dir))
+    saved_tokenizer(adapter_dir).save_pretrained(str(output_dir))
     return output_dir
 
 
