@@ -20,13 +20,18 @@ def sealed(tmp_path_factory):
     return profile, splits, report
 
 
-def test_the_test_split_shares_no_question_with_any_other_split_or_the_labs_data(sealed):
-    profile, splits, _ = sealed
+def _lab_and_splits(profile):
+    """The profile's eval/train/dev splits, its lab section and the lab's training problems."""
     earlier = held_out_sets(profile)
     lab = build(LabConfig, profile.lab, "lab")
     tasks = {name: profile.task(name) for name in profile.tasks}
     held = {p.question for s in earlier.values() for ps in s.values() for p in ps}
-    lab_sets = lab_problems(lab, tasks, {n: dict(t.difficulty) for n, t in profile.tasks.items()}, held)
+    return earlier, lab, lab_problems(lab, tasks, {n: dict(t.difficulty) for n, t in profile.tasks.items()}, held)
+
+
+def test_the_test_split_shares_no_question_with_any_other_split_or_the_labs_data(sealed):
+    profile, splits, _ = sealed
+    earlier, lab, lab_sets = _lab_and_splits(profile)
     for name in ("math", "fol"):
         test = splits[name]["test"]
         others = {p.question for ps in earlier[name].values() for p in ps} | {p.question for p in lab_sets[name]}
@@ -36,12 +41,8 @@ def test_the_test_split_shares_no_question_with_any_other_split_or_the_labs_data
 
 def test_no_math_test_problem_computes_what_the_student_was_trained_on(sealed):
     profile, splits, report = sealed
-    earlier = held_out_sets(profile)
-    lab = build(LabConfig, profile.lab, "lab")
-    tasks = {name: profile.task(name) for name in profile.tasks}
-    held = {p.question for s in earlier.values() for ps in s.values() for p in ps}
-    student = lab_problems(lab, tasks, {n: dict(t.difficulty) for n, t in profile.tasks.items()},
-                           held)["math"][: lab.student.problems_per_task]
+    earlier, lab, lab_sets = _lab_and_splits(profile)
+    student = lab_sets["math"][: lab.student.problems_per_task]
     trained = {canonical_computation(p) for p in earlier["math"]["train"] + student}
     test = [canonical_computation(p) for p in splits["math"]["test"]]
     assert len(set(test)) == len(test) and not set(test) & trained
