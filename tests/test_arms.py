@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from fcdpo import arms
 from fcdpo.config import ConfigError, load_profile
@@ -136,3 +137,54 @@ def test_the_training_command_on_an_arm_trained_before_reports_it_rather_than_cr
     out = capsys.readouterr().out
     assert "trained earlier with these settings, kept" in out
     assert json.loads(out.strip().splitlines()[-1]) == first and first["method"] == "step_dpo"
+
+
+@pytest.mark.slow
+def test_on_policy_rpo_from_sft_samples_the_sft_model_and_takes_it_as_reference(arm_profile):  # noqa: F811
+    from safetensors.torch import load_file
+
+    from fcdpo.tasks import problem_sets
+    from fcdpo.training import train_from_profile, train_onpolicy
+    from tests.test_preferences import AlternatingStudent
+
+    sft = train_from_profile(arm_profile, "sft", seed=4)
+    train_problems = [p for splits in problem_sets(arm_profile).values() for p in splits["train"]]
+    sampled_with = []
+
+    def backend_for(adapter):
+        sampled_with.append(adapter)
+        student = AlternatingStudent(train_problems, arm_profile)
+        student.name = f"alternating-{len(sampled_with)}"
+        return student
+
+    result = train_onpolicy(arm_profile, backend_for=backend_for, seed=4, method="sft_onpolicy",
+                            init_adapter=sft.adapter_dir)
+    run = arm_profile.run_path
+    assert result.output_dir == run / "training" / "sft_onpolicy-s4"
+    assert sampled_with == [sft.adapter_dir]  # the SFT model samples the first round, not the plain student
+    assert (run / "rollouts" / "sft_onpolicy-s4-start-math.jsonl").exists()  # its own chains, not the shared ones
+    assert (run / "preferences-onpolicy-sft_onpolicy-s4-round1" / "dataset").is_dir()
+    assert result.report["init_adapter"] == str(sft.adapter_dir)
+    start = load_file(sft.adapter_dir / "adapter_model.safetensors")
+    for key, weight in start.items():  # TRL's frozen reference adapter holds the SFT weights
+        assert torch.equal(result.trainer.model.get_parameter(key.replace(".weight", ".ref.weight")).detach(), weight)
+
+
+@pytest.mark.slow
+def test_grpo_from_sft_continues_the_sft_adapter(arm_profile):  # noqa: F811
+    from safetensors.torch import load_file
+
+    from fcdpo.grpo import train_grpo
+    from fcdpo.training import train_from_profile
+
+    sft = train_from_profile(arm_profile, "sft", seed=6)
+    grpo = replace(arm_profile.training.grpo, problems=1, generations=2)
+    profile = replace(arm_profile, training=replace(arm_profile.training, grpo=grpo, max_steps=1, batch_size=2))
+    result = train_grpo(profile, seed=6, method="sft_grpo", init_adapter=sft.adapter_dir)
+    assert result.output_dir == profile.run_path / "training" / "sft_grpo-s6"
+    assert result.report["method"] == "sft_grpo" and result.report["init_adapter"] == str(sft.adapter_dir)
+    start, trained = (load_file(folder / "adapter_model.safetensors") for folder in (sft.adapter_dir, result.adapter_dir))
+    assert start.keys() == trained.keys()
+    # One GRPO step at its small rate moves SFT's weights a little; a fresh adapter would share none of them.
+    assert any(k.endswith("lora_B.weight") and start[k].abs().max() > 0 for k in start)
+    assert all(torch.allclose(trained[k], start[k], atol=1e-2) for k in start)

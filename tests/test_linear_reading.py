@@ -2,11 +2,16 @@
 
 A regular expression holds the GIL, so no thread-based deadline stops a slow search; the only
 defence is that every pattern run on untrusted text is linear, and that the text is cut where it
-enters (a chain's turn, a step-metrics reply)."""
+enters (a chain's turn, a step-metrics reply).
+
+These tests assert no speed: each read runs in a child process that must finish within `HANG`
+seconds, hundreds of times what a linear read of a megabyte takes (well under 0.1 s) and a vanishing
+part of what a quadratic one took (over ten minutes). The times themselves are measured by
+`benchmarks/text_readers.py`."""
 
 from __future__ import annotations
 
-import time
+import multiprocessing
 
 import pytest
 
@@ -32,23 +37,33 @@ ADVERSARIAL = {
 }
 
 
-def seconds(function, *args) -> float:
-    started = time.perf_counter()
-    function(*args)
-    return time.perf_counter() - started
+HANG = 30.0  # seconds: a stalled search, not a slow machine
+
+
+def finishes(function, *args) -> bool:
+    """Whether `function(*args)` returns within HANG seconds, run in a forked child (a stalled regular
+    expression cannot be interrupted in this process); the child is killed if it does not."""
+    child = multiprocessing.get_context("fork").Process(target=function, args=args, daemon=True)
+    child.start()
+    child.join(HANG)
+    stalled = child.is_alive()
+    if stalled:
+        child.kill()
+        child.join()
+    return not stalled and child.exitcode == 0
 
 
 @pytest.mark.parametrize("shape", sorted(ADVERSARIAL))
-def test_the_turn_reader_takes_well_under_a_second_on_a_megabyte(shape):
+def test_the_turn_reader_never_stalls_on_a_megabyte(shape):
     functions = MATH.functions()
-    assert seconds(read_turn, ADVERSARIAL[shape], None, functions, "python") < 1.0
-    assert seconds(read_turn, ADVERSARIAL[shape], None, functions, "json") < 1.0
+    assert finishes(read_turn, ADVERSARIAL[shape], None, functions, "python")
+    assert finishes(read_turn, ADVERSARIAL[shape], None, functions, "json")
 
 
 @pytest.mark.parametrize("shape", sorted(ADVERSARIAL))
-def test_the_multi_agent_readers_take_well_under_a_second_on_a_megabyte(shape):
-    assert seconds(read_decision, ADVERSARIAL[shape]) < 1.0
-    assert seconds(summary_answer, ADVERSARIAL[shape]) < 1.0
+def test_the_multi_agent_readers_never_stall_on_a_megabyte(shape):
+    assert finishes(read_decision, ADVERSARIAL[shape])
+    assert finishes(summary_answer, ADVERSARIAL[shape])
 
 
 def test_a_long_word_is_still_a_thought_and_a_broken_call_still_a_parse_error():
@@ -60,9 +75,8 @@ def test_a_long_word_is_still_a_thought_and_a_broken_call_still_a_parse_error():
 
 
 @pytest.mark.parametrize("text", ["111," * 4000, "1,000" * 3200 + ",", "1" * 16_000 + "x"])
-def test_last_number_is_linear_in_its_text(text):
-    assert seconds(last_number, text) < 0.5
-    assert seconds(last_number, text * 8) < 2.0
+def test_last_number_never_stalls_on_long_runs_of_digits_and_groups(text):
+    assert finishes(last_number, text * 8)
 
 
 def test_last_number_still_reads_thousands_and_lists():
@@ -77,7 +91,5 @@ def test_step_metrics_cut_a_reply_as_a_chain_cuts_a_turn():
     config = AgentConfig()
     backend = ScriptedBackend({question: ["x" * MEGABYTE]})
     records: list[dict] = []
-    started = time.perf_counter()
     step_metrics(Agent(MATH, backend, config), [problem], records=records)
-    assert time.perf_counter() - started < 2.0
     assert records and all(len(r["text"]) < config.max_turn_chars + 100 for r in records)

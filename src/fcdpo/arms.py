@@ -161,6 +161,12 @@ for _arm in (
         reads=("onpolicy_rounds", "onpolicy_temperature"), rounds=True, samples="student"),
     Arm("grpo", "Student + GRPO", "#8c564b", "grpo", "problems",
         "GRPO on the training problems, rewarded by the task's answer check", samples="policy"),
+    Arm("sft_onpolicy", "Student + SFT, then on-policy RPO", "#88CCEE", "dpo", "student",
+        "the SFT model's own right and wrong chains, from its adapter and with it as reference; rounds > 1: "
+        "iterative RPO (Pang et al. 2024)", start="sft", reads=("onpolicy_rounds", "onpolicy_temperature"),
+        rounds=True, samples="student"),
+    Arm("sft_grpo", "Student + SFT, then GRPO", "#AA4499", "grpo", "problems",
+        "GRPO from the SFT adapter of the same seed", start="sft", samples="policy"),
 ):
     register(_arm)
 BUILT_IN = frozenset(_REGISTRY)
