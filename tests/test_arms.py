@@ -145,17 +145,11 @@ def test_on_policy_rpo_from_sft_samples_the_sft_model_and_takes_it_as_reference(
 
     from fcdpo.tasks import problem_sets
     from fcdpo.training import train_from_profile, train_onpolicy
-    from tests.test_preferences import AlternatingStudent
+    from tests.test_preferences import recording_students
 
     sft = train_from_profile(arm_profile, "sft", seed=4)
     train_problems = [p for splits in problem_sets(arm_profile).values() for p in splits["train"]]
-    sampled_with = []
-
-    def backend_for(adapter):
-        sampled_with.append(adapter)
-        student = AlternatingStudent(train_problems, arm_profile)
-        student.name = f"alternating-{len(sampled_with)}"
-        return student
+    backend_for, sampled_with = recording_students(train_problems, arm_profile)
 
     result = train_onpolicy(arm_profile, backend_for=backend_for, seed=4, method="sft_onpolicy",
                             init_adapter=sft.adapter_dir)

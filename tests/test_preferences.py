@@ -344,6 +344,20 @@ def test_step_pairs_load_as_a_preference_dataset(tmp_path, math_chains, fol_chai
 # --------------------------------------------------------------------------- on-policy pairs
 
 
+def recording_students(problems, profile):
+    """`backend_for(adapter)` as `fcdpo.training.train_onpolicy` takes it: a fresh `AlternatingStudent`
+    per round, named by its round, and the list of adapters each round was sampled with."""
+    sampled_with = []
+
+    def backend_for(adapter):
+        sampled_with.append(adapter)
+        student = AlternatingStudent(problems, profile)
+        student.name = f"alternating-{len(sampled_with)}"
+        return student
+
+    return backend_for, sampled_with
+
+
 class AlternatingStudent:
     """A test-double student: the gold calls of each problem, then an answer that is right on every
     other chain of that problem (the 1st, 3rd, … answer given to a question) and wrong otherwise."""

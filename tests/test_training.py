@@ -563,18 +563,12 @@ def test_a_second_onpolicy_round_samples_the_first_rounds_model_and_takes_it_as_
 
     from fcdpo.tasks import problem_sets
     from fcdpo.training import train_onpolicy
-    from tests.test_preferences import AlternatingStudent
+    from tests.test_preferences import recording_students
 
     profile = with_changes(arm_profile, training=with_changes(arm_profile.training, onpolicy_rounds=2, seed=7))
     run = profile.run_path
     train_problems = [p for splits in problem_sets(profile).values() for p in splits["train"]]
-    sampled_with = []
-
-    def backend_for(adapter):
-        sampled_with.append(adapter)
-        student = AlternatingStudent(train_problems, arm_profile)
-        student.name = f"alternating-{len(sampled_with)}"
-        return student
+    backend_for, sampled_with = recording_students(train_problems, arm_profile)
 
     for name in ("math", "fol"):  # round 1 shares the student's rollouts; start them afresh for this student
         (run / "rollouts" / f"student-{name}.jsonl").unlink(missing_ok=True)

@@ -65,7 +65,7 @@ def arm_costs(profile: Any) -> pd.DataFrame:
             continue
         seconds = [float(r.get("train_seconds", 0.0)) for r in reports]
         row = {"method": method, "seeds": len(reports), "steps": reports[0].get("steps"),
-               "total_steps": _total_steps(run, method, profile.training),
+               "total_steps": _total_steps(run, method),
                "sequences_per_step": reports[0].get("sequences_per_step"),
                "train_seconds": sum(seconds) / len(seconds), "train_seconds_total": sum(seconds),
                "teacher_tokens": teacher_tokens if arms.get(method).samples == "teacher" else 0,
@@ -87,14 +87,14 @@ def arm_costs(profile: Any) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COST_COLUMNS))
 
 
-def _total_steps(run: Path, method: str, settings: Any) -> int | None:
+def _total_steps(run: Path, method: str) -> int | None:
     """One seed's optimizer steps with those of the arms it starts from (sft_dpo: SFT's, then DPO's)."""
     total = 0
     for name in (method, *arms.starts(method)):
         report = _report(runs.training_dir(run, name))
         if report is None or not isinstance(report.get("steps"), int):
             return None
-        total += report["steps"] * sum(len(r.get("rounds", [])) or 1 for r in [report])
+        total += report["steps"] * (len(report.get("rounds", [])) or 1)  # every on-policy round trains `steps`
     return total
 
 
