@@ -68,8 +68,11 @@ def teacher_rollouts() -> list[Trajectory]:
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
+    return build_base(tmp_path_factory.mktemp("student"))
+
+
+def build_base(folder):
     """A tiny Qwen2 student (hidden 64, one layer) with a tokenizer that knows the role prompts."""
-    folder = tmp_path_factory.mktemp("student")
     data = glpft_data([trajectory(p) for p in PROBLEMS], {"math": MATH})
     texts = [m["content"] for chain in data.chains for m in chain] + [role_prompt(MATH, r) for r in ROLES]
     tokenizer = build_tokenizer(texts * 3, vocab_size=600)

@@ -550,6 +550,8 @@ class Evaluation:
     files: list[Path] = field(default_factory=list)
     methods: pd.DataFrame | None = None  # trained methods over their seeds, against the student (`method_table`)
     comparison: pd.DataFrame | None = None  # against the student and SFT, hierarchical intervals (`comparison_table`)
+    # the multi-LLM variants against the single agent's SFT, a family of comparisons of its own (`comparison_table`)
+    multi: pd.DataFrame | None = None
     costs: pd.DataFrame | None = None  # what each trained method cost (`fcdpo.costs.arm_costs`)
 
 
@@ -811,10 +813,80 @@ def _release_memory() -> None:
 # What a profile evaluates
 
 
+_SEEDED = re.compile(r"^(?P<method>.+)-s(?P<seed>\d+)$")
+
+
+def label_groups(labels: Iterable[str]) -> dict[str, list[str]]:
+    """Model labels by the method they train: `sft`, `sft-s1` and `sft-s2` under `sft` (`runs.seed_label`),
+    `multi_one_stage-s1` under `multi_one_stage`; in the order first seen."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        seeded = _SEEDED.match(label)
+        groups.setdefault(seeded["method"] if seeded else label, []).append(label)
+    return groups
+
+
+def step_metric_table(
+    profile: "Profile", models: Mapping[str, Any], problems: Mapping[str, Sequence["Problem"]],
+    resamples: int = 10_000, seed: int = 0, folder: str | Path | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """alpha-UMi's step metrics (`fcdpo.step_metrics`) of `models` on `problems`, and the same by method.
+
+    `models` maps labels to what `evaluate` takes: a backend spec (run as the single agent with the
+    profile's agent settings) or a factory `task -> agent` (a multi-LLM team, `glpft.multi_agent_models`).
+    `problems` maps a dataset to problems of one task. Returns one row per (model, dataset) with the
+    means of `step_metrics`, and one per (method, dataset) — seeds grouped by `label_groups` — with each
+    metric's mean over seeds and a hierarchical bootstrap interval over seeds and problems
+    (`fcdpo.stats.hierarchical_interval`; a problem counts the mean of its steps). Both are written to
+    `folder` (default: the run's evaluation folder) as `step_metrics` and `step_methods`.
+    """
+    from fcdpo.backends import load_backend
+    from fcdpo.stats import hierarchical_interval
+    from fcdpo.step_metrics import step_metrics
+
+    measures = {"plan_acc": "plan_correct", "act_em": "act_em", "hallucination": "hallucination",
+                "arg_f1": "arg_f1", "answer_acc": "correct"}
+    rows, per_problem = [], {}
+    for label, model in models.items():
+        backend = load_backend(model, root=profile.run_path) if isinstance(model, dict) else None
+        for dataset, items in problems.items():
+            task = profile.task(items[0].task)
+            agent = model(task) if backend is None else Agent(task, backend, profile.agent, name=label)
+            records: list[dict[str, Any]] = []
+            rows.append({"model": label, "dataset": dataset, **step_metrics(agent, list(items), records=records)})
+            for measure, key in measures.items():
+                by_problem: dict[str, list[float]] = defaultdict(list)
+                for record in records:
+                    if key in record:
+                        by_problem[record["problem_id"]].append(float(record[key]))
+                per_problem[(label, dataset, measure)] = {p: float(np.mean(v)) for p, v in by_problem.items()}
+        del backend
+        _release_memory()
+    table = pd.DataFrame(rows).drop(columns=["agent"], errors="ignore")
+    summary = []
+    for method, labels in label_groups(models).items():
+        for dataset in problems:
+            row: dict[str, Any] = {"method": method, "dataset": dataset, "seeds": len(labels)}
+            for measure in measures:
+                scored = [per_problem[(label, dataset, measure)] for label in labels]
+                shared = sorted(set.intersection(*(set(s) for s in scored)))
+                if not shared:
+                    continue
+                interval = hierarchical_interval(np.array([[s[p] for p in shared] for s in scored]), resamples, seed)
+                row.update({measure: interval["mean"], f"{measure}_low": interval["low"],
+                            f"{measure}_high": interval["high"]})
+            summary.append(row)
+    methods = pd.DataFrame(summary)
+    out = Path(folder) if folder is not None else runs.evaluation_dir(profile.run_path)
+    write_table(table, out, "step_metrics")
+    write_table(methods, out, "step_methods")
+    return table, methods
+
+
 def model_labels() -> tuple[str, ...]:
     """The run's models, in the order tables and figures show them: teacher, student, every registered
-    arm (`fcdpo.arms`), the multi-LLM agent."""
-    return ("teacher", "student", *arms.names(), "multi")
+    arm (`fcdpo.arms`), the multi-LLM agents (GLPFT, and alpha-UMi's ablations: `fcdpo.glpft.VARIANTS`)."""
+    return ("teacher", "student", *arms.names(), "multi", "multi_one_stage", "multi_sft")
 
 
 def _recipe(profile: "Profile") -> dict[str, Any]:
@@ -853,17 +925,16 @@ def run_models(profile: "Profile") -> tuple[dict[str, dict[str, Any]], list[str]
 
     labels = [label for method in trained_methods(profile.training) for label in seed_labels(method, profile.training)]
     for label in labels:
-        folder = runs.in_run(run, runs.training_dir(run, label))
-        places = (f"{folder}/adapter", folder)
-        adapter = next((place for place in places if (run / place / "adapter_config.json").exists()), None)
+        adapter = runs.trained_adapter(run, label)
         if "student" not in specs:
             notes.append(f"{label}: no student to put the adapter on; skipped")
         elif specs["student"].get("kind") != "hf":
             notes.append(f"{label}: the student is not a local model, so no adapter can be applied; skipped")
         elif adapter is None:
-            notes.append(f"{label}: no adapter in {run / places[0]} yet (notebook 03 trains it); skipped")
+            notes.append(f"{label}: no adapter in {runs.training_dir(run, label) / 'adapter'} yet (notebook 03 "
+                         "trains it); skipped")
         else:
-            specs[label] = {**specs["student"], "adapter": adapter}
+            specs[label] = {**specs["student"], "adapter": runs.in_run(run, adapter)}
     return specs, notes
 
 
@@ -983,6 +1054,10 @@ def evaluate_run(profile: "Profile", models: Mapping[str, Any] | None = None, pr
     result.files += write_table(result.methods, result.folder, "methods")
     result.comparison = comparison_table(result.trajectories, methods, seed=settings.seed)
     result.files += write_table(result.comparison, result.folder, "comparison")
+    multi = {method: labels for method, labels in label_groups(models).items() if method.startswith("multi")}
+    if multi and "sft" in methods:  # alpha-UMi's question: do the roles beat one model trained on the same chains?
+        result.multi = comparison_table(result.trajectories, {"sft": methods["sft"], **multi}, seed=settings.seed)
+        result.files += write_table(result.multi, result.folder, "multi_llm")
     if settings.split == "test":
         from fcdpo import ledger
 

@@ -37,6 +37,7 @@ The multi-LLM agent runs three such adapters (3× one adapter) where the single 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -73,14 +74,16 @@ class GLPFTData:
     chain_tools: list[str | None] = field(default_factory=list)  # per chain: tool schemas (JSON) in json syntax
 
 
-def glpft_data(trajectories: Iterable["Trajectory"], tasks: Mapping[str, "Task"]) -> GLPFTData:
+def glpft_data(trajectories: Iterable["Trajectory"], tasks: Mapping[str, "Task"],
+               carry_results: bool = False) -> GLPFTData:
     """Multi-agent chains and role samples from single-agent trajectories, deterministically.
 
     Correct chains are converted with `role_chain` in the order given; chains it refuses (thoughts,
     errors, several calls per turn) are counted as `unclean`, repeats of an already converted chain
     as `duplicates`. `tasks` maps each trajectory's task name to its `Task` (the profile's configured
     tasks, so prompts list the same functions the agent offers). Chains in json syntax carry their
-    tools' schemas (a `tools` column, which TRL passes to the chat template).
+    tools' schemas (a `tools` column, which TRL passes to the chat template). With `carry_results`
+    the planner's thoughts restate the last result (`MultiAgentConfig.carry_results`).
     """
     counts = {"trajectories": 0, "correct": 0, "unclean": 0, "duplicates": 0, "chains": 0}
     chains: list[list[dict[str, Any]]] = []
@@ -96,7 +99,7 @@ def glpft_data(trajectories: Iterable["Trajectory"], tasks: Mapping[str, "Task"]
         if task is None:
             raise ValueError(f"trajectory {trajectory.id} is of task {trajectory.task!r}, which is not among "
                              f"the tasks given ({sorted(tasks)})")
-        chain = role_chain(trajectory, task)
+        chain = role_chain(trajectory, task, carry_results)
         if chain is None:
             counts["unclean"] += 1
             continue
@@ -158,6 +161,20 @@ def _trainable(model: "torch.nn.Module") -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def stage_epochs(stage: str, config: GLPFTConfig) -> float:
+    """The passes over its rows `stage` trains for, 0 where the config gives a step count instead."""
+    return config.backbone_epochs if stage == "backbone" else config.role_epochs.get(stage, 0.0)
+
+
+def stage_steps(stage: str, rows: int, config: GLPFTConfig) -> int:
+    """Optimizer steps of `stage` over `rows` training rows: `stage_epochs` passes of
+    `batch_size × gradient_accumulation_steps` rows each, rounded up, or the config's step count."""
+    epochs = stage_epochs(stage, config)
+    if epochs <= 0:
+        return config.backbone_steps if stage == "backbone" else config.role_steps
+    return max(1, math.ceil(epochs * rows / (config.batch_size * config.gradient_accumulation_steps)))
+
+
 def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, config: GLPFTConfig,
                   output_dir: str | Path) -> Any:
     """The TRL `SFTTrainer` of one stage, its dataset tokenized and labelled, ready to `train()`.
@@ -178,7 +195,7 @@ def stage_trainer(stage: str, model: Any, tokenizer: Any, data: GLPFTData, confi
     rows = _rows(data, stage)
     if not rows:
         raise ValueError(f"no {stage} rows: the teacher rollouts hold no clean correct chain to learn from")
-    steps = config.backbone_steps if stage == "backbone" else config.role_steps
+    steps = stage_steps(stage, len(rows), config)
     whole_chains = stage == "backbone"
     args = SFTConfig(
         output_dir=str(output_dir),
@@ -217,6 +234,7 @@ def _train_stage(stage: str, model: Any, tokenizer: Any, data: GLPFTData, config
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     return {
         "steps": trainer.args.max_steps,
+        "epochs": stage_epochs(stage, config) or None,
         "rows": len(data.chains) if stage == "backbone" else len(data.samples[stage]),
         "rows_kept": len(trainer.train_dataset),
         "seconds": round(seconds, 1),
@@ -231,14 +249,17 @@ def train_glpft(
     output_dir: str | Path,
     config: GLPFTConfig | None = None,
     *,
+    start_adapter: str | Path | None = None,
     on_stage_start: Callable[[str, Any], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Both GLPFT stages on the base `model` (a folder or hub id); writes the four adapters.
+    """GLPFT's stages on the base `model` (a folder or hub id); writes an adapter per stage.
 
-    `on_stage_start(stage, peft_model)` is called before each stage trains (stage in `STAGES`), with
-    the adapter in its initial state: a fresh LoRA for the backbone, a copy of the trained backbone
-    for each role.
+    `config.start` says what each role adapter starts from: a copy of the backbone adapter that
+    stage 1 trains first ("backbone", the four stages of `STAGES`), a fresh LoRA ("student", the three
+    roles only), or a copy of `start_adapter` ("sft": the single agent's SFT adapter, which must
+    be given). `on_stage_start(stage, peft_model)` is called before each stage trains, with the
+    adapter in its initial state.
 
     Returns (and writes to `<output_dir>/report.json`) the config, the data counts, per stage its
     trainable parameters, rows, steps, seconds and losses, and `trainable_parameters`: one adapter's
@@ -250,6 +271,9 @@ def train_glpft(
     from fcdpo.loading import load_adapter, load_base, load_tokenizer, lora_config
 
     config = config or GLPFTConfig()
+    if config.start == "sft" and start_adapter is None:
+        raise ValueError("glpft.start 'sft' needs the single agent's SFT adapter (start_adapter); train the sft arm first")
+    stages = STAGES if config.start == "backbone" else ROLES
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     model_ref = str(model)
@@ -260,13 +284,14 @@ def train_glpft(
     expected = lora_parameter_count(base, config.lora_r, config.target_modules)
     report: dict[str, Any] = {"base": model_ref, "config": asdict(config), "data": dict(data.counts), "stages": {}}
     started = time.perf_counter()
-    for stage in STAGES:
+    for stage in stages:
         torch.manual_seed(config.seed)  # the same LoRA initialisation for the same seed
-        if stage == "backbone":
+        if stage == "backbone" or config.start == "student":
             lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules)
             peft_model = get_peft_model(base, lora)
         else:
-            peft_model = load_adapter(base, output / "backbone", trainable=True)
+            source = output / "backbone" if config.start == "backbone" else Path(start_adapter)
+            peft_model = load_adapter(base, source, trainable=True)
         trainable = _trainable(peft_model)
         if on_stage_start is not None:
             on_stage_start(stage, peft_model)
@@ -278,7 +303,9 @@ def train_glpft(
         peft_model.save_pretrained(str(output / stage))
         tokenizer.save_pretrained(str(output / stage))  # with its chat template, read back at inference
         base = peft_model.unload()  # the base without LoRA layers, for the next stage
-    one = report["stages"]["backbone"]["trainable_parameters"]
+    report["start"] = config.start if config.start != "sft" else f"sft: {start_adapter}"
+    report["total_steps"] = sum(stats["steps"] for stats in report["stages"].values())
+    one = report["stages"][stages[0]]["trainable_parameters"]
     report["trainable_parameters"] = {
         "per_adapter": one,
         "formula": f"r · Σ(d_in + d_out) over {list(config.target_modules)} = {expected}",
@@ -318,23 +345,94 @@ def profile_tasks(profile: Any) -> dict[str, "Task"]:
     return {name: profile.task(name) if hasattr(profile, "task") else get_task(name) for name in profile.tasks}
 
 
-def run_glpft(profile: Any, config: GLPFTConfig | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """GLPFT for a profile: teacher rollouts → role data → `<run>/training/glpft/*` adapters + report.
+# The multi-LLM variants of alpha-UMi's Table 1, by `glpft.start`: the training folder's name and the
+# evaluation's model label (each with `-s<seed>` at a seed other than the section's own).
+VARIANTS = {"backbone": ("glpft", "multi"), "student": ("glpft_one_stage", "multi_one_stage"),
+            "sft": ("glpft_sft", "multi_sft")}
 
-    `config` defaults to the profile's `multi_agent.glpft` section when it has one; the student
-    spec's `load_in_4bit` and the profile's `training.chat_template` apply unless the config sets them.
-    """
+
+def glpft_settings(profile: Any, config: GLPFTConfig | None = None, *, seed: int | None = None,
+                   start: str | None = None) -> GLPFTConfig:
+    """The GLPFT settings a profile trains with: `config` (default: the profile's `multi_agent.glpft`),
+    the student spec's `load_in_4bit` and `training.chat_template` where the config leaves them unset,
+    then `seed` and `start` when given."""
     if config is None:
         section = getattr(profile, "multi_agent", None)
         config = getattr(section, "glpft", None) or GLPFTConfig()
+    changes: dict[str, Any] = {}
     if profile.student.get("load_in_4bit") and not config.load_in_4bit:
-        config = GLPFTConfig(**{**asdict(config), "load_in_4bit": True})
+        changes["load_in_4bit"] = True
     training = getattr(profile, "training", None)
     if config.chat_template is None and getattr(training, "chat_template", None):
-        config = GLPFTConfig(**{**asdict(config), "chat_template": training.chat_template})
-    data = glpft_data(teacher_trajectories(profile), profile_tasks(profile))
+        changes["chat_template"] = training.chat_template
+    if seed is not None:
+        changes["seed"] = seed
+    if start is not None:
+        changes["start"] = start
+    return GLPFTConfig(**{**asdict(config), **changes}) if changes else config
+
+
+def _default_seed(profile: Any) -> int:
+    section = getattr(profile, "multi_agent", None)
+    return getattr(getattr(section, "glpft", None), "seed", GLPFTConfig().seed)
+
+
+def glpft_label(profile: Any, start: str = "backbone", seed: int | None = None, *, model: bool = False) -> str:
+    """The training folder's name (`glpft`, `glpft_one_stage-s1`, ...) of a variant and seed, or with
+    `model` its evaluation label (`multi`, `multi_one_stage-s1`, ...)."""
+    if start not in VARIANTS:
+        raise ValueError(f"unknown GLPFT start {start!r}; expected one of {tuple(VARIANTS)}")
+    default = _default_seed(profile)
+    return runs.seed_label(VARIANTS[start][1 if model else 0], default if seed is None else seed, default)
+
+
+def _carry_results(profile: Any) -> bool:
+    return bool(getattr(getattr(getattr(profile, "multi_agent", None), "agent", None), "carry_results", False))
+
+
+def run_glpft(profile: Any, config: GLPFTConfig | None = None, log: Callable[[str], None] = print, *,
+              seed: int | None = None, start: str | None = None) -> dict[str, Any]:
+    """GLPFT for a profile: teacher rollouts → role data → `<run>/training/<glpft_label>/*` adapters + report.
+
+    Settings as `glpft_settings`. With `start: sft` the roles start from the sft arm's adapter of the
+    same seed (`training/sft[-s<seed>]`), which must be trained first. The role data follow the
+    profile's `multi_agent.agent.carry_results`.
+    """
+    config = glpft_settings(profile, config, seed=seed, start=start)
+    start_adapter = None
+    if config.start == "sft":
+        sft = runs.seed_label("sft", config.seed, profile.training.seed)
+        start_adapter = runs.trained_adapter(profile.run_path, sft)
+        if start_adapter is None:
+            raise FileNotFoundError(f"glpft.start 'sft' needs the sft arm's adapter {sft!r} in "
+                                    f"{runs.training_dir(profile.run_path, sft)}; train it first (notebook 03)")
+    data = glpft_data(teacher_trajectories(profile), profile_tasks(profile), _carry_results(profile))
     log(f"glpft data: {data.counts}")
-    return train_glpft(student_reference(profile), data, runs.training_dir(profile.run_path, "glpft"), config, log=log)
+    output = runs.training_dir(profile.run_path, glpft_label(profile, config.start, config.seed))
+    return train_glpft(student_reference(profile), data, output, config, start_adapter=start_adapter, log=log)
+
+
+def train_multi_llm(profile: Any, starts: Iterable[str] | None = None, seeds: Iterable[int] | None = None,
+                    log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Every multi-LLM variant and seed the profile asks for (`multi_agent.starts` × the section's seed and
+    `multi_agent.extra_seeds`, or the given ones), each trained once: a variant whose `report.json` is
+    on disk is read back, so a stopped run resumes at the first one missing. Returns the reports by
+    training folder name."""
+    section = getattr(profile, "multi_agent", None)
+    starts = list(starts if starts is not None else getattr(section, "starts", ["backbone"]))
+    default = _default_seed(profile)
+    seeds = list(seeds if seeds is not None else [default, *getattr(section, "extra_seeds", [])])
+    reports: dict[str, dict[str, Any]] = {}
+    for start in starts:
+        for seed in seeds:
+            label = glpft_label(profile, start, seed)
+            done = runs.training_dir(profile.run_path, label) / "report.json"
+            if done.exists():
+                reports[label] = json.loads(done.read_text())
+                log(f"{label}: trained already ({done}); kept")
+                continue
+            reports[label] = run_glpft(profile, log=log, seed=seed, start=start)
+    return reports
 
 
 def glpft_role_backends(profile: Any, output_dir: str | Path | None = None) -> RoleBackends:
@@ -360,14 +458,37 @@ def glpft_agent(profile: Any, task: "Task", config: MultiAgentConfig | None = No
     return MultiAgent(task, backends or glpft_role_backends(profile, output_dir), config)
 
 
-def multi_agent_model(profile: Any) -> tuple[Any, int] | None:
-    """Notebook 04's multi-LLM agent: a factory `task -> MultiAgent` over the run's GLPFT adapters (one
-    base, three LoRA adapters switched per role) and the parameters it counts as (the student's base),
-    or None when notebook 03 has not trained them (`training/glpft/report.json` absent)."""
-    folder = runs.training_dir(profile.run_path, "glpft")
-    if not (folder / "report.json").exists():
-        return None
-    team = glpft_role_backends(profile)
+def multi_agent_models(profile: Any) -> dict[str, tuple[Callable[["Task"], MultiAgent], int]]:
+    """Notebook 04's multi-LLM agents: for every trained variant and seed (`glpft_label`, a
+    `report.json` on disk), its evaluation label → (a factory `task -> MultiAgent` over its adapters,
+    one base with three LoRA adapters switched per role, and the parameters it counts as: the
+    student's base). Empty when notebook 03 trained none."""
     config = getattr(getattr(profile, "multi_agent", None), "agent", None) or MultiAgentConfig()
-    trainable = json.loads((folder / "report.json").read_text())["trainable_parameters"]
-    return (lambda task: MultiAgent(task, team, config)), trainable["base"]
+    found: dict[str, tuple[Callable[["Task"], MultiAgent], int]] = {}
+    model_names = dict(VARIANTS.values())  # training folder name → evaluation label
+    for folder in runs.glpft_dirs(profile.run_path):
+        name, _, seed = folder.name.partition("-s")
+        if name not in model_names or (seed and not seed.isdigit()) or not (folder / "report.json").exists():
+            continue
+        base_parameters = json.loads((folder / "report.json").read_text())["trainable_parameters"]["base"]
+        found[model_names[name] + (f"-s{seed}" if seed else "")] = (_team_factory(profile, folder, config),
+                                                                    base_parameters)
+    return found
+
+
+def _team_factory(profile: Any, folder: Path, config: MultiAgentConfig) -> Callable[["Task"], MultiAgent]:
+    """`task -> MultiAgent` over the adapters in `folder`, loading them at the first call (a run with
+    many variants loads only those it evaluates) and sharing that load between tasks."""
+    team: list[RoleBackends] = []
+
+    def agent(task: "Task") -> MultiAgent:
+        if not team:
+            team.append(glpft_role_backends(profile, folder))
+        return MultiAgent(task, team[0], config)
+
+    return agent
+
+
+def multi_agent_model(profile: Any) -> tuple[Any, int] | None:
+    """The default variant at its own seed from `multi_agent_models` (label `multi`), or None."""
+    return multi_agent_models(profile).get("multi")

@@ -61,13 +61,12 @@ from fcdpo.agent import (
     untrusted_turn,
 )
 from fcdpo.functions import Call, FunctionSet, ParseError, calls_from_tool_calls
-from fcdpo.settings import MultiAgentConfig
+from fcdpo.settings import ROLES, MultiAgentConfig
 
 if TYPE_CHECKING:
     from fcdpo.backends import Backend, Completion, HFBackend
     from fcdpo.tasks import Problem, Task
 
-ROLES = ("planner", "caller", "summarizer")
 DECISIONS = ("caller", "conclusion", "give_up")
 STOP_REASONS = ("answer", "give_up", "max_steps", "max_errors", "token_budget")
 _DECISION = re.compile(r"next\s*:\s*(caller|conclusion|give[\s_-]*up)", re.IGNORECASE)
@@ -76,9 +75,23 @@ _DECISION = re.compile(r"next\s*:\s*(caller|conclusion|give[\s_-]*up)", re.IGNOR
 CONCLUSION_THOUGHT = "I have the answer.\nNext: conclusion"
 
 
-def call_thought(name: str) -> str:
-    """The planner turn that asks for a call to `name`, e.g. "I will call add next.\\nNext: caller"."""
-    return f"I will call {name} next.\nNext: caller"
+def _carried(result: str | None) -> str:
+    return "" if result is None else f"Result: {result}\n"
+
+
+def call_thought(name: str, result: str | None = None) -> str:
+    """The planner turn that asks for a call to `name`, e.g. "I will call add next.\\nNext: caller".
+
+    With `result` (the last observation, when `MultiAgentConfig.carry_results` is on) the thought
+    restates it first, "Result: 5\\nI will call multiply next.\\nNext: caller", so that the caller
+    finds the value it must copy in the turn just before its own."""
+    return f"{_carried(result)}I will call {name} next.\nNext: caller"
+
+
+def conclusion_thought(result: str | None = None) -> str:
+    """The planner turn that hands over to the summarizer (`CONCLUSION_THOUGHT`), with the last
+    observation restated first when `result` is given (see `call_thought`)."""
+    return f"{_carried(result)}{CONCLUSION_THOUGHT}"
 
 
 def read_decision(text: str | None) -> str | None:
@@ -130,16 +143,49 @@ def _functions_block(task: "Task", syntax: str) -> str:
     return f"\n\nFunctions:\n{task.functions().describe(task.function_examples)}" if syntax == "python" else ""
 
 
+# Brief prompts (`Task.brief_prompt`, python syntax): the task's first instruction, one line on the
+# role, and one line per function, as the single agent's brief prompt. Tiny models trained from scratch
+# copy from the question far better behind a short prompt (docs/tiny-lab.md).
+_BRIEF_HOW = {
+    "planner": "You plan: name the function to call next and end with `Next: caller`, or `Next: conclusion` "
+               "once a result answers the question, or `Next: give up`.",
+    "caller": "You call: one function call per turn, e.g. `{example}`.",
+    "summarizer": "You answer: `Final answer: <answer>`.",
+    "backbone": "A planner names the next call (`Next: caller`) or concludes (`Next: conclusion`); a caller "
+                "writes one call, e.g. `{example}`; a summarizer writes `Final answer: <answer>`.",
+}
+
+
+def _brief(task: "Task", syntax: str) -> bool:
+    return syntax == "python" and bool(getattr(task, "brief_prompt", False))
+
+
+def _brief_prompt(task: "Task", who: str) -> str:
+    functions = task.functions()
+    first = task.instructions.split(". ")[0].rstrip(".") + "."
+    how = _BRIEF_HOW[who].format(example=functions.example_call(False))
+    listing = "" if who == "summarizer" else f"\nFunctions:\n{functions.describe(False, brief=True)}"
+    return f"{first} {how}{listing}"
+
+
 def role_prompt(task: "Task", role: str, syntax: str = "python") -> str:
-    """The system prompt of one role: the task's instructions, the team, the role's job, the functions."""
+    """The system prompt of one role: the task's instructions, the team, the role's job, the functions.
+
+    A task with `brief_prompt` (python syntax) gets the brief form: its first instruction, one line on
+    the role and, except for the summarizer, one line per function."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+    if _brief(task, syntax):
+        return _brief_prompt(task, role)
     how = _ROLE_HOW[role].format(syntax_hint=_syntax_hint(task, syntax))
     return f"{task.instructions}\n\n{_TEAM} {how}{_functions_block(task, syntax)}"
 
 
 def backbone_prompt(task: "Task", syntax: str = "python") -> str:
-    """The team's system prompt: `messages[0]` of a multi-agent chain and GLPFT stage 1's prompt."""
+    """The team's system prompt: `messages[0]` of a multi-agent chain and GLPFT stage 1's prompt
+    (brief, as `role_prompt`, when the task asks for brief prompts)."""
+    if _brief(task, syntax):
+        return _brief_prompt(task, "backbone")
     how = (
         "Each planner turn says what to do next and ends with `Next: caller`, `Next: conclusion` or "
         f"`Next: give up`; each caller turn is exactly one function call{_syntax_hint(task, syntax).rstrip(',')}; "

@@ -33,7 +33,9 @@ from fcdpo.evaluation import OUTCOMES, model_labels, read_tables
 FIXED_STYLES = {
     "teacher": ("Teacher", "#0072B2"),
     "student": ("Student, before training", "#7f7f7f"),
-    "multi": ("Multi-LLM agent", "#CC79A7"),
+    "multi": ("Multi-LLM agent (GLPFT)", "#CC79A7"),
+    "multi_one_stage": ("Multi-LLM, one stage", "#44AA99"),
+    "multi_sft": ("Multi-LLM from the SFT model", "#882255"),
 }
 
 
@@ -132,17 +134,20 @@ STEP_METRICS = {"plan_acc": "Plan\nACC", "act_em": "Act\nEM", "arg_f1": "Arg\nF1
 
 
 def step_metrics_figure(table: pd.DataFrame) -> Figure:
-    """Grouped bars per task: each agent's step-level metrics with the gold history given.
+    """Grouped bars per dataset: each agent's step-level metrics with the gold history given.
 
-    `table` has columns `model`, `task` and the metrics of `fcdpo.step_metrics.step_metrics`
-    (shares in [0, 1]); Hallu is better low, the others better high.
+    `table` is `fcdpo.evaluation.step_metric_table`'s: by method (`method`, `dataset`, each metric with
+    `<metric>_low` / `_high`, drawn as error bars) or by model (`model`, `dataset`; `task` in older
+    runs). Metrics are shares in [0, 1]; Hallu is better low, the others better high.
     """
     table = _as_frame(table)
     metrics = [m for m in STEP_METRICS if m in table.columns]
     if table.empty or not metrics:
         raise ValueError("the step-metrics table has no rows to plot")
-    tasks = _ordered(table["task"].unique(), list(DATASET_NAMES))
-    models = _ordered(table["model"].unique(), model_labels())
+    who = "method" if "method" in table.columns else "model"
+    where = "dataset" if "dataset" in table.columns else "task"
+    tasks = _ordered(table[where].unique(), list(DATASET_NAMES))
+    models = _ordered(table[who].unique(), model_labels())
     colours = model_colors(models)
     width = 0.8 / len(models)
     with rc_context(STYLE):
@@ -150,12 +155,18 @@ def step_metrics_figure(table: pd.DataFrame) -> Figure:
         panels = figure.subplots(1, len(tasks), sharey=True, squeeze=False)[0]
         for axes, task in zip(panels, tasks):
             for i, model in enumerate(models):
-                row = table[(table["model"] == model) & (table["task"] == task)]
+                row = table[(table[who] == model) & (table[where] == task)]
                 if row.empty:
                     continue
+                row = row.iloc[0]
                 xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(metrics))]
-                ys = [100 * float(row.iloc[0][m]) for m in metrics]
-                axes.bar(xs, ys, width * 0.92, color=colours[model], label=model_name(model) if task == tasks[0] else None)
+                ys = [100 * float(row[m]) for m in metrics]
+                errors = None
+                if all(f"{m}_low" in row.index for m in metrics):
+                    errors = [[100 * (float(row[m]) - float(row[f"{m}_low"])) for m in metrics],
+                              [100 * (float(row[f"{m}_high"]) - float(row[m])) for m in metrics]]
+                axes.bar(xs, ys, width * 0.92, color=colours[model], yerr=errors, capsize=2,
+                         label=model_name(model) if task == tasks[0] else None)
             axes.set_xticks(range(len(metrics)), [STEP_METRICS[m] for m in metrics])
             axes.set_title(dataset_name(task))
             axes.set_ylim(0, 105)
@@ -586,8 +597,9 @@ def plot_all(evaluation_dir: str | Path, out_dir: str | Path, training_dir: str 
     }
     if "methods" in tables:
         jobs["gains"] = lambda: plot_gains(tables["methods"], out_dir)
-    step_table = Path(evaluation_dir) / "step_metrics.csv"
-    if step_table.exists():
+    step_table = next((Path(evaluation_dir) / f"{stem}.csv" for stem in ("step_methods", "step_metrics")
+                       if (Path(evaluation_dir) / f"{stem}.csv").exists()), None)
+    if step_table is not None:
         jobs["step_metrics"] = lambda: plot_step_metrics(pd.read_csv(step_table), out_dir)
     if training_dir is not None:
         records = read_training_log(training_dir)

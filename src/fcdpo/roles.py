@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from fcdpo.agent import FINAL_ANSWER, Trajectory, assistant_message, gold_messages
 from fcdpo.functions import ParseError
 from fcdpo.multi_agent import (
-    CONCLUSION_THOUGHT,
     ROLES,
     backbone_prompt,
     call_thought,
+    conclusion_thought,
     read_call,
     role_prompt,
     role_turn,
@@ -37,22 +37,26 @@ def _chain_syntax(messages: list[dict[str, Any]]) -> str:
 
 def role_messages(
     task: "Task", question: str, steps: list[tuple[dict[str, Any], dict[str, Any]]], answer_turn: str,
-    syntax: str = "python",
+    syntax: str = "python", carry_results: bool = False,
 ) -> list[dict[str, Any]]:
     """A multi-agent chain from solved steps: for each (call message, tool message) a planner turn
-    `call_thought(name)`, the caller's turn and the observation; then `CONCLUSION_THOUGHT` and the
-    summarizer's `answer_turn`."""
+    `call_thought(name)`, the caller's turn and the observation; then `conclusion_thought()` and the
+    summarizer's `answer_turn`. With `carry_results` each planner turn after the first observation
+    restates it (`MultiAgentConfig.carry_results`)."""
     messages = [{"role": "system", "content": backbone_prompt(task, syntax)}, {"role": "user", "content": question}]
+    result: str | None = None
     for call_message, observation in steps:
-        messages.append(role_turn("planner", call_thought(observation["name"])))
+        messages.append(role_turn("planner", call_thought(observation["name"], result)))
         messages.append({**call_message, "name": "caller"})
         messages.append(dict(observation))
-    messages.append(role_turn("planner", CONCLUSION_THOUGHT))
+        if carry_results:
+            result = (observation.get("content") or "").strip()
+    messages.append(role_turn("planner", conclusion_thought(result)))
     messages.append(role_turn("summarizer", answer_turn))
     return messages
 
 
-def role_chain(trajectory: Trajectory, task: "Task") -> list[dict[str, Any]] | None:
+def role_chain(trajectory: Trajectory, task: "Task", carry_results: bool = False) -> list[dict[str, Any]] | None:
     """A correct single-agent chain as a multi-agent chain with templated planner thoughts, or None.
 
     Only clean chains convert: correct, and every assistant turn either one call whose observation is
@@ -84,14 +88,15 @@ def role_chain(trajectory: Trajectory, task: "Task") -> list[dict[str, Any]] | N
         if call.name != observation.get("name") or call.name not in functions:
             return None
         steps.append((assistant_message(call, syntax), observation))
-    return role_messages(task, messages[1]["content"], steps, last["content"].strip(), syntax)
+    return role_messages(task, messages[1]["content"], steps, last["content"].strip(), syntax, carry_results)
 
 
-def gold_role_messages(problem: "Problem", task: "Task", syntax: str = "python") -> list[dict[str, Any]]:
+def gold_role_messages(problem: "Problem", task: "Task", syntax: str = "python",
+                       carry_results: bool = False) -> list[dict[str, Any]]:
     """A problem's gold chain as a multi-agent chain (templated thoughts, `Final answer: <gold>`)."""
     gold = gold_messages(problem, task, syntax)
     steps = list(zip(gold[2:-1:2], gold[3:-1:2]))
-    return role_messages(task, task.user_message(problem), steps, gold[-1]["content"], syntax)
+    return role_messages(task, task.user_message(problem), steps, gold[-1]["content"], syntax, carry_results)
 
 
 def role_samples(messages: list[dict[str, Any]], task: "Task", syntax: str | None = None) -> dict[str, list[dict]]:

@@ -8,7 +8,7 @@ A profile's run folder (`run_dir` in its YAML, `runs/<profile>/` by default, `Pr
     lab/teacher, lab/student        the tiny lab's models; lab/builds/ its build cache (`fcdpo.tinylab`)
     rollouts/<model>-<task>.jsonl   sampled chains: the teacher's (notebook 01), the student's (on-policy)
     preferences/                    the teacher's pairs (notebook 02); preferences-step/, -onpolicy/ the arms'
-    training/<label>/               one trained arm and seed: `dpo`, `sft-s1`, … (notebook 03); glpft/
+    training/<label>/               one trained arm and seed: `dpo`, `sft-s1`, … (notebook 03); glpft*/
     training/reference_log_probs/   DPO's reference log-probabilities, computed once for every seed
     evaluation/                     chains per decoding and the metric tables (notebook 04)
     notebooks/                      the executed notebooks (`fcdpo.pipeline`)
@@ -79,6 +79,18 @@ def seed_label(method: str, seed: int, default_seed: int) -> str:
 def training_dir(run: str | Path, label: str) -> Path:
     """One trained arm and seed (`seed_label`), or `glpft` for the multi-LLM agent's adapters."""
     return Path(run) / "training" / label
+
+
+def trained_adapter(run: str | Path, label: str) -> Path | None:
+    """The adapter folder of a trained arm and seed: `training/<label>/adapter` (what `fcdpo.training`
+    writes) or `training/<label>` itself, whichever holds `adapter_config.json`; None before training."""
+    folder = training_dir(run, label)
+    return next((place for place in (folder / "adapter", folder) if (place / "adapter_config.json").exists()), None)
+
+
+def glpft_dirs(run: str | Path) -> list[Path]:
+    """The multi-LLM agents' training folders (`training/glpft*`), each variant and seed of `fcdpo.glpft`."""
+    return sorted((Path(run) / "training").glob("glpft*"))
 
 
 def evaluation_dir(run: str | Path) -> Path:

@@ -291,6 +291,11 @@ class MultiAgentConfig:
     max_errors: int = 3  # parse and execution errors before the chain is abandoned
     max_new_tokens: int = 96  # per model turn, every role
     token_budget: int = 2048  # generated tokens per chain, all roles together
+    # The planner's thought restates the last result ("Result: 5\nI will call multiply next.\nNext: caller")
+    # in the chains GLPFT trains on and in the gold histories of the step metrics, so that what the caller
+    # and the summarizer must copy stands in the turn just before theirs. The agent itself runs whatever
+    # the planner writes; this shapes what the planner learns to write.
+    carry_results: bool = False
 
     def __post_init__(self) -> None:
         if self.syntax not in SYNTAXES:
@@ -301,6 +306,10 @@ class MultiAgentConfig:
     def max_turn_chars(self) -> int:
         """The longest role turn kept in a chain; longer text is cut (as `AgentConfig.max_turn_chars`)."""
         return turn_char_limit(self.max_new_tokens)
+
+
+ROLES = ("planner", "caller", "summarizer")  # the multi-LLM agent's roles (`fcdpo.multi_agent`)
+GLPFT_STARTS = ("backbone", "student", "sft")
 
 
 @dataclass
@@ -328,12 +337,30 @@ class GLPFTConfig:
     # None: the student's own chat template; else as `training.chat_template` (a name in
     # fcdpo.chat_templates.CHAT_TEMPLATES or a .jinja file). It must render consecutive assistant turns.
     chat_template: str | None = None
+    # alpha-UMi's budget shape (Shen et al. 2024, section 4.1: the backbone 2 epochs on all data, then the
+    # planner and caller 1 epoch and the summarizer 2 on their own samples): passes over a stage's rows
+    # instead of a step count. 0 (or a role left out) keeps `backbone_steps` / `role_steps`.
+    backbone_epochs: float = 0.0
+    role_epochs: dict[str, float] = field(default_factory=dict)
+    # What each role adapter starts from: "backbone" (stage 1 trains one on whole chains: GLPFT),
+    # "student" (a fresh LoRA on the student, no stage 1: alpha-UMi's one-stage ablation) or "sft" (the
+    # single agent's SFT adapter of the same seed, no stage 1: a backbone that already solves alone).
+    start: str = "backbone"
 
     def __post_init__(self) -> None:
         for name in ("lora_r", "backbone_steps", "role_steps", "batch_size", "gradient_accumulation_steps",
                      "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"glpft.{name} must be at least 1, got {getattr(self, name)}")
+        if self.start not in GLPFT_STARTS:
+            raise ValueError(f"glpft.start must be one of {GLPFT_STARTS}, got {self.start!r}")
+        unknown = sorted(set(self.role_epochs) - set(ROLES))
+        if unknown:
+            raise ValueError(f"glpft.role_epochs: unknown role(s) {unknown}; the roles are {list(ROLES)}")
+        for name, epochs in {"backbone_epochs": self.backbone_epochs,
+                             **{f"role_epochs.{r}": e for r, e in self.role_epochs.items()}}.items():
+            if not isinstance(epochs, (int, float)) or isinstance(epochs, bool) or epochs < 0:
+                raise ValueError(f"glpft.{name} must be a number of passes, 0 or more; got {epochs!r}")
 
 
 @dataclass
@@ -342,6 +369,17 @@ class MultiAgentSection:
 
     agent: MultiAgentConfig = field(default_factory=MultiAgentConfig)
     glpft: GLPFTConfig = field(default_factory=GLPFTConfig)
+    # The variants notebook 03 trains (`glpft.start` of each): "backbone" is GLPFT; "student" and "sft" are
+    # alpha-UMi's one-stage ablation and roles started from the single agent's SFT adapter.
+    starts: list[str] = field(default_factory=lambda: ["backbone"])
+    extra_seeds: list[int] = field(default_factory=list)  # beside `glpft.seed`, as `training.extra_seeds`
+
+    def __post_init__(self) -> None:
+        wrong = [start for start in self.starts if start not in GLPFT_STARTS]
+        if wrong or not self.starts:
+            raise ValueError(f"multi_agent.starts: {wrong or 'empty'}; each must be one of {GLPFT_STARTS}")
+        if self.glpft.seed in self.extra_seeds or len(set(self.extra_seeds)) != len(self.extra_seeds):
+            raise ValueError(f"multi_agent.extra_seeds {self.extra_seeds} repeats a seed (glpft.seed is {self.glpft.seed})")
 
 
 # --------------------------------------------------------------------------- the tiny lab (a profile's `lab`)

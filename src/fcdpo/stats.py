@@ -49,6 +49,16 @@ def hierarchical_gain(
             "seeds": (arm.shape[0], baseline.shape[0]), "problems": n}
 
 
+def hierarchical_interval(matrix: "np.ndarray", resamples: int = 10_000, seed: int = 0,
+                          level: float = 0.95) -> dict[str, Any]:
+    """The mean of a seeds × problems array of scores (0/1, or a problem's mean over its steps), with the
+    two-level bootstrap interval of `hierarchical_gain`: seeds with replacement, then problems."""
+    matrix = np.atleast_2d(np.asarray(matrix, float))
+    result = hierarchical_gain(matrix, np.zeros((1, matrix.shape[1])), resamples, seed, level)
+    return {"mean": result["gain"], "low": result["low"], "high": result["high"], "seeds": matrix.shape[0],
+            "problems": matrix.shape[1]}
+
+
 def holm(p_values: Mapping[str, float]) -> dict[str, float]:
     """Holm's step-down adjustment of one-sided p-values of several comparisons: the adjusted values, by
     name. A comparison is significant at 5% after correction when its adjusted p is below 0.05."""

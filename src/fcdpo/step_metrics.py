@@ -72,7 +72,7 @@ class _Reading:
 
 
 def _multi_agent_queries(agent: "MultiAgent", problem: "Problem") -> list[_Query]:
-    chain = gold_role_messages(problem, agent.task, agent.config.syntax)
+    chain = gold_role_messages(problem, agent.task, agent.config.syntax, agent.config.carry_results)
     queries = []
     for role, samples in role_samples(chain, agent.task, agent.config.syntax).items():
         for step, sample in enumerate(samples):
@@ -158,7 +158,8 @@ def step_metrics(
 
     For every problem's gold chain of n calls (rendered as `gold_role_messages`): the planner is
     asked n + 1 times (before each call, the gold decision is `caller`; after the last, `conclusion`),
-    the caller n times (given the gold planner thought `call_thought(name)`), and the summarizer once
+    the caller n times (given the gold planner thought `call_thought(name)`, restating the last
+    result under `carry_results`), and the summarizer once
     (given the whole gold chain). All queries of one role go in one backend call.
 
     - `plan_acc`: planner decisions equal to the gold one (a missing marker counts as `caller`).
