@@ -1,7 +1,9 @@
 """The sealed study's parts: the sealed splits, the ledger and the intervals that count the seeds."""
 
+import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fcdpo import ledger
@@ -48,6 +50,41 @@ def test_no_math_test_problem_computes_what_the_student_was_trained_on(sealed):
     assert len(set(test)) == len(test) and not set(test) & trained
     assert report["math"]["test"]["problems"] == 120 and report["math"]["test"]["distinct_computations"] == 120
     assert 0 <= report["math"]["test"]["computations_the_lab_teacher_saw"] <= 120
+    # the problems whose computation the lab's teacher never saw are named, for the subset the report scores
+    unseen = report["math"]["test"]["unseen_by_lab_teacher"]
+    assert len(unseen) == 120 - report["math"]["test"]["computations_the_lab_teacher_saw"]
+    teacher = {canonical_computation(p) for p in lab_sets["math"][: lab.teacher.problems_per_task]}
+    assert unseen == [p.id for p in splits["math"]["test"] if canonical_computation(p) not in teacher]
+    assert "unseen_by_lab_teacher" not in report["fol"]["test"]  # logic is held out by question only
+
+
+def test_the_unseen_subset_is_scored_from_the_same_chains_with_its_own_table(sealed):
+    from fcdpo.evaluation import unseen_comparison
+    from fcdpo.report import write_report
+    from tests.test_evaluation import chain
+
+    profile, splits, report = sealed
+    folder = profile.run_path / "evaluation" / "trajectories" / "greedy"
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [p.id for p in splits["math"]["test"]]
+    unseen = set(report["math"]["length"]["unseen_by_lab_teacher"]) | set(report["math"]["test"]["unseen_by_lab_teacher"])
+    right = {"student": set(ids[:30]), "sft": set(ids[:60]), "sft-s1": set(ids[:70]), "sft-s2": set(ids[:50]),
+             "dpo": set(ids[:90]), "dpo-s1": set(ids[:80]), "dpo-s2": set(ids[:85])}
+    for label, correct in right.items():
+        (folder / f"{label}-math-test.jsonl").write_text("".join(
+            json.dumps(chain(i, correct=i in correct).to_dict()) + "\n" for i in ids))
+    table = unseen_comparison(profile, methods={"sft": ["sft", "sft-s1", "sft-s2"], "dpo": ["dpo", "dpo-s1", "dpo-s2"]})
+    subset = [i for i in ids if i in unseen]
+    assert set(table["dataset"]) == {"math-test (unseen)"} and set(table["problems"]) == {len(subset)}
+    dpo = table.set_index("method").loc["dpo"]
+    expected = np.mean([np.mean([i in right[label] for i in subset]) for label in ("dpo", "dpo-s1", "dpo-s2")])
+    assert dpo["accuracy"] == pytest.approx(expected) and dpo["seeds"] == 3
+    accuracy = pd.read_csv(profile.run_path / "evaluation" / "accuracy_unseen.csv").set_index("model")
+    assert accuracy.loc["student", "accuracy"] == pytest.approx(np.mean([i in right["student"] for i in subset]))
+    # the report shows it (a sealed run's report finds the table on disk)
+    table.to_csv(profile.run_path / "evaluation" / "comparison.csv", index=False)
+    text = write_report(profile, commit="abc").read_text()
+    assert "computation the lab's teacher never saw" in text and "math-test (unseen): accuracy" in text
 
 
 def test_operands_of_add_and_multiply_in_either_order_are_one_computation():

@@ -552,6 +552,8 @@ class Evaluation:
     comparison: pd.DataFrame | None = None  # against the student and SFT, hierarchical intervals (`comparison_table`)
     # the multi-LLM variants against the single agent's SFT, a family of comparisons of its own (`comparison_table`)
     multi: pd.DataFrame | None = None
+    # on the sealed math splits, the problems whose computation the lab's teacher never saw (`unseen_comparison`)
+    unseen: pd.DataFrame | None = None
     costs: pd.DataFrame | None = None  # what each trained method cost (`fcdpo.costs.arm_costs`)
 
 
@@ -883,6 +885,61 @@ def step_metric_table(
     return table, methods
 
 
+def scored_trajectories(profile: "Profile", labels: Iterable[str], datasets: Iterable[str]
+                        ) -> dict[tuple[str, str], list[Trajectory]]:
+    """The greedy chains notebook 04 wrote for `labels` on `datasets` (those on disk), read back."""
+    from fcdpo.rollouts import read_trajectories
+
+    folder = runs.evaluation_dir(profile.run_path) / "trajectories" / decoding_name(
+        profile.evaluation.samples, profile.evaluation.temperature)
+    found = {}
+    for label in labels:
+        for dataset in datasets:
+            path = folder / f"{label}-{dataset}.jsonl"
+            if path.exists():
+                found[(label, dataset)] = read_trajectories(path)
+    return found
+
+
+def unseen_comparison(
+    profile: "Profile", trajectories: Mapping[tuple[str, str], Sequence[Trajectory]] | None = None,
+    methods: Mapping[str, Sequence[str]] | None = None, seed: int = 0,
+) -> pd.DataFrame | None:
+    """`comparison_table` on the sealed math problems whose computation the lab's teacher never saw
+    (`unseen_by_lab_teacher` of `fcdpo.tasks.sealed_sets`): a right answer there cannot come from a
+    teacher that recalled it. Datasets are named `<dataset> (unseen)`; written as `comparison_unseen`.
+
+    The same chains as the full table (default: read from the run's evaluation folder), a subset of one
+    scoring, not a new one. None when no sealed split has such problems or no chains are on disk.
+    """
+    from fcdpo.tasks import sealed_sets
+    from fcdpo.training import seed_labels, trained_methods
+
+    _, report = sealed_sets(profile, write=False)
+    unseen = {f"{task}-{split}": set(info["unseen_by_lab_teacher"]) for task, splits in report.items()
+              for split, info in splits.items() if info.get("unseen_by_lab_teacher")}
+    if not unseen:
+        return None
+    if methods is None:
+        methods = {method: list(seed_labels(method, profile.training)) for method in trained_methods(profile.training)}
+    if trajectories is None:
+        labels = ["teacher", "student", *(label for labels in methods.values() for label in labels)]
+        trajectories = scored_trajectories(profile, labels, unseen)
+    subset = {(label, f"{dataset} (unseen)"): [t for t in chains if t.problem_id in unseen[dataset]]
+              for (label, dataset), chains in trajectories.items() if dataset in unseen}
+    subset = {key: chains for key, chains in subset.items() if chains}
+    if not subset:
+        return None
+    table = comparison_table(subset, methods, seed=seed)
+    folder = runs.evaluation_dir(profile.run_path)
+    write_table(table, folder, "comparison_unseen")
+    accuracy = pd.DataFrame([{"model": label, "dataset": dataset, "problems": len(chains),
+                              "accuracy": float(np.mean([t.correct for t in chains]))}
+                             for (label, dataset), chains in subset.items()])
+    write_table(accuracy, folder, "accuracy_unseen")  # every model and seed: the report's teacher and student rows
+    return table
+
+
 def model_labels() -> tuple[str, ...]:
     """The run's models, in the order tables and figures show them: teacher, student, every registered
     arm (`fcdpo.arms`), the multi-LLM agents (GLPFT, and alpha-UMi's ablations: `fcdpo.glpft.VARIANTS`)."""
@@ -1059,6 +1116,7 @@ def evaluate_run(profile: "Profile", models: Mapping[str, Any] | None = None, pr
         result.multi = comparison_table(result.trajectories, {"sft": methods["sft"], **multi}, seed=settings.seed)
         result.files += write_table(result.multi, result.folder, "multi_llm")
     if settings.split == "test":
+        result.unseen = unseen_comparison(profile, result.trajectories, methods, seed=settings.seed)
         from fcdpo import ledger
 
         line = ledger.record(profile.name, _recipe(profile), sorted({d.rsplit("-", 1)[1] for d in problems}),

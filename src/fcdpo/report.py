@@ -1,6 +1,7 @@
 """A run's report: `runs/<profile>/report.md`, written from the run folder's own files, never by hand.
 
-Layer: stages; imports the run folder's layout, the ledger and the arm registry.
+Layer: stages; imports the run folder's layout, the ledger, the arm registry and, for a sealed run's
+unseen-computation subset, the evaluation.
 
     python -m fcdpo.report --profile tiny-cpu        # after notebook 04; notebook 05 writes it too
 
@@ -93,17 +94,19 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def results_table(comparison: pd.DataFrame, accuracy: pd.DataFrame | None = None) -> str:
-    """The study's table in Markdown: one row per model, one group of columns per dataset."""
+def results_table(comparison: pd.DataFrame, accuracy: pd.DataFrame | None = None,
+                  order: list[str] | None = None) -> str:
+    """The study's table in Markdown: one row per model, one group of columns per dataset; methods in
+    `order` (default: the arm registry's)."""
     if comparison.empty:
         return "_No arm was compared._\n"
     datasets = sorted(comparison["dataset"].unique(), key=lambda d: (d.split("-")[0] != "math", d))
-    order = [m for m in arms.names() if m in set(comparison["method"])]
+    order = [m for m in (order or arms.names()) if m in set(comparison["method"])]
     header = "| model | " + " | ".join(f"{d}: accuracy | {d}: gain over student | {d}: − sft [interval], Holm p"
                                           for d in datasets) + " |"
     lines = [header, "|" + "---|" * (1 + 3 * len(datasets))]
     if accuracy is not None:
-        for model in ("teacher", "student", "multi"):
+        for model in [m for m in ("teacher", "student", "multi") if m not in order]:
             cells = []
             for d in datasets:
                 row = accuracy[(accuracy["model"] == model) & (accuracy["dataset"] == d)]
@@ -129,6 +132,19 @@ def results_table(comparison: pd.DataFrame, accuracy: pd.DataFrame | None = None
     return "\n".join(lines) + "\n"
 
 
+def _unseen_tables(profile: Any, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The unseen-computation tables of a sealed run (`evaluation.unseen_comparison`), computed from the
+    chains on disk when an older run did not write them; None on other splits or without such problems."""
+    if getattr(profile.evaluation, "split", None) != "test" or not (folder / "comparison.csv").exists():
+        return None
+    if not (folder / "comparison_unseen.csv").exists():
+        from fcdpo.evaluation import unseen_comparison
+
+        if unseen_comparison(profile) is None:
+            return None
+    return pd.read_csv(folder / "comparison_unseen.csv"), pd.read_csv(folder / "accuracy_unseen.csv")
+
+
 def write_report(profile: Any, figures: Path | None = None, commit: str | None = None) -> Path:
     """Write `<run>/report.md` from the run folder and return its path."""
     run = profile.run_path
@@ -150,6 +166,28 @@ def write_report(profile: Any, figures: Path | None = None, commit: str | None =
              "a hierarchical bootstrap interval (seeds, then problems); against SFT at the Bonferroni level of "
              "the arms compared, with Holm's adjusted one-sided p for \"beats SFT\".", "",
              results_table(comparison, summary)]
+    unseen = _unseen_tables(profile, folder)
+    if unseen is not None:
+        table, accuracy = unseen
+        parts += ["## Math problems whose computation the lab's teacher never saw", "",
+                  "The same chains, on the sealed math problems whose gold calls with their arguments were in none "
+                  "of the lab teacher's training problems (`unseen_by_lab_teacher` in the sealed splits' make-up): "
+                  "a right answer there cannot be a computation the teacher recalled. Few problems: wide intervals.",
+                  "", results_table(table, accuracy)]
+    multi = folder / "multi_llm.csv"
+    if multi.exists():
+        table = pd.read_csv(multi)
+        parts += ["## The multi-LLM agents against the single agent's SFT", "",
+                  "alpha-UMi's comparison, a family of its own (Holm over the multi-LLM variants).", "",
+                  results_table(table, summary, ["sft", *sorted(m for m in table["method"].unique() if m != "sft")])]
+        steps = folder / "step_methods.csv"
+        if steps.exists():
+            shown = pd.read_csv(steps)
+            for column in shown.columns:
+                if shown[column].dtype.kind == "f":
+                    shown[column] = (100 * shown[column]).round(1)
+            parts += ["Step metrics with the gold history given, in % (mean over seeds, hierarchical 95% interval "
+                      "over seeds and problems in the `_low` / `_high` columns):", "", markdown_table(shown), ""]
     if not costs.empty:
         shown = costs.copy()
         for column in ("train_seconds", "train_seconds_total"):

@@ -232,6 +232,9 @@ def sealed_sets(profile, write: bool = True) -> tuple[dict[str, dict[str, list[P
                 "computations_the_lab_teacher_saw": sum(canonical_computation(p) in seen_by_teacher for p in chosen),
                 "computations_in_train_or_student_data": 0 if computations is not None else None,
             }
+            if computations is not None:  # math: the problems no model of the lab could have recalled
+                report[name][split]["unseen_by_lab_teacher"] = [p.id for p in chosen
+                                                                 if canonical_computation(p) not in seen_by_teacher]
             if write:
                 save_problems(chosen, runs.problems_file(profile.run_path, name, split))
     return out, report
