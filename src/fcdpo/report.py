@@ -11,7 +11,8 @@ table (every arm on every scored dataset: accuracy over seeds with the lowest an
 over the untrained student, and against SFT the difference, its interval over seeds and problems and
 the Holm-adjusted p: `fcdpo.evaluation.comparison_table`), what each arm cost (`costs.csv`), the
 sealed splits' make-up, the ledger's count of looks, and the figures. The README's result tables are
-copied from the committed report of the reference run (`docs/report-tiny-cpu.md`).
+copied from the committed report of the reference run (`docs/report-tiny-cpu.md`) by
+`python -m fcdpo.report --readme docs/report-tiny-cpu.md`, and a test keeps them equal.
 """
 
 from __future__ import annotations
@@ -145,6 +146,61 @@ def _unseen_tables(profile: Any, folder: Path) -> tuple[pd.DataFrame, pd.DataFra
     return pd.read_csv(folder / "comparison_unseen.csv"), pd.read_csv(folder / "accuracy_unseen.csv")
 
 
+HEADLINE = ("<!-- headline:start -->", "<!-- headline:end -->")
+
+
+def headline_table(comparison: pd.DataFrame, accuracy: pd.DataFrame | None = None) -> str:
+    """The README's table: one row per model, one column per dataset; an arm's cell is its accuracy over
+    seeds and, against SFT, the difference with its interval and Holm's p."""
+    if comparison.empty:
+        return "_No arm was compared._\n"
+    datasets = sorted(comparison["dataset"].unique(), key=lambda d: (d.split("-")[-1] != "test", d.split("-")[0] != "math", d))
+    lines = ["| model | " + " | ".join(f"`{d}`" for d in datasets) + " |", "|" + "---|" * (1 + len(datasets))]
+    if accuracy is not None:
+        for model in ("teacher", "student", "multi"):
+            cells = []
+            for d in datasets:
+                row = accuracy[(accuracy["model"] == model) & (accuracy["dataset"] == d)]
+                cells.append(_percent(row["accuracy"].iloc[0]) if len(row) else "–")
+            if any(cell != "–" for cell in cells):
+                lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    rows = comparison.set_index(["method", "dataset"])
+    for method in [m for m in arms.names() if m in set(comparison["method"])]:
+        cells = []
+        for d in datasets:
+            if (method, d) not in rows.index:
+                cells.append("–")
+                continue
+            r = rows.loc[(method, d)]
+            cell = f"{_percent(r['accuracy'])}"
+            if not pd.isna(r.get("p_holm", float("nan"))):
+                cell += (f"; {_percent(r['vs_sft'], True)}{_interval(r['vs_sft_low'], r['vs_sft_high'])}, "
+                         f"p {r['p_holm']:.2f}")
+            cells.append(cell)
+        lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def headline_block(report_text: str) -> str:
+    """The headline table of a written report, markers included."""
+    start, end = HEADLINE
+    if start not in report_text or end not in report_text:
+        raise ValueError("the report has no headline table (written by an older fcdpo?); write it again")
+    return start + report_text.split(start, 1)[1].split(end, 1)[0] + end
+
+
+def sync_readme(report: str | Path, readme: str | Path) -> bool:
+    """Copy the headline table of `report` into `readme` between the same markers; True if it changed."""
+    block = headline_block(Path(report).read_text())
+    text = Path(readme).read_text()
+    start, end = HEADLINE
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} … {end} block to fill")
+    new = text.split(start, 1)[0] + block + text.split(end, 1)[1]
+    Path(readme).write_text(new)
+    return new != text
+
+
 def write_report(profile: Any, figures: Path | None = None, commit: str | None = None) -> Path:
     """Write `<run>/report.md` from the run folder and return its path."""
     run = profile.run_path
@@ -161,7 +217,11 @@ def write_report(profile: Any, figures: Path | None = None, commit: str | None =
              "- " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
              "- notebooks: " + (", ".join(f"{k} {v:,.0f} s" for k, v in times.items())
                                 + f"; {sum(times.values()) / 60:.1f} min in all" if times else "not run by the pipeline"),
-             "", "## Results", "",
+             "", "## Headline", "",
+             "Accuracy, mean over seeds; for each arm against `sft`, the difference in points with its hierarchical "
+             "interval at the Bonferroni level of the arms compared, and Holm's adjusted one-sided p.", "",
+             HEADLINE[0], headline_table(comparison, summary) + HEADLINE[1], "",
+             "## Results", "",
              "Greedy decoding. Accuracy is the mean over seeds (lowest–highest seed). Gains are in points with "
              "a hierarchical bootstrap interval (seeds, then problems); against SFT at the Bonferroni level of "
              "the arms compared, with Holm's adjusted one-sided p for \"beats SFT\".", "",
@@ -196,7 +256,12 @@ def write_report(profile: Any, figures: Path | None = None, commit: str | None =
         parts += ["## What each arm cost (per seed unless said)", "", markdown_table(shown), ""]
     sealed = folder / "sealed_splits.json"
     if sealed.exists():
-        parts += ["## The sealed splits", "", "```json", sealed.read_text().strip(), "```", ""]
+        make_up = json.loads(sealed.read_text())
+        for splits in make_up.values():  # the ids are in the file; the report counts them
+            for info in splits.values():
+                if "unseen_by_lab_teacher" in info:
+                    info["unseen_by_lab_teacher"] = len(info["unseen_by_lab_teacher"])
+        parts += ["## The sealed splits", "", "```json", json.dumps(make_up, indent=2), "```", ""]
     looks = ledger.looks(ledger.read())
     if looks:
         parts += ["## The ledger", "", "Scorings of the sealed splits in `docs/ledger.jsonl`, and the distinct "
@@ -219,7 +284,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="tiny-cpu")
     parser.add_argument("--run-dir", help="another run folder of this profile (e.g. a copy)")
     parser.add_argument("--commit", help="the commit the run was made at, when the report is written later")
+    parser.add_argument("--readme", metavar="REPORT", help="copy REPORT's headline table into README.md, nothing else")
     args = parser.parse_args(argv)
+    if args.readme:
+        readme = Path(__file__).resolve().parents[2] / "README.md"
+        print(f"{readme}: {'updated' if sync_readme(args.readme, readme) else 'already up to date'}")
+        return
     overrides = {"run_dir": args.run_dir} if args.run_dir else None
     print(write_report(load_profile(args.profile, overrides), commit=args.commit))
 
